@@ -1,0 +1,1 @@
+"""privaudit's built-in plugins, registered through the ``privaudit.plugins`` entry points."""

@@ -1,0 +1,1 @@
+"""Built-in attacks plugins (one algorithm per file)."""

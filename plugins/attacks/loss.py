@@ -1,0 +1,62 @@
+"""Denoising-loss membership attack ("NA"; Matsumoto, Miura & Yanai 2023; Hu & Pang 2023).
+
+Signal: the noise-prediction error ``||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2``,
+averaged over ``k`` noise draws; members have lower error, so the score is its negation.
+
+Timestep: the candidates in ``timesteps`` (given on a 1000-step schedule and mapped onto the
+model's) are swept on the calibration split only, and the one with the best calibration
+AUC is used on the evaluation split (``timestep_``; the sweep is kept in ``sweep_``).
+Pass a single timestep to skip the sweep.
+
+Threat model: gray box (noise predictions at chosen timesteps). Queries per image:
+``k`` at scoring time (the sweep spends ``k`` per candidate on calibration images only).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from privaudit.denoiser import noised, scale_t
+from privaudit.plugin import MembershipAttack
+from privaudit.plugins.attacks._common import calibration_auc, randn
+
+
+class LossAttack(MembershipAttack):
+    """Denoising loss at a calibrated timestep, averaged over k noise draws."""
+
+    name = "loss"
+    id = "PA-MIA-001"
+    threat_model = "gray-box"
+    references = ("Matsumoto et al., Membership Inference Attacks against Diffusion Models, SPW 2023",)
+
+    def __init__(self, *, timesteps: tuple[int, ...] = (50, 100, 200, 300, 500), k: int = 4):
+        self.timesteps = timesteps
+        self.k = k
+
+    def queries_per_image(self) -> float:
+        return float(self.k)
+
+    def _loss(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+        b = len(x0)
+        x = x0.repeat(self.k, *[1] * (x0.ndim - 1))  # all k draws in one forward pass
+        eps = randn(x.shape, generator=generator, device=x.device)
+        with torch.no_grad():
+            err = (denoiser.eps(noised(denoiser, x, t, eps), t) - eps).pow(2).flatten(1).mean(1)
+        return err.view(self.k, b).mean(0)
+
+    def fit(self, denoiser, *, members, holdout, seed):
+        ts = sorted({scale_t(denoiser, t) for t in self.timesteps})
+        if len(ts) == 1:
+            self.timestep_, self.sweep_ = ts[0], {}
+            return self
+        gen = torch.Generator().manual_seed(seed)
+        self.sweep_ = {t: calibration_auc(-self._loss(denoiser, members, t, gen), -self._loss(denoiser, holdout, t, gen))
+                       for t in ts}
+        self.timestep_ = max(self.sweep_, key=self.sweep_.get)
+        return self
+
+    def score(self, denoiser, x0, *, generator):
+        t = getattr(self, "timestep_", None)
+        if t is None:
+            t = scale_t(denoiser, self.timesteps[0])
+        return -self._loss(denoiser, x0, t, generator)

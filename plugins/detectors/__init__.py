@@ -1,0 +1,1 @@
+"""Built-in detectors plugins (one algorithm per file)."""

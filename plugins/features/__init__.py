@@ -1,0 +1,1 @@
+"""Built-in features plugins (one algorithm per file)."""

@@ -1,0 +1,1 @@
+"""Built-in mitigations plugins (one algorithm per file)."""

@@ -1,0 +1,239 @@
+"""Command line: ``privaudit scan | mitigate | report | plugins | demo | fixture``.
+
+Exit codes: 0 clean, 1 a finding at or above ``--fail-on``, 2 usage or input error,
+3 runtime error. Human messages go to stderr; the report path to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from privaudit import __version__
+from privaudit.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, InputError, PrivauditError
+from privaudit.results import SEVERITIES
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _param(value: str) -> tuple[str, str, object]:
+    """``plugin.key=value`` (value parsed as JSON when it can be)."""
+    try:
+        lhs, raw = value.split("=", 1)
+        plugin, key = lhs.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--param {value!r}: expected PLUGIN.KEY=VALUE") from None
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        parsed = raw
+    return plugin, key, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def _default_out(kind: str) -> Path:
+    return Path("privaudit-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _add_audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attacks", type=_csv, default=("loss",), help="comma-separated attack plugins (default: loss)")
+    p.add_argument("--detectors", type=_csv, default=("nn",), help="comma-separated detector plugins (default: nn)")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                   help="a plugin parameter, e.g. nn.n_samples=512 (repeatable)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights: they can run code")
+    p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files")
+    p.add_argument("--reference", type=Path, help="never-trained-on images for feature extractors (optional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--calibration-fraction", type=float, default=0.5)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--fpr", type=float, action="append", default=[],
+                   help="an FPR level you need resolved; error if the holdout split is too small for it")
+    p.add_argument("--fail-on", choices=SEVERITIES[1:] + ("never",), default="never",
+                   help="exit 1 when the verdict is at or above this level (default: never)")
+    p.add_argument("--redact", choices=("thumbnails", "blur", "omit"), default="thumbnails",
+                   help="how the report shows training images")
+    p.add_argument("--cache-dir", type=Path, help="sample cache (default: $PRIVAUDIT_CACHE or ~/.cache/privaudit)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _settings(a: argparse.Namespace):
+    from privaudit.runner import AuditSettings
+
+    params: dict[str, dict] = {}
+    for plugin, key, value in a.param:
+        params.setdefault(plugin, {})[key] = value
+    if not 0 < a.calibration_fraction < 1:
+        raise InputError(f"--calibration-fraction {a.calibration_fraction}: must lie strictly between 0 and 1")
+    return AuditSettings(attacks=a.attacks, detectors=a.detectors, plugin_params=params, seed=a.seed,
+                         batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
+                         n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir)
+
+
+def _check_fpr(a: argparse.Namespace, holdout_count: int) -> None:
+    n_eval = holdout_count - int(round(holdout_count * a.calibration_fraction))
+    for f in a.fpr:
+        if not 0 < f < 1:
+            raise InputError(f"--fpr {f}: must lie strictly between 0 and 1")
+        if n_eval * f < 1:
+            raise InputError(f"{a.holdout}: holdout evaluation split has {n_eval} images; FPR {f:g} needs at least "
+                             f"{int(-(-1 // f))} (holdout of about {int(-(-1 // f) / (1 - a.calibration_fraction))})")
+
+
+def _exit_for(results: dict, fail_on: str) -> int:
+    if any(p["status"] == "error" for p in results["plugins"]):
+        for p in results["plugins"]:
+            if p["status"] == "error":
+                print(f"privaudit: plugin {p['name']} failed: {p['reason']}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if fail_on != "never" and SEVERITIES.index(results["verdict"]["level"]) >= SEVERITIES.index(fail_on):
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+def _summary(results: dict, out: Path) -> None:
+    v = results["verdict"]
+    print(f"verdict: {v['level']}", file=sys.stderr)
+    for p in results["plugins"]:
+        ms = ", ".join(f"{k}={m['value']:.3f}" for k, m in p["metrics"].items() if m["value"] is not None)
+        print(f"  {p['name']:<10} {p['status']:<8} {p['severity']:<9} {ms}{p['reason']}", file=sys.stderr)
+    for w in v["warnings"]:
+        print(f"  warning: {w}", file=sys.stderr)
+    print(out / "report.html")
+
+
+def cmd_scan(a: argparse.Namespace) -> int:
+    from privaudit.data import load_images
+    from privaudit.runner import scan
+
+    settings = _settings(a)
+    if a.fpr:
+        _check_fpr(a, len(load_images(a.holdout, name="holdout")))
+    out = a.out or _default_out("scan")
+    results = scan(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, settings=settings,
+                   device=a.device, allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, reference=a.reference,
+                   argv=sys.argv, redact=a.redact)
+    _summary(results, Path(out))
+    return _exit_for(results, a.fail_on)
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from privaudit.io import write_text
+    from privaudit.reports import render_html
+
+    def read(run: Path) -> dict:
+        f = run / "results.json"
+        if not f.exists():
+            raise InputError(f"{run}: no results.json (not a privaudit run folder)")
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{f}: invalid JSON ({e.msg} at line {e.lineno})") from None
+
+    results = read(a.run_dir)
+    baseline = read(a.baseline) if a.baseline else None
+    out = a.run_dir / "report.html"
+    write_text(out, render_html(results, baseline=baseline, redact=a.redact))
+    print(out)
+    return EXIT_OK
+
+
+def cmd_plugins(a: argparse.Namespace) -> int:
+    from privaudit.plugin import Registry
+
+    reg = Registry.build(plugins_dir=a.plugins_dir)
+    rows = [("name", "id", "kind", "threat model", "queries/img", "requires", "origin")]
+    for r in reg:
+        p = r.cls()
+        rows.append((r.name, r.cls.id, r.kind, r.cls.threat_model, f"{p.queries_per_image():g}",
+                     ",".join(r.cls.requires) or "-", r.origin))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_fixture(a: argparse.Namespace) -> int:
+    from privaudit.fixtures import digits
+
+    if a.name != "digits":
+        raise InputError(f"fixture {a.name!r}: unknown; available: digits")
+    out = digits.build(out=a.out, progress=not a.quiet)
+    print(out)
+    return EXIT_OK
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from privaudit.fixtures import digits
+    from privaudit.runner import AuditSettings, default_cache_dir, scan
+
+    start = time.perf_counter()
+    fixture = digits.build(out=default_cache_dir() / "fixtures" / "digits", progress=not a.quiet)
+    print(f"built-in target ready in {time.perf_counter() - start:.1f}s: {fixture}", file=sys.stderr)
+    out = a.out or _default_out("demo")
+    settings = AuditSettings(attacks=a.attacks, detectors=a.detectors, progress=not a.quiet)
+    results = scan(model_dir=fixture / "model", members=fixture / "members", holdout=fixture / "holdout",
+                   out=out, settings=settings, device=a.device, reference=fixture / "reference", argv=sys.argv)
+    _summary(results, Path(out))
+    print(f"demo finished in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="privaudit", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"privaudit {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="audit a diffusers pipeline folder")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--members", type=Path, required=True, help="training images: folder or .npy/.npz")
+    p.add_argument("--holdout", type=Path, required=True, help="images never trained on, same distribution")
+    p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/scan-<time>)")
+    _add_audit_args(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("report", help="re-render a run's report from its results.json")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--baseline", type=Path, help="another run folder to compare against")
+    p.add_argument("--redact", choices=("thumbnails", "blur", "omit"), default="thumbnails")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plugins", help="list installed plugins")
+    p.add_argument("--plugins-dir", type=Path)
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("fixture", help="build a built-in target (no download)")
+    p.add_argument("name", choices=("digits",))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fixture)
+
+    p = sub.add_parser("demo", help="build the built-in digits target, audit it, write a report")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--attacks", type=_csv, default=("loss",))
+    p.add_argument("--detectors", type=_csv, default=("nn",))
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    try:
+        return a.func(a)
+    except PrivauditError as e:
+        print(f"privaudit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("privaudit: interrupted", file=sys.stderr)
+        return EXIT_RUNTIME

@@ -1,0 +1,196 @@
+"""Image sets: members and holdout, loaded lazily from folders or arrays.
+
+Sources accepted (``load_images``):
+
+- an image folder, searched recursively for ``.png``, ``.jpg``/``.jpeg``, ``.webp``;
+- a ``.npy`` file (memory-mapped) or a ``.npz`` file (its only array, or ``images``),
+  shaped (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 in 0..255 or float in [0, 1].
+
+Images are kept as uint8 on disk and converted per batch to the model's range
+([-1, 1] for diffusers pixel models), so a set never needs to fit in memory at once.
+Every image has a stable id (its relative path, or ``name[i]``) and a content hash of
+its decoded pixels, which the duplicate check uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from privaudit.errors import InputError
+from privaudit.io import sha256_file
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+_ONE_CHANNEL_MODES = {"1", "L", "I", "I;16", "F", "LA"}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A named, lazily read set of images of one shape (C, H, W)."""
+
+    name: str
+    source: str
+    ids: tuple[str, ...]
+    shape: tuple[int, int, int]
+    _read: Callable[[Sequence[int]], np.ndarray] = field(repr=False, compare=False)
+    files: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def uint8(self, index: Sequence[int] | None = None) -> np.ndarray:
+        """Images ``index`` (all by default) as uint8 (n, C, H, W)."""
+        return self._read(range(len(self)) if index is None else index)
+
+    def tensor(self, index: Sequence[int] | None = None, *, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Images as float32 in [-1, 1], (n, C, H, W)."""
+        x = torch.from_numpy(np.ascontiguousarray(self.uint8(index))).to(device)
+        return x.float().div_(127.5).sub_(1.0)
+
+    def batches(self, batch_size: int, *, device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (indices, images in [-1, 1]) batch by batch."""
+        for start in range(0, len(self), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(self)))
+            yield idx, self.tensor(idx, device=device)
+
+    def subset(self, index: Sequence[int], *, name: str | None = None) -> "ImageSet":
+        index = np.asarray(index, dtype=int)
+        parent = self._read
+        return ImageSet(
+            name=name or self.name,
+            source=self.source,
+            ids=tuple(self.ids[i] for i in index),
+            shape=self.shape,
+            _read=lambda idx: parent(index[np.asarray(idx, dtype=int)]),
+            files=tuple(self.files[i] for i in index) if self.files else (),
+        )
+
+    def content_hashes(self, batch_size: int = 512) -> list[str]:
+        """sha256 of each image's decoded pixels (finds duplicates across file formats)."""
+        out: list[str] = []
+        for start in range(0, len(self), batch_size):
+            for img in self.uint8(range(start, min(start + batch_size, len(self)))):
+                out.append(hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest())
+        return out
+
+    def fingerprint(self) -> dict:
+        """Provenance: count, shape and sha256 of the files it came from."""
+        if self.files:
+            digest = hashlib.sha256()
+            for f in self.files:
+                digest.update(sha256_file(f).encode())
+            sha = digest.hexdigest()
+        else:
+            sha = sha256_file(self.source)
+        return {"path": self.source, "count": len(self), "shape": list(self.shape), "sha256": sha}
+
+    @staticmethod
+    def from_array(array: np.ndarray, *, name: str, source: str = "<array>") -> "ImageSet":
+        """Wrap an in-memory uint8 (N, C, H, W) array (tests, generated samples)."""
+        if array.ndim != 4 or array.dtype != np.uint8:
+            raise InputError(f"{source}: expected uint8 array (N, C, H, W), got {array.dtype} {array.shape}")
+        return ImageSet(name=name, source=source, ids=tuple(f"{name}[{i}]" for i in range(len(array))),
+                        shape=tuple(array.shape[1:]), _read=lambda idx: array[np.asarray(idx, dtype=int)])
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float images -> uint8 (n, C, H, W), the inverse of ``ImageSet.tensor``."""
+    return x.detach().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def load_images(path: str | Path, *, name: str, channels: int | None = None, size: int | tuple[int, int] | None = None) -> ImageSet:
+    """Load a folder or array file, checked against the model's ``channels`` and ``size``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {name} path does not exist")
+    if path.is_dir():
+        images = _load_folder(path, name=name, channels=channels)
+    elif path.suffix in (".npy", ".npz"):
+        images = _load_array(path, name=name)
+    else:
+        raise InputError(f"{path}: {name} must be an image folder or a .npy/.npz file")
+    if len(images) == 0:
+        raise InputError(f"{path}: {name} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    c, h, w = images.shape
+    if channels is not None and c != channels:
+        raise InputError(f"{path}: {name} images have {c} channel(s), the model expects {channels}")
+    if size is not None:
+        want = (size, size) if isinstance(size, int) else tuple(size)
+        if (h, w) != want:
+            raise InputError(f"{path}: {name} images are {h}x{w}, the model expects {want[0]}x{want[1]}")
+    return images
+
+
+def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
+
+    def open_one(f: Path) -> np.ndarray:
+        try:
+            with Image.open(f) as im:
+                mode_c = 1 if im.mode in _ONE_CHANNEL_MODES else 3
+                want = channels or mode_c
+                if want != mode_c:
+                    raise InputError(f"{f}: image has {mode_c} channel(s) (mode {im.mode}), the model expects {want}")
+                arr = np.asarray(im.convert("L" if want == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(f"{f}: unreadable image ({e.__class__.__name__})") from None
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+    first = open_one(files[0])
+
+    def read(idx: Sequence[int]) -> np.ndarray:
+        out = np.empty((len(idx), *first.shape), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            img = open_one(files[i])
+            if img.shape != first.shape:
+                raise InputError(f"{files[i]}: image is {img.shape[1]}x{img.shape[2]}x{img.shape[0]}, "
+                                 f"others in {path} are {first.shape[1]}x{first.shape[2]}x{first.shape[0]}")
+            out[j] = img
+        return out
+
+    ids = tuple(str(f.relative_to(path)) for f in files)
+    return ImageSet(name=name, source=str(path), ids=ids, shape=tuple(first.shape), _read=read,
+                    files=tuple(str(f) for f in files))
+
+
+def _load_array(path: Path, *, name: str) -> ImageSet:
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise InputError(f"{path}: .npz holds {keys}; name the image array 'images'")
+                arr = z[key]
+    except ValueError as e:
+        raise InputError(f"{path}: unreadable array ({e})") from None
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+        raise InputError(f"{path}: expected images shaped (N,H,W), (N,H,W,C) or (N,C,H,W), got {arr.shape}")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InputError(f"{path}: expected uint8 or float images, got {arr.dtype}")
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        if lo < 0 or hi > 1:
+            raise InputError(f"{path}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
+
+    def read(idx: Sequence[int]) -> np.ndarray:
+        a = np.asarray(arr[np.asarray(idx, dtype=int)])
+        return a if a.dtype == np.uint8 else np.round(a * 255).astype(np.uint8)
+
+    return ImageSet(name=name, source=str(path), ids=tuple(f"{path.name}[{i}]" for i in range(len(arr))),
+                    shape=tuple(int(s) for s in arr.shape[1:]), _read=read)

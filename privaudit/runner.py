@@ -1,0 +1,299 @@
+"""The audit flow: load target -> data checks -> run plugins -> collect results -> write run.
+
+``audit`` runs selected plugins against any Denoiser (raw or protected) and returns the
+results; ``scan`` wraps it with loading and writing, which is what ``privaudit scan`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from privaudit import __version__
+from privaudit.checks import run_checks
+from privaudit.data import ImageSet, load_images
+from privaudit.denoiser import Denoiser, sample
+from privaudit.errors import InputError, PluginError
+from privaudit.io import write_json, write_text
+from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
+from privaudit.plugin import Registry
+from privaudit.results import SCHEMA_VERSION, PluginResult
+from privaudit.target import ModelInfo, load_target
+from privaudit.verdict import RULES_TEXT, membership_severity, replication_severity, worst
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PRIVAUDIT_CACHE", Path.home() / ".cache" / "privaudit"))
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What to run and how. ``plugin_params`` maps a plugin name to its parameters."""
+
+    attacks: tuple[str, ...] = ("loss",)
+    detectors: tuple[str, ...] = ("nn",)
+    plugin_params: dict[str, dict] = field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 128
+    calibration_fraction: float = 0.5
+    n_boot: int = 1000
+    progress: bool = True
+    cache_dir: Path | None = None
+
+
+def denoiser_fingerprint(denoiser: Denoiser) -> str:
+    """Identifies a model for the sample cache: its own fingerprint, else a hash of its weights."""
+    fp = getattr(denoiser, "fingerprint", None)
+    if fp:
+        return fp
+    h = hashlib.sha256()
+    for k, v in sorted(denoiser.white_box.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    h.update(denoiser.alphas_cumprod.numpy().tobytes())
+    return h.hexdigest()
+
+
+class AuditContext:
+    """What detectors see: the model, the data, cached samples and feature extractors."""
+
+    def __init__(self, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry: Registry,
+                 settings: AuditSettings, reference: ImageSet | None = None):
+        self.denoiser, self.members, self.holdout = denoiser, members, holdout
+        self.registry, self.settings, self.reference = registry, settings, reference
+        self.seed, self.progress = settings.seed, settings.progress
+        self.sample_seconds: dict[str, float] = {}
+        self._fingerprint: str | None = None
+
+    def samples(self, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int | None = None) -> torch.Tensor:
+        """``n`` samples in [-1, 1], cached on disk by (model, sampler, steps, seed, n)."""
+        seed = self.seed if seed is None else seed
+        self._fingerprint = self._fingerprint or denoiser_fingerprint(self.denoiser)
+        key = hashlib.sha256(f"{self._fingerprint}|{sampler}|{steps}|{seed}|{n}".encode()).hexdigest()[:24]
+        cache = (self.settings.cache_dir or default_cache_dir()) / "samples" / f"{key}.npy"
+        if cache.exists():
+            return torch.from_numpy(np.load(cache))
+        start = time.perf_counter()
+        x = sample(self.denoiser, n=n, steps=steps, sampler=sampler, seed=seed,
+                   batch_size=self.settings.batch_size * 2, progress=self.progress)
+        self.sample_seconds[key] = time.perf_counter() - start
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, x.numpy())
+        os.replace(tmp, cache)
+        return x
+
+    def feature(self, name: str, **params):
+        extractor = self.registry.create(name, kind="feature", **params)
+        return extractor.fit(reference=self.reference)
+
+
+def _capabilities(denoiser: Denoiser) -> set[str]:
+    caps = {"sampling"} if hasattr(denoiser, "scheduler") else set()
+    if isinstance(getattr(denoiser, "white_box", None), torch.nn.Module):
+        caps.add("white_box")
+    return caps
+
+
+def _generator(seed: int, *parts: str) -> torch.Generator:
+    digest = hashlib.sha256("|".join([str(seed), *parts]).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str) -> np.ndarray:
+    out = []
+    for b, (_, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
+        s = attack.score(denoiser, x, generator=_generator(seed, attack.name, label, str(b)))
+        out.append(s.detach().float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, settings: AuditSettings,
+               scores: pd.DataFrame) -> PluginResult:
+    s = settings
+    cal_m, ev_m = calibration_split(len(members), fraction=s.calibration_fraction, seed=s.seed)
+    cal_h, ev_h = calibration_split(len(holdout), fraction=s.calibration_fraction, seed=s.seed + 1)
+    attack.fit(denoiser, members=members.tensor(cal_m, device=denoiser.device),
+               holdout=holdout.tensor(cal_h, device=denoiser.device), seed=s.seed)
+    sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members")
+    sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout")
+    threshold = threshold_at_balanced(np.r_[np.ones(len(cal_m)), np.zeros(len(cal_h))], np.r_[sm[cal_m], sh[cal_h]])
+    metrics = membership_metrics(sm[ev_m], sh[ev_h], threshold=threshold, n_boot=s.n_boot, seed=s.seed)
+    scores[attack.name] = np.r_[sm, sh]
+    severity, rules = membership_severity(metrics)
+    auc, tpr = metrics["auc"], metrics["tpr_at_fpr_0.01"]
+    finding = (f"{attack.name} separates members from holdout with AUC {auc.value:.3f} "
+               f"(95% CI {auc.ci[0]:.3f}-{auc.ci[1]:.3f}) and TPR {tpr.value:.3f} at 1% FPR "
+               f"on {len(ev_m)} members / {len(ev_h)} holdout images not used for calibration.")
+    fitted = {k: _jsonable(v) for k, v in vars(attack).items() if k.endswith("_") and not k.startswith("_")}
+    return _result(attack, "ok", metrics=metrics, severity=severity, finding=finding, details={
+        "rules": rules, "threshold": threshold, "fitted": fitted,
+        "roc": roc_points(sm[ev_m], sh[ev_h]),
+        "histogram": _histograms(sm[ev_m], sh[ev_h]),
+        "split": {"calibration": [len(cal_m), len(cal_h)], "evaluation": [len(ev_m), len(ev_h)]}})
+
+
+def _histograms(m: np.ndarray, h: np.ndarray, bins: int = 30) -> dict:
+    edges = np.histogram_bin_edges(np.r_[m, h], bins=bins)
+    return {"edges": edges.round(6).tolist(), "members": np.histogram(m, edges)[0].tolist(),
+            "holdout": np.histogram(h, edges)[0].tolist()}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray) and v.size <= 64:
+        return v.tolist()
+    if isinstance(v, (int, float, str, bool, list, dict, tuple)) or v is None:
+        return v
+    return repr(v)[:200]
+
+
+def _result(plugin, status: str, **kw) -> PluginResult:
+    return PluginResult(name=plugin.name, id=plugin.id, kind=plugin.kind, status=status,
+                        threat_model=plugin.threat_model, queries_per_image=float(plugin.queries_per_image()),
+                        params={k: _jsonable(v) for k, v in plugin.get_params().items()},
+                        references=tuple(plugin.references), **kw)
+
+
+def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry: Registry,
+          settings: AuditSettings, reference: ImageSet | None = None) -> dict:
+    """Run checks, attacks and detectors; returns results (JSON-ready) and tables."""
+    caps = _capabilities(denoiser)
+    ctx = AuditContext(denoiser=denoiser, members=members, holdout=holdout, registry=registry,
+                       settings=settings, reference=reference)
+    checks = run_checks(members, holdout, seed=settings.seed)
+    scores = pd.DataFrame({"image_id": list(members.ids) + list(holdout.ids),
+                           "set": ["member"] * len(members) + ["holdout"] * len(holdout)})
+    cal_m, _ = calibration_split(len(members), fraction=settings.calibration_fraction, seed=settings.seed)
+    cal_h, _ = calibration_split(len(holdout), fraction=settings.calibration_fraction, seed=settings.seed + 1)
+    split = np.full(len(scores), "evaluation", dtype=object)
+    split[cal_m] = "calibration"
+    split[len(members) + cal_h] = "calibration"
+    scores["split"] = split
+    results: list[PluginResult] = []
+    tables: dict[str, pd.DataFrame] = {}
+    plan = [(n, "attack") for n in settings.attacks] + [(n, "detector") for n in settings.detectors]
+    plugins = [(registry.create(n, kind=k, **settings.plugin_params.get(n, {})), k) for n, k in plan]
+    for plugin, kind in plugins:
+        missing = [r for r in plugin.requires if r not in caps]
+        if missing:
+            results.append(_result(plugin, "skipped", reason=f"target lacks {', '.join(missing)}"))
+            continue
+        start = time.perf_counter()
+        try:
+            if kind == "attack":
+                res = run_attack(plugin, denoiser=denoiser, members=members, holdout=holdout,
+                                 settings=settings, scores=scores)
+            else:
+                out = plugin.detect(ctx)
+                severity, rules = replication_severity(
+                    out.metrics, false_positive_rate=float(out.details.get("false_positive_rate", 0.0)))
+                res = _result(plugin, "ok", metrics=out.metrics, severity=severity, finding=out.finding,
+                              details={"rules": rules, **out.details})
+                if out.table is not None:
+                    tables[plugin.name] = out.table
+        except (InputError, PluginError):
+            raise
+        except Exception as e:  # one broken plugin must not lose the others' results
+            res = _result(plugin, "error", reason=f"{e.__class__.__name__}: {e}",
+                          details={"traceback": traceback.format_exc(limit=8)})
+        results.append(PluginResult(**{**res.__dict__, "seconds": round(time.perf_counter() - start, 3)}))
+    return {"checks": [c.to_json() for c in checks], "plugins": [r.to_json() for r in results],
+            "verdict": verdict(results, checks), "scores": scores, "tables": tables,
+            "sampling_seconds": ctx.sample_seconds}
+
+
+def verdict(results: list[PluginResult], checks) -> dict:
+    ok = [r for r in results if r.status == "ok"]
+    level = worst(r.severity for r in ok) if ok else "info"
+    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])]
+    warnings = [c.message for c in checks if not c.ok]
+    return {"level": level, "reasons": reasons, "warnings": warnings, "rules": RULES_TEXT}
+
+
+def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSettings, info: ModelInfo | None,
+             data: dict, registry: Registry, seconds: float) -> dict:
+    import diffusers
+    import faiss
+    import sklearn
+
+    used = set(settings.attacks) | set(settings.detectors)
+    return {
+        "argv": list(argv) if argv is not None else sys.argv,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"privaudit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+                     "faiss": faiss.__version__, "pandas": pd.__version__},
+        "platform": platform.platform(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "seed": settings.seed, "calibration_fraction": settings.calibration_fraction, "n_boot": settings.n_boot,
+        "model": None if info is None else info.__dict__,
+        "data": data,
+        "plugins": {r.name: r.origin for r in registry if r.name in used},
+        "seconds": round(seconds, 2),
+    }
+
+
+def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
+    """Write results.json, scores.csv, per-detector tables and report.html (each atomically)."""
+    from privaudit.reports import render_html
+
+    out = Path(out)
+    body = {k: v for k, v in results.items() if k not in ("scores", "tables")}
+    body["outputs"] = {"scores": "scores.csv", **{k: f"{k}.csv" for k in results.get("tables", {})}}
+    html = render_html(body, baseline=baseline, redact=redact)  # render first: a failure writes nothing
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "scores.csv", results["scores"].to_csv(index=False))
+    for name, table in results.get("tables", {}).items():
+        write_text(out / f"{name}.csv", table.to_csv(index=False))
+    write_json(out / "results.json", body)
+    write_text(out / "report.html", html)
+    return out
+
+
+def load_data(members: str | Path, holdout: str | Path, *, shape: tuple[int, int, int]) -> tuple[ImageSet, ImageSet]:
+    c, h, w = shape
+    m = load_images(members, name="members", channels=c, size=(h, w))
+    ho = load_images(holdout, name="holdout", channels=c, size=(h, w))
+    m.uint8([0]), ho.uint8([0])  # decode one image of each now: a bad file fails before any work
+    return m, ho
+
+
+def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out: str | Path,
+         settings: AuditSettings, device: str = "auto", allow_pickle: bool = False,
+         plugins_dir: str | Path | None = None, reference: str | Path | None = None,
+         argv: list[str] | None = None, redact: str = "thumbnails") -> dict:
+    """``privaudit scan``: returns the results written to ``out``."""
+    start = time.perf_counter()
+    registry = Registry.build(plugins_dir=plugins_dir)
+    for n in settings.attacks:
+        registry.get(n, kind="attack")
+    for n in settings.detectors:
+        registry.get(n, kind="detector")
+    denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle)
+    mem, hold = load_data(members, holdout, shape=denoiser.sample_shape)
+    ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
+    results = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
+    results = {"schema_version": SCHEMA_VERSION, "kind": "scan",
+               "target": {**info.__dict__, "schedule": info.scheduler_class},
+               **results}
+    data = {"members": mem.fingerprint(), "holdout": hold.fingerprint(),
+            **({"reference": ref.fingerprint()} if ref else {})}
+    results["manifest"] = manifest(argv=argv, device=denoiser.device, settings=settings, info=info, data=data,
+                                   registry=registry, seconds=time.perf_counter() - start)
+    results["data"] = data
+    write_run(out, results, redact=redact)
+    return results

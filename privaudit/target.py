@@ -1,0 +1,119 @@
+"""Load a local diffusers pipeline folder as an audit target, offline and pickle-free."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from privaudit.denoiser import Denoiser, UNetDenoiser
+from privaudit.errors import InputError
+from privaudit.io import sha256_file
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+SAFE_SUFFIXES = {".safetensors"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    pipeline_class: str
+    resolution: int
+    channels: int
+    num_train_timesteps: int
+    scheduler_class: str
+    weights_sha256: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" picks CUDA when present; an explicit "cuda" without a GPU is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device {device}: choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in PICKLE_SUFFIXES | SAFE_SUFFIXES)
+
+
+def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) -> dict:
+    """Validate ``model_dir`` before anything is loaded; returns its model_index.json."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise InputError(f"{model_dir}: model folder does not exist")
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: expected a diffusers pipeline folder, got a file")
+    index = model_dir / "model_index.json"
+    if not index.exists():
+        raise InputError(f"{model_dir}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        spec = json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{index}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    files = weight_files(model_dir)
+    pickled = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+    safe_dirs = {p.parent for p in files if p.suffix in SAFE_SUFFIXES}
+    unsafe_only = [p for p in pickled if p.parent not in safe_dirs]
+    if unsafe_only and not allow_pickle:
+        raise InputError(f"{unsafe_only[0]}: pickled weights can run arbitrary code when loaded; "
+                         "convert to safetensors or pass --allow-pickle if you trust this file")
+    if not files:
+        raise InputError(f"{model_dir}: no weight files (.safetensors) in the pipeline folder")
+    return spec
+
+
+def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: bool = False):
+    """``DiffusionPipeline.from_pretrained`` offline; safetensors unless pickles are allowed."""
+    from diffusers import DiffusionPipeline
+
+    from diffusers.utils import logging as dlogging
+
+    check_pipeline_folder(model_dir, allow_pickle=allow_pickle)
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(model_dir), local_files_only=True, use_safetensors=None if allow_pickle else True)
+    except (OSError, ValueError, KeyError, AttributeError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
+    return pipe.to(device)
+
+
+def denoiser_from_pipeline(pipe, *, device: torch.device, model_dir: str | Path) -> Denoiser:
+    """The pipeline's own Denoiser hook if it has one (protected pipelines), else its UNet."""
+    hook = getattr(pipe, "as_denoiser", None)
+    if callable(hook):
+        return hook(device=device)
+    unet = getattr(pipe, "unet", None)
+    scheduler = getattr(pipe, "scheduler", None)
+    if unet is None or scheduler is None or not hasattr(scheduler, "alphas_cumprod"):
+        raise InputError(f"{model_dir}: pipeline {type(pipe).__name__} has no unet + noise scheduler to audit")
+    if type(unet).__name__ != "UNet2DModel":
+        raise InputError(f"{model_dir}: denoiser is {type(unet).__name__}; this version audits UNet2DModel pipelines")
+    return UNetDenoiser(unet=unet, scheduler=scheduler, device=device)
+
+
+def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bool = False) -> tuple[Denoiser, ModelInfo, object]:
+    """Returns (denoiser, info, pipeline)."""
+    dev = resolve_device(device)
+    model_dir = Path(model_dir)
+    pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle)
+    den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
+    c, h, _ = den.sample_shape
+    info = ModelInfo(
+        path=str(model_dir.resolve()),
+        pipeline_class=type(pipe).__name__,
+        resolution=h,
+        channels=c,
+        num_train_timesteps=len(den.alphas_cumprod),
+        scheduler_class=type(den.scheduler).__name__,
+        weights_sha256={str(p.relative_to(model_dir)): sha256_file(p) for p in weight_files(model_dir)},
+    )
+    return den, info, pipe
