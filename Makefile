@@ -1,0 +1,24 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+
+demo: setup
+	$(VENV)/bin/privaudit demo
+
+test: setup
+	bash scripts/install-chromium.sh
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/attacks.py
+	$(PY) benchmarks/search.py
+	$(PY) benchmarks/cpsample.py
+
+clean:
+	rm -rf $(VENV) privaudit-runs .pytest_cache test-artifacts

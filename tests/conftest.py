@@ -1,0 +1,67 @@
+"""Shared, session-scoped fixtures: the built-in digits target, built once and cached.
+
+The target is cached in ``.pytest_cache/privaudit`` (or ``$PRIVAUDIT_TEST_CACHE``) keyed by
+its config, so repeated local runs skip the minute of training; CI builds it once per run.
+Samples are cached in a per-session temporary folder so every run samples afresh.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["PRIVAUDIT_CACHE"] = str(tmp_path_factory.mktemp("privaudit-cache"))
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits_target() -> Path:
+    """The built-in memorising target: model/, members/, holdout/, null/, reference/."""
+    from privaudit.fixtures import digits
+
+    cache = Path(os.environ.get("PRIVAUDIT_TEST_CACHE", REPO / ".pytest_cache" / "privaudit"))
+    return digits.build(out=cache / "digits", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_denoiser(digits_target):
+    from privaudit.target import load_target
+
+    den, _, _ = load_target(digits_target / "model", device="cpu")
+    return den
+
+
+def run_scan(target: Path, out: Path, *, members: str = "members", attacks=("loss",), detectors=("nn",),
+             params=None) -> dict:
+    from privaudit.runner import AuditSettings, scan
+
+    settings = AuditSettings(attacks=tuple(attacks), detectors=tuple(detectors), plugin_params=params or {},
+                             progress=False, n_boot=200)
+    return scan(model_dir=target / "model", members=target / members, holdout=target / "holdout", out=out,
+                settings=settings, device="cpu", reference=target / "reference")
+
+
+@pytest.fixture(scope="session")
+def digits_scan(digits_target, tmp_path_factory) -> dict:
+    """One scan of the memorising target with the default plugins."""
+    return run_scan(digits_target, tmp_path_factory.mktemp("scan"))
+
+
+@pytest.fixture(scope="session")
+def null_scan(digits_target, tmp_path_factory) -> dict:
+    """The same model scanned with never-seen digits as members: nothing should be flagged."""
+    return run_scan(digits_target, tmp_path_factory.mktemp("null-scan"), members="null")
+
+
+def plugin(results: dict, name: str) -> dict:
+    return next(p for p in results["plugins"] if p["name"] == name)
