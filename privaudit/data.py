@@ -138,9 +138,12 @@ def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
             with Image.open(f) as im:
                 mode_c = 1 if im.mode in _ONE_CHANNEL_MODES else 3
                 want = channels or mode_c
+                arr = np.asarray(im.convert("L" if want == 1 and mode_c == 1 else "RGB"))
+                # Formats without a grey mode (WebP) store grey images as equal RGB channels.
+                if want == 1 and mode_c == 3 and (arr[..., :1] == arr).all():
+                    arr, mode_c = arr[..., 0], 1
                 if want != mode_c:
                     raise InputError(f"{f}: image has {mode_c} channel(s) (mode {im.mode}), the model expects {want}")
-                arr = np.asarray(im.convert("L" if want == 1 else "RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise InputError(f"{f}: unreadable image ({e.__class__.__name__})") from None
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -1,0 +1,30 @@
+"""An example third-party privaudit plugin package, registered through an entry point.
+
+A real package declares, in its pyproject.toml::
+
+    [project.entry-points."privaudit.plugins"]
+    brightness = "privaudit_example:BrightnessAttack"
+
+The tests install it by writing that entry point into a ``.dist-info`` folder on sys.path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from privaudit.plugin import MembershipAttack
+
+
+class BrightnessAttack(MembershipAttack):
+    """A model-free toy attack: mean brightness. Shows the plugin path, not a real attack."""
+
+    name = "brightness"
+    id = "EXAMPLE-001"
+    threat_model = "black-box"
+    references = ("privaudit test suite",)
+
+    def __init__(self, *, sign: float = 1.0):
+        self.sign = sign
+
+    def score(self, denoiser, x0: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        return self.sign * x0.flatten(1).mean(1)
