@@ -39,30 +39,55 @@ def exact_duplicates(members: ImageSet, holdout: ImageSet) -> CheckResult:
     return CheckResult("exact_duplicates", not pairs, msg, {"count": len(pairs), "pairs": pairs[:50]})
 
 
-def _flat01(images: ImageSet, batch: int = 1024) -> np.ndarray:
-    return np.concatenate([images.uint8(range(s, min(s + batch, len(images)))).reshape(min(batch, len(images) - s), -1)
-                           for s in range(0, len(images), batch)]).astype(np.float32) / 255.0
+def _flat01(images: ImageSet, index=None, *, max_dim: int | None = None, batch: int = 1024):
+    """Yield images ``index`` (all by default) as float32 rows in [0, 1], batch by batch.
+
+    With ``max_dim``, images with more values than that are area-downsampled until they fit.
+    """
+    import torch
+
+    index = np.arange(len(images)) if index is None else np.asarray(index)
+    c, h, w = images.shape
+    side = None
+    if max_dim is not None and c * h * w > max_dim:
+        side = max(1, int(np.sqrt(max_dim / c)))
+    for s in range(0, len(index), batch):
+        x = images.uint8(index[s:s + batch]).astype(np.float32) / 255.0
+        if side is not None:
+            pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), (min(side, h), min(side, w)))
+            x = pooled.numpy()
+        yield np.ascontiguousarray(x.reshape(len(x), -1))
 
 
 def near_duplicates(members: ImageSet, holdout: ImageSet, *, near_rms: float = 0.02) -> CheckResult:
+    """Holdout images within ``near_rms`` (per-pixel RMS, intensities in [0, 1]) of some member."""
     import faiss
 
-    m, h = _flat01(members), _flat01(holdout)
-    index = faiss.IndexFlatL2(m.shape[1])
-    index.add(m)
-    d2, nn = index.search(h, 1)
-    rms = np.sqrt(np.maximum(d2[:, 0], 0) / m.shape[1])
+    dim = int(np.prod(members.shape))
+    index = faiss.IndexFlatL2(dim)
+    for m in _flat01(members):
+        index.add(m)
+    found = [index.search(h, 1) for h in _flat01(holdout)]
+    d2 = np.concatenate([f[0][:, 0] for f in found])
+    nn = np.concatenate([f[1][:, 0] for f in found])
+    rms = np.sqrt(np.maximum(d2, 0) / dim)
     hit = np.flatnonzero(rms < near_rms)
-    pairs = [(members.ids[nn[j, 0]], holdout.ids[j], round(float(rms[j]), 4)) for j in hit[np.argsort(rms[hit])]]
+    pairs = [(members.ids[nn[j]], holdout.ids[j], round(float(rms[j]), 4)) for j in hit[np.argsort(rms[hit])]]
     msg = (f"{len(pairs)} holdout image(s) are near-copies of members (RMS difference < {near_rms:g}): "
-           "they inflate false positives" if pairs else f"no near duplicates (RMS < {near_rms:g}) between members and holdout")
+           "attacks score them like members, which inflates false positives; remove them from the holdout"
+           if pairs else f"no near duplicates (RMS < {near_rms:g}) between members and holdout")
     return CheckResult("near_duplicates", not pairs, msg,
                        {"count": len(pairs), "threshold_rms": near_rms, "pairs": pairs[:50],
                         "min_rms": round(float(rms.min()), 4)})
 
 
-def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_dim: int = 1024) -> CheckResult:
-    """Can the images alone (no model) tell members from holdout?"""
+def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_dim: int = 1024,
+                   max_images: int = 5000) -> CheckResult:
+    """Can the images alone (no model) tell members from holdout?
+
+    At most ``max_images`` per set (a seeded random subset) and ``max_dim`` values per image
+    (area-downsampled) keep it cheap on large data; the shift it looks for survives both.
+    """
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -71,12 +96,19 @@ def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_d
 
     from privaudit.metrics import membership_metrics
 
-    x = np.r_[_flat01(members), _flat01(holdout)]
-    y = np.r_[np.ones(len(members)), np.zeros(len(holdout))]
-    n_comp = int(min(32, x.shape[1], max(2, min(len(members), len(holdout)) // 4)))
+    rng = np.random.default_rng(seed)
+    pick = lambda s: np.sort(rng.choice(len(s), size=min(len(s), max_images), replace=False))
+    xm = np.concatenate(list(_flat01(members, pick(members), max_dim=max_dim)))
+    xh = np.concatenate(list(_flat01(holdout, pick(holdout), max_dim=max_dim)))
+    n_splits = min(5, len(xm), len(xh))
+    if n_splits < 2:
+        return CheckResult("blind_baseline", True, "blind baseline skipped: fewer than 2 images in a set",
+                           {"auc": None, "model": "none"})
+    x, y = np.r_[xm, xh], np.r_[np.ones(len(xm)), np.zeros(len(xh))]
+    n_comp = int(min(32, x.shape[1], max(2, min(len(xm), len(xh)) // 4), len(x) - len(x) // n_splits - 1))
     clf = make_pipeline(StandardScaler(), PCA(n_components=n_comp, random_state=seed),
                         LogisticRegression(max_iter=2000, class_weight="balanced"))
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     p = cross_val_predict(clf, x, y, cv=folds, method="predict_proba")[:, 1]
     auc = membership_metrics(p[y == 1], p[y == 0], fpr_levels=(), n_boot=500, seed=seed)["auc"]
     shifted = auc.ci[0] > 0.5
@@ -86,7 +118,9 @@ def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_d
            f"no distribution shift detected: a classifier on the images alone reaches AUC {auc.value:.2f} "
            f"(95% CI {auc.ci[0]:.2f}-{auc.ci[1]:.2f})")
     return CheckResult("blind_baseline", not shifted, msg,
-                       {"auc": auc.to_json(), "model": f"logistic regression on {n_comp} PCA components, 5-fold CV"})
+                       {"auc": auc.to_json(), "images": [len(xm), len(xh)],
+                        "model": f"logistic regression on {n_comp} PCA components of {x.shape[1]} pixel values, "
+                                 f"{n_splits}-fold CV"})
 
 
 def run_checks(members: ImageSet, holdout: ImageSet, *, seed: int = 0) -> list[CheckResult]:

@@ -60,6 +60,8 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
                    help="how the report shows training images")
     p.add_argument("--cache-dir", type=Path, help="sample cache (default: $PRIVAUDIT_CACHE or ~/.cache/privaudit)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
+                   help="text-conditional models: condition attacks on each image's caption or the empty prompt")
 
 
 def _settings(a: argparse.Namespace):
@@ -72,7 +74,8 @@ def _settings(a: argparse.Namespace):
         raise InputError(f"--calibration-fraction {a.calibration_fraction}: must lie strictly between 0 and 1")
     return AuditSettings(attacks=a.attacks, detectors=a.detectors, plugin_params=params, seed=a.seed,
                          batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
-                         n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir)
+                         n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir,
+                         prompt=a.prompt)
 
 
 def _check_fpr(a: argparse.Namespace, holdout_count: int) -> None:
@@ -159,11 +162,12 @@ def cmd_plugins(a: argparse.Namespace) -> int:
 
 
 def cmd_fixture(a: argparse.Namespace) -> int:
-    from privaudit.fixtures import digits
+    from privaudit.fixtures import digits, digits_text
 
-    if a.name != "digits":
-        raise InputError(f"fixture {a.name!r}: unknown; available: digits")
-    out = digits.build(out=a.out, progress=not a.quiet)
+    builders = {"digits": digits.build, "digits-text": digits_text.build}
+    if a.name not in builders:
+        raise InputError(f"fixture {a.name!r}: unknown; available: {', '.join(builders)}")
+    out = builders[a.name](out=a.out, progress=not a.quiet)
     print(out)
     return EXIT_OK
 
@@ -180,8 +184,44 @@ def cmd_demo(a: argparse.Namespace) -> int:
     results = scan(model_dir=fixture / "model", members=fixture / "members", holdout=fixture / "holdout",
                    out=out, settings=settings, device=a.device, reference=fixture / "reference", argv=sys.argv)
     _summary(results, Path(out))
+    if a.mitigate:
+        from privaudit.mitigate import mitigate
+
+        # the guard is cached by model, data and parameters: a second demo reuses it
+        mit = mitigate(model_dir=fixture / "model", members=fixture / "members", holdout=fixture / "holdout",
+                       out=Path(out) / "mitigate", method=a.mitigate, settings=AuditSettings(
+                           attacks=a.attacks, detectors=tuple(dict.fromkeys((*a.detectors, "quality"))),
+                           progress=not a.quiet),
+                       device=a.device, reference=fixture / "reference", argv=sys.argv)
+        _mitigation_summary(mit, Path(out) / "mitigate")
     print(f"demo finished in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return EXIT_OK
+
+
+def _mitigation_summary(results: dict, out: Path) -> None:
+    for w in results["warnings"]:
+        print(f"  warning: {w}", file=sys.stderr)
+    for f in results["findings"]:
+        print(f"  {f}", file=sys.stderr)
+    print(f"  protected pipeline: {results['protected']}", file=sys.stderr)
+    print(out / "report.html")
+
+
+def cmd_mitigate(a: argparse.Namespace) -> int:
+    from privaudit.mitigate import mitigate
+
+    settings = _settings(a)
+    params = dict(settings.plugin_params.get(a.method, {}))  # --param METHOD.key=value
+    if a.alpha is not None:
+        params["alpha"] = a.alpha
+    if a.scale is not None:
+        params["scale"] = a.scale
+    out = a.out or _default_out("mitigate")
+    results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
+                       params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,
+                       allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact)
+    _mitigation_summary(results, Path(out))
+    return _exit_for(results["after"], a.fail_on)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit_args(p)
     p.set_defaults(func=cmd_scan)
 
+    p = sub.add_parser("mitigate", help="protect a model (e.g. CPSample) and audit it before and after")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--method", default="cpsample", help="mitigation plugin (default: cpsample)")
+    p.add_argument("--members", type=Path, required=True, help="training images: folder or .npy/.npz")
+    p.add_argument("--holdout", type=Path, required=True, help="images never trained on, same distribution")
+    p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/mitigate-<time>)")
+    p.add_argument("--alpha", type=float, help="CPSample gate: guide where the guard's confidence exceeds 1 - alpha, "
+                   "alpha in (0, 0.5]")
+    p.add_argument("--scale", type=float, help="CPSample guidance scale (>= 0; 0 turns guidance off)")
+    p.add_argument("--sweep", action="store_true", help="also audit the method's sweep (e.g. alpha x scale) and "
+                   "recommend a setting")
+    _add_audit_args(p)
+    p.set_defaults(func=cmd_mitigate, detectors=("nn", "quality"))
+
     p = sub.add_parser("report", help="re-render a run's report from its results.json")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--baseline", type=Path, help="another run folder to compare against")
@@ -208,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("fixture", help="build a built-in target (no download)")
-    p.add_argument("name", choices=("digits",))
+    p.add_argument("name", choices=("digits", "digits-text"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fixture)
@@ -218,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--attacks", type=_csv, default=("loss",))
     p.add_argument("--detectors", type=_csv, default=("nn",))
+    p.add_argument("--mitigate", default="cpsample", help="mitigation to demonstrate after the scan (default: cpsample)")
+    p.add_argument("--no-mitigate", dest="mitigate", action="store_const", const=None, help="scan only")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     return ap

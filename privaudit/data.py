@@ -10,6 +10,12 @@ Images are kept as uint8 on disk and converted per batch to the model's range
 ([-1, 1] for diffusers pixel models), so a set never needs to fit in memory at once.
 Every image has a stable id (its relative path, or ``name[i]``) and a content hash of
 its decoded pixels, which the duplicate check uses.
+
+Captions (text-conditional models): an image folder may hold ``metadata.jsonl`` or
+``metadata.csv`` files, the layout of the ``datasets`` image folder: one row per image,
+``file_name`` relative to the metadata file's folder, and the caption in a ``text`` column
+(else ``caption`` or ``prompt``). Then every image needs a caption; ``ImageSet.captions``
+holds them in image order (empty for uncaptioned sets).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class ImageSet:
     shape: tuple[int, int, int]
     _read: Callable[[Sequence[int]], np.ndarray] = field(repr=False, compare=False)
     files: tuple[str, ...] = ()
+    captions: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,6 +75,7 @@ class ImageSet:
             shape=self.shape,
             _read=lambda idx: parent(index[np.asarray(idx, dtype=int)]),
             files=tuple(self.files[i] for i in index) if self.files else (),
+            captions=tuple(self.captions[i] for i in index) if self.captions else (),
         )
 
     def content_hashes(self, batch_size: int = 512) -> list[str]:
@@ -87,15 +95,22 @@ class ImageSet:
             sha = digest.hexdigest()
         else:
             sha = sha256_file(self.source)
-        return {"path": self.source, "count": len(self), "shape": list(self.shape), "sha256": sha}
+        out = {"path": self.source, "count": len(self), "shape": list(self.shape), "sha256": sha}
+        if self.captions:
+            out["captions_sha256"] = hashlib.sha256("\n".join(self.captions).encode()).hexdigest()
+        return out
 
     @staticmethod
-    def from_array(array: np.ndarray, *, name: str, source: str = "<array>") -> "ImageSet":
-        """Wrap an in-memory uint8 (N, C, H, W) array (tests, generated samples)."""
+    def from_array(array: np.ndarray, *, name: str, source: str = "<array>",
+                   captions: Sequence[str] | None = None) -> "ImageSet":
+        """Wrap an in-memory uint8 (N, C, H, W) array (tests, generated samples), optionally captioned."""
         if array.ndim != 4 or array.dtype != np.uint8:
             raise InputError(f"{source}: expected uint8 array (N, C, H, W), got {array.dtype} {array.shape}")
+        if captions is not None and len(captions) != len(array):
+            raise InputError(f"{source}: {len(captions)} captions for {len(array)} images")
         return ImageSet(name=name, source=source, ids=tuple(f"{name}[{i}]" for i in range(len(array))),
-                        shape=tuple(array.shape[1:]), _read=lambda idx: array[np.asarray(idx, dtype=int)])
+                        shape=tuple(array.shape[1:]), _read=lambda idx: array[np.asarray(idx, dtype=int)],
+                        captions=tuple(str(c) for c in captions) if captions is not None else ())
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -162,7 +177,45 @@ def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
 
     ids = tuple(str(f.relative_to(path)) for f in files)
     return ImageSet(name=name, source=str(path), ids=ids, shape=tuple(first.shape), _read=read,
-                    files=tuple(str(f) for f in files))
+                    files=tuple(str(f) for f in files), captions=read_captions(path, files))
+
+
+CAPTION_COLUMNS = ("text", "caption", "prompt")
+
+
+def read_captions(folder: Path, files: Sequence[Path]) -> tuple[str, ...]:
+    """Captions for ``files`` from the ``metadata.jsonl`` / ``metadata.csv`` files under ``folder``."""
+    import json
+
+    import pandas as pd
+
+    metas = sorted(p for p in folder.rglob("metadata.*") if p.is_file() and p.suffix in (".jsonl", ".csv"))
+    if not metas:
+        return ()
+    by_file: dict[Path, str] = {}
+    for meta in metas:
+        try:
+            if meta.suffix == ".csv":
+                table = pd.read_csv(meta, dtype=str, keep_default_na=False)
+            else:
+                with open(meta) as f:
+                    table = pd.DataFrame([json.loads(line) for line in f if line.strip()])
+        except (ValueError, pd.errors.ParserError) as e:
+            raise InputError(f"{meta}: unreadable caption metadata ({str(e).splitlines()[0]})") from None
+        col = next((c for c in CAPTION_COLUMNS if c in table.columns), None)
+        if "file_name" not in table.columns or col is None:
+            raise InputError(f"{meta}: caption metadata needs a file_name column and one of "
+                             f"{', '.join(CAPTION_COLUMNS)}; found {', '.join(map(str, table.columns)) or 'none'}")
+        for fname, text in zip(table["file_name"], table[col]):
+            target = (meta.parent / str(fname)).resolve()
+            if not target.is_file():
+                raise InputError(f"{meta}: lists {fname}, which is not in {meta.parent}")
+            by_file[target] = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
+    missing = [f for f in files if Path(f).resolve() not in by_file]
+    if missing:
+        raise InputError(f"{missing[0]}: no caption in {', '.join(str(m) for m in metas)} "
+                         f"({len(missing)} of {len(files)} images lack one)")
+    return tuple(by_file[Path(f).resolve()] for f in files)
 
 
 def _load_array(path: Path, *, name: str) -> ImageSet:

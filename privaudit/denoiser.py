@@ -77,10 +77,13 @@ def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim"
 
     ``sampler``: "ddim" (eta 0, deterministic given the initial noise) or "ddpm".
     Uses the denoiser's scheduler config, so the schedule matches training. Guidance
-    inside ``denoiser.eps`` (a protected model) may enable gradients itself.
+    inside ``denoiser.eps`` (a protected model) may enable gradients itself. Latent models
+    (``privaudit.latent``) are sampled in latent space with the empty prompt and decoded.
     """
     from diffusers import DDIMScheduler, DDPMScheduler
     from tqdm.auto import tqdm
+
+    from privaudit.latent import latent_of
 
     cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}.get(sampler)
     if cls is None:
@@ -98,6 +101,7 @@ def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim"
             eps = denoiser.eps(x, int(t))
             x = sched.step(eps, t, x, generator=gen).prev_sample if sampler == "ddpm" else sched.step(eps, t, x).prev_sample
             bar.update(m)
-        out.append(x.clamp(-1, 1).cpu())
+        lat = latent_of(denoiser)
+        out.append((x if lat is None else lat.decode(x)).clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)

@@ -26,7 +26,10 @@ def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr_level: float) -> float:
 def threshold_at_balanced(y: np.ndarray, s: np.ndarray) -> float:
     """The threshold maximising balanced accuracy (fitted on calibration data)."""
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    return float(thr[np.argmax(tpr - fpr)])
+    best = float(thr[np.argmax(tpr - fpr)])
+    # roc_curve's first threshold is +inf (nothing flagged); keep the same decisions with a finite
+    # number so results.json stays valid JSON.
+    return best if np.isfinite(best) else float(np.nextafter(np.max(s), np.inf))
 
 
 def balanced_accuracy(y: np.ndarray, s: np.ndarray, threshold: float) -> float:

@@ -32,7 +32,7 @@ from privaudit.errors import PluginError
 
 ENTRY_POINT_GROUP = "privaudit.plugins"
 KINDS = ("attack", "detector", "mitigation", "feature")
-CAPABILITIES = ("white_box", "sampling")
+CAPABILITIES = ("white_box", "sampling", "text")  # text: a text-conditional (latent) target
 THREAT_MODELS = ("white-box", "gray-box", "black-box", "n/a")
 
 

@@ -25,8 +25,10 @@ from privaudit import __version__
 from privaudit.checks import run_checks
 from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser, sample
+from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
 from privaudit.io import write_json, write_text
+from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of, latent_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
@@ -51,6 +53,7 @@ class AuditSettings:
     n_boot: int = 1000
     progress: bool = True
     cache_dir: Path | None = None
+    prompt: str = "caption"  # text-conditional targets: condition attacks on captions or the empty prompt
 
 
 def denoiser_fingerprint(denoiser: Denoiser) -> str:
@@ -86,8 +89,10 @@ class AuditContext:
         if cache.exists():
             return torch.from_numpy(np.load(cache))
         start = time.perf_counter()
-        x = sample(self.denoiser, n=n, steps=steps, sampler=sampler, seed=seed,
-                   batch_size=self.settings.batch_size * 2, progress=self.progress)
+        # a denoiser may bring its own sampler (e.g. a mitigation's rejection-sampling control)
+        draw = getattr(self.denoiser, "draw_samples", None) or (lambda **kw: sample(self.denoiser, **kw))
+        x = draw(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=self.settings.batch_size * 2,
+                 progress=self.progress)
         self.sample_seconds[key] = time.perf_counter() - start
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -96,14 +101,25 @@ class AuditContext:
         return x
 
     def feature(self, name: str, **params):
-        extractor = self.registry.create(name, kind="feature", **params)
-        return extractor.fit(reference=self.reference)
+        """A fitted extractor, fitted once per process for the same plugin, parameters and reference
+        set (extractors are seeded, so this only saves time: a mitigation audits many variants)."""
+        cls = self.registry.get(name, kind="feature").cls
+        ref = self.reference
+        key = (cls, repr(sorted(params.items())), None if ref is None else (ref.source, hash(ref.ids)))
+        if key not in _FITTED_FEATURES:
+            _FITTED_FEATURES[key] = self.registry.create(name, kind="feature", **params).fit(reference=ref)
+        return _FITTED_FEATURES[key]
+
+
+_FITTED_FEATURES: dict[tuple, Any] = {}
 
 
 def _capabilities(denoiser: Denoiser) -> set[str]:
     caps = {"sampling"} if hasattr(denoiser, "scheduler") else set()
     if isinstance(getattr(denoiser, "white_box", None), torch.nn.Module):
         caps.add("white_box")
+    if latent_of(denoiser) is not None:
+        caps.add("text")
     return caps
 
 
@@ -112,10 +128,12 @@ def _generator(seed: int, *parts: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str) -> np.ndarray:
+def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str,
+              prompt: str = "caption") -> np.ndarray:
     out = []
-    for b, (_, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
-        s = attack.score(denoiser, x, generator=_generator(seed, attack.name, label, str(b)))
+    for b, (idx, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
+        den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
+        s = attack.score(den, x, generator=_generator(seed, attack.name, label, str(b)))
         out.append(s.detach().float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -125,10 +143,10 @@ def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageS
     s = settings
     cal_m, ev_m = calibration_split(len(members), fraction=s.calibration_fraction, seed=s.seed)
     cal_h, ev_h = calibration_split(len(holdout), fraction=s.calibration_fraction, seed=s.seed + 1)
-    attack.fit(denoiser, members=members.tensor(cal_m, device=denoiser.device),
-               holdout=holdout.tensor(cal_h, device=denoiser.device), seed=s.seed)
-    sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members")
-    sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout")
+    fit_den, fit_m, fit_h, _, _ = fit_inputs(denoiser, members, cal_m, holdout, cal_h, prompt=s.prompt)
+    attack.fit(fit_den, members=fit_m, holdout=fit_h, seed=s.seed)
+    sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members", prompt=s.prompt)
+    sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout", prompt=s.prompt)
     threshold = threshold_at_balanced(np.r_[np.ones(len(cal_m)), np.zeros(len(cal_h))], np.r_[sm[cal_m], sh[cal_h]])
     metrics = membership_metrics(sm[ev_m], sh[ev_h], threshold=threshold, n_boot=s.n_boot, seed=s.seed)
     scores[attack.name] = np.r_[sm, sh]
@@ -142,7 +160,8 @@ def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageS
         "rules": rules, "threshold": threshold, "fitted": fitted,
         "roc": roc_points(sm[ev_m], sh[ev_h]),
         "histogram": _histograms(sm[ev_m], sh[ev_h]),
-        "split": {"calibration": [len(cal_m), len(cal_h)], "evaluation": [len(ev_m), len(ev_h)]}})
+        "split": {"calibration": [len(cal_m), len(cal_h)], "evaluation": [len(ev_m), len(ev_h)]},
+        **conditioning_details(denoiser, members, prompt=s.prompt)})
 
 
 def _histograms(m: np.ndarray, h: np.ndarray, bins: int = 30) -> dict:
@@ -201,6 +220,8 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                 out = plugin.detect(ctx)
                 severity, rules = replication_severity(
                     out.metrics, false_positive_rate=float(out.details.get("false_positive_rate", 0.0)))
+                if out.details.get("severity_from") == "membership":  # e.g. memorised-prompt detection (AUC)
+                    severity, rules = membership_severity(out.metrics)
                 res = _result(plugin, "ok", metrics=out.metrics, severity=severity, finding=out.finding,
                               details={"rules": rules, **out.details})
                 if out.table is not None:
@@ -212,6 +233,7 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                           details={"traceback": traceback.format_exc(limit=8)})
         results.append(PluginResult(**{**res.__dict__, "seconds": round(time.perf_counter() - start, 3)}))
     return {"checks": [c.to_json() for c in checks], "plugins": [r.to_json() for r in results],
+            "ensemble": ensemble_view([r.to_json() for r in results]),
             "verdict": verdict(results, checks), "scores": scores, "tables": tables,
             "sampling_seconds": ctx.sample_seconds}
 
@@ -250,6 +272,7 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
 def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
     """Write results.json, scores.csv, per-detector tables and report.html (each atomically)."""
     from privaudit.reports import render_html
+    from privaudit.reports.images import redact_images
 
     out = Path(out)
     body = {k: v for k, v in results.items() if k not in ("scores", "tables")}
@@ -259,7 +282,7 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
     write_text(out / "scores.csv", results["scores"].to_csv(index=False))
     for name, table in results.get("tables", {}).items():
         write_text(out / f"{name}.csv", table.to_csv(index=False))
-    write_json(out / "results.json", body)
+    write_json(out / "results.json", redact_images(body, mode=redact))  # no more training images than the report
     write_text(out / "report.html", html)
     return out
 
@@ -284,7 +307,7 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
     for n in settings.detectors:
         registry.get(n, kind="detector")
     denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle)
-    mem, hold = load_data(members, holdout, shape=denoiser.sample_shape)
+    mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     results = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
     results = {"schema_version": SCHEMA_VERSION, "kind": "scan",

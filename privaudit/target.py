@@ -25,6 +25,8 @@ class ModelInfo:
     num_train_timesteps: int
     scheduler_class: str
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    latent_shape: tuple[int, int, int] | None = None  # latent models: (C, H, W) where the UNet works
+    text_conditional: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -74,9 +76,11 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
 
     from diffusers.utils import logging as dlogging
 
-    check_pipeline_folder(model_dir, allow_pickle=allow_pickle)
+    spec = check_pipeline_folder(model_dir, allow_pickle=allow_pickle)
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
+    if any(isinstance(v, list) and v and v[0] == "transformers" for v in spec.values()):
+        _quiet_transformers(model_dir)
     try:
         pipe = DiffusionPipeline.from_pretrained(
             str(model_dir), local_files_only=True, use_safetensors=None if allow_pickle else True)
@@ -84,6 +88,17 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
     return pipe.to(device)
+
+
+def _quiet_transformers(model_dir: Path) -> None:
+    """Text-conditional pipelines load transformers components: it must be installed; its notices are muted."""
+    try:
+        from transformers.utils import logging as tlogging
+    except ImportError:
+        raise InputError(f"{model_dir}: this pipeline has transformers components (text encoder, tokenizer); "
+                         "install them with: pip install 'privaudit[text]'") from None
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
 
 
 def denoiser_from_pipeline(pipe, *, device: torch.device, model_dir: str | Path) -> Denoiser:
@@ -95,8 +110,13 @@ def denoiser_from_pipeline(pipe, *, device: torch.device, model_dir: str | Path)
     scheduler = getattr(pipe, "scheduler", None)
     if unet is None or scheduler is None or not hasattr(scheduler, "alphas_cumprod"):
         raise InputError(f"{model_dir}: pipeline {type(pipe).__name__} has no unet + noise scheduler to audit")
+    if type(unet).__name__ == "UNet2DConditionModel":  # Stable Diffusion class: latent, text-conditional
+        from privaudit.latent import LatentTextDenoiser
+
+        return LatentTextDenoiser.from_pipeline(pipe, device=device, model_dir=str(model_dir))
     if type(unet).__name__ != "UNet2DModel":
-        raise InputError(f"{model_dir}: denoiser is {type(unet).__name__}; this version audits UNet2DModel pipelines")
+        raise InputError(f"{model_dir}: denoiser is {type(unet).__name__}; this version audits UNet2DModel "
+                         "and UNet2DConditionModel pipelines")
     return UNetDenoiser(unet=unet, scheduler=scheduler, device=device)
 
 
@@ -106,7 +126,10 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
     model_dir = Path(model_dir)
     pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle)
     den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
-    c, h, _ = den.sample_shape
+    from privaudit.latent import image_shape_of, latent_of
+
+    image_shape = image_shape_of(den)
+    c, h, _ = image_shape
     info = ModelInfo(
         path=str(model_dir.resolve()),
         pipeline_class=type(pipe).__name__,
@@ -115,5 +138,7 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
         num_train_timesteps=len(den.alphas_cumprod),
         scheduler_class=type(den.scheduler).__name__,
         weights_sha256={str(p.relative_to(model_dir)): sha256_file(p) for p in weight_files(model_dir)},
+        latent_shape=tuple(den.sample_shape) if image_shape != den.sample_shape else None,
+        text_conditional=latent_of(den) is not None,
     )
     return den, info, pipe

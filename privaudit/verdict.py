@@ -7,6 +7,11 @@ Membership (worst case over attacks, on the evaluation split; chance is TPR = FP
 - medium:   TPR at 1% FPR >= 0.03 (3x chance), or the AUC 95% interval lies above 0.55
 - low:      otherwise
 
+A TPR rule fires only when the TPR's 95% interval also lies above the FPR (chance), and the
+AUC rule only when the AUC's interval lies above 0.5: with a few dozen evaluation members,
+one member found by luck is already 3% and must not raise the level (measured: on the null
+control, PIA reached TPR 0.078 at 1% FPR with an interval reaching down to 0).
+
 Replication (calibrated copy fraction: share of samples closer to a member than the
 calibrated quantile of real unseen images):
 
@@ -24,21 +29,52 @@ from privaudit.results import SEVERITIES, Metric
 
 RULES_TEXT = __doc__
 
+# The thresholds above, by name: the functions below and the report's rule table use these.
+TPR_CRITICAL, TPR_HIGH, TPR_MEDIUM = 0.50, 0.10, 0.03
+AUC_HIGH, AUC_CI_MEDIUM = 0.80, 0.55
+COPY_CRITICAL, COPY_HIGH = 0.25, 0.05
+
+# (area, level, condition, why it matters) for every rule, strongest first within an area.
+RULES: tuple[dict[str, str], ...] = (
+    {"area": "membership", "level": "critical", "condition": f"TPR at 1% FPR >= {TPR_CRITICAL:.2f}",
+     "why": "half or more of the training images can be identified while only 1 in 100 unseen images is wrongly flagged"},
+    {"area": "membership", "level": "high", "condition": f"TPR at 1% FPR >= {TPR_HIGH:.2f}, or AUC >= {AUC_HIGH:.2f}",
+     "why": "ten times better than guessing at a low false-alarm rate, or strong separation overall "
+            "(TPR rules need the TPR's 95% interval above 1%, the AUC rule the AUC's interval above 0.5)"},
+    {"area": "membership", "level": "medium",
+     "condition": f"TPR at 1% FPR >= {TPR_MEDIUM:.2f}, or the AUC 95% interval lies above {AUC_CI_MEDIUM:.2f}",
+     "why": "measurably better than guessing"},
+    {"area": "membership", "level": "low", "condition": "none of the above", "why": "no evidence beyond chance"},
+    {"area": "replication", "level": "critical", "condition": f"copy fraction >= {COPY_CRITICAL:.0%}",
+     "why": "a quarter or more of generated images are near-copies of training images"},
+    {"area": "replication", "level": "high", "condition": f"copy fraction >= {COPY_HIGH:.0%}",
+     "why": "one generated image in twenty or more is a near-copy"},
+    {"area": "replication", "level": "medium",
+     "condition": "the copy fraction's 95% interval lies above the criterion's false-positive rate",
+     "why": "more copies than real unseen images would produce by chance"},
+    {"area": "replication", "level": "low", "condition": "none of the above", "why": "no more copies than chance"},
+    {"area": "overall", "level": "worst of the above", "condition": "the highest level any plugin reached",
+     "why": "one strong attack is enough for an attacker"},
+)
+
 
 def membership_severity(metrics: dict[str, Metric]) -> tuple[str, list[str]]:
     tpr = metrics.get("tpr_at_fpr_0.01")
     auc = metrics.get("auc")
-    t = tpr.value if tpr else 0.0
-    if t >= 0.5:
-        return "critical", [f"TPR at 1% FPR is {t:.2f} (>= 0.50): most members are identifiable with few false alarms"]
-    if t >= 0.10:
-        return "high", [f"TPR at 1% FPR is {t:.2f} (>= 0.10, ten times chance)"]
-    if auc and auc.value >= 0.8:
-        return "high", [f"AUC is {auc.value:.2f} (>= 0.80)"]
-    if t >= 0.03:
-        return "medium", [f"TPR at 1% FPR is {t:.2f} (>= 0.03, three times chance)"]
-    if auc and auc.ci and auc.ci[0] > 0.55:
-        return "medium", [f"AUC interval {auc.ci[0]:.2f}-{auc.ci[1]:.2f} lies above 0.55"]
+    # Evidence must beat chance, not only the threshold (see the module docstring).
+    t = tpr.value if tpr and (tpr.ci is None or tpr.ci[0] > 0.01) else 0.0
+    if auc and auc.ci and auc.ci[0] <= 0.5:
+        auc = None
+    if t >= TPR_CRITICAL:
+        return "critical", [f"TPR at 1% FPR is {t:.2f} (>= {TPR_CRITICAL:.2f}): most members are identifiable with few false alarms"]
+    if t >= TPR_HIGH:
+        return "high", [f"TPR at 1% FPR is {t:.2f} (>= {TPR_HIGH:.2f}, ten times chance)"]
+    if auc and auc.value >= AUC_HIGH:
+        return "high", [f"AUC is {auc.value:.2f} (>= {AUC_HIGH:.2f})"]
+    if t >= TPR_MEDIUM:
+        return "medium", [f"TPR at 1% FPR is {t:.2f} (>= {TPR_MEDIUM:.2f}, three times chance)"]
+    if auc and auc.ci and auc.ci[0] > AUC_CI_MEDIUM:
+        return "medium", [f"AUC interval {auc.ci[0]:.2f}-{auc.ci[1]:.2f} lies above {AUC_CI_MEDIUM:.2f}"]
     return "low", []
 
 
@@ -46,10 +82,10 @@ def replication_severity(metrics: dict[str, Metric], *, false_positive_rate: flo
     cf = metrics.get("copy_fraction")
     if cf is None:
         return "info", []
-    if cf.value >= 0.25:
-        return "critical", [f"{cf.value:.0%} of samples are copies of members (>= 25%)"]
-    if cf.value >= 0.05:
-        return "high", [f"{cf.value:.1%} of samples are copies of members (>= 5%)"]
+    if cf.value >= COPY_CRITICAL:
+        return "critical", [f"{cf.value:.0%} of samples are copies of members (>= {COPY_CRITICAL:.0%})"]
+    if cf.value >= COPY_HIGH:
+        return "high", [f"{cf.value:.1%} of samples are copies of members (>= {COPY_HIGH:.0%})"]
     if cf.ci and cf.ci[0] > false_positive_rate:
         return "medium", [f"copy fraction interval {cf.ci[0]:.1%}-{cf.ci[1]:.1%} lies above the criterion's "
                           f"false-positive rate {false_positive_rate:.1%}"]

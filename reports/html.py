@@ -1,7 +1,17 @@
-"""Self-contained HTML report: jinja2 with autoescaping, inline CSS, no scripts, no network.
+"""Self-contained HTML report: jinja2 with autoescaping, inline CSS and SVG, no script, no network.
 
-Training images appear only as small PNG data URIs (``redact="thumbnails"``), blurred
-(``"blur"``) or not at all (``"omit"``).
+``render_html(results, baseline=None, redact="thumbnails")`` renders a scan run, a
+mitigation run (``kind: mitigation``: before/after, controls, sweep, guard, limits) or a
+scan compared with a baseline scan. It only reads the JSON: re-rendering never recomputes.
+
+How the pieces fit:
+
+1. ``images.redact_images`` re-encodes every embedded image in the results for the
+   redaction mode (thumbnails / blur / omit), before anything reaches a template;
+2. ``view.build`` turns the results into what each section shows (missing keys become
+   "not run"); plots are inline SVG from ``svg``;
+3. the templates in ``templates/`` lay it out, with autoescaping on for every value:
+   file names, paths and plugin names are user input.
 """
 
 from __future__ import annotations
@@ -10,20 +20,21 @@ import base64
 import io
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from privaudit import __version__
+from privaudit.errors import InputError
+from privaudit.reports import view
+from privaudit.reports.images import REDACT_MODES, redact_images
 
-REDACT_MODES = ("thumbnails", "blur", "omit")
+__all__ = ["REDACT_MODES", "png_data_uri", "render_html"]
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("privaudit.reports", "templates"),
-                      autoescape=select_autoescape(["html", "j2"], default=True),
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
-    env.filters["pct"] = lambda v, d=1: "n/a" if v is None else f"{100 * v:.{d}f}%"
-    return env
+    # StrictUndefined: a template typo fails the tests instead of printing an empty cell.
+    return Environment(loader=PackageLoader("privaudit.reports", "templates"),
+                       autoescape=select_autoescape(["html", "j2"], default=True),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def png_data_uri(img: np.ndarray, *, scale: int = 1) -> str:
@@ -40,7 +51,14 @@ def png_data_uri(img: np.ndarray, *, scale: int = 1) -> str:
 
 
 def render_html(results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> str:
+    """The report for ``results`` (a run's results.json), optionally against a ``baseline`` run."""
     if redact not in REDACT_MODES:
-        raise ValueError(f"redact must be one of {REDACT_MODES}")
-    template = _env().get_template("report.html.j2")
-    return template.render(r=results, baseline=baseline, redact=redact, version=__version__)
+        raise InputError(f"--redact {redact!r}: choose one of {', '.join(REDACT_MODES)}")
+    if not isinstance(results, dict):
+        raise InputError("results: expected a JSON object (a run's results.json)")
+    if baseline is not None and not isinstance(baseline, dict):
+        raise InputError("--baseline: expected a JSON object (a run's results.json)")
+    results = redact_images(results, mode=redact)
+    baseline = redact_images(baseline, mode=redact) if baseline is not None else None
+    ctx = view.build(results, baseline=baseline, redact=redact, version=__version__)
+    return _env().get_template("report.html.j2").render(**ctx)

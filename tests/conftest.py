@@ -65,3 +65,42 @@ def null_scan(digits_target, tmp_path_factory) -> dict:
 
 def plugin(results: dict, name: str) -> dict:
     return next(p for p in results["plugins"] if p["name"] == name)
+
+
+ALL_ATTACKS = ("loss", "secmi", "pia", "pian", "sima", "gsa")
+
+
+@pytest.fixture(scope="session")
+def all_attacks_scan(digits_target, tmp_path_factory) -> dict:
+    """One scan of the memorising target with every built-in attack and no detector."""
+    return run_scan(digits_target, tmp_path_factory.mktemp("all-attacks"), attacks=ALL_ATTACKS, detectors=())
+
+
+@pytest.fixture(scope="session")
+def all_attacks_null_scan(digits_target, tmp_path_factory) -> dict:
+    """Every built-in attack on the null control (never-seen digits as members)."""
+    return run_scan(digits_target, tmp_path_factory.mktemp("all-attacks-null"), members="null",
+                    attacks=ALL_ATTACKS, detectors=())
+
+
+@pytest.fixture(scope="session")
+def digits_text_target() -> Path:
+    """The text-conditional latent target (StableDiffusionPipeline on captioned digits); needs transformers."""
+    pytest.importorskip("transformers")
+    from privaudit.fixtures import digits_text
+
+    cache = Path(os.environ.get("PRIVAUDIT_TEST_CACHE", REPO / ".pytest_cache" / "privaudit"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only synchronise (much slower on a loaded machine)
+    try:
+        return digits_text.build(out=cache / "digits-text", progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def digits_text_denoiser(digits_text_target):
+    from privaudit.target import load_target
+
+    den, _, _ = load_target(digits_text_target / "model", device="cpu")
+    return den

@@ -1,10 +1,15 @@
-"""Helpers shared by attack plugins."""
+"""Helpers shared by attack plugins: noise, the schedule, DDIM steps, distances, timestep sweeps."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+
+from privaudit.denoiser import scale_t
 
 
 def randn(shape, *, generator: torch.Generator, device) -> torch.Tensor:
@@ -15,3 +20,62 @@ def randn(shape, *, generator: torch.Generator, device) -> torch.Tensor:
 def calibration_auc(member_scores: torch.Tensor, holdout_scores: torch.Tensor) -> float:
     m, h = member_scores.detach().cpu().numpy(), holdout_scores.detach().cpu().numpy()
     return float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(h))], np.r_[m, h]))
+
+
+def alpha_bar(denoiser, t: int) -> float:
+    """abar_t as a Python float: scalars stay on the host, so no GPU transfer stalls the stream."""
+    return float(denoiser.alphas_cumprod[int(t)])
+
+
+def timesteps_like(x: torch.Tensor, t: int) -> torch.Tensor:
+    """``t`` for every image of ``x``, made on x's device (a fill, not a host-to-device copy)."""
+    return torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
+
+
+def eps_at(denoiser, x: torch.Tensor, t: int) -> torch.Tensor:
+    """The denoiser's noise prediction for the whole batch ``x`` at one timestep ``t``."""
+    return denoiser.eps(x, timesteps_like(x, t))
+
+
+def noise_to(denoiser, x0: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for one timestep, with host scalars."""
+    a = alpha_bar(denoiser, t)
+    return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+
+
+def ddim_step(denoiser, x: torch.Tensor, eps: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) move of ``x`` from ``t_from`` to ``t_to`` given the noise ``eps``.
+
+    x0_hat = (x - sqrt(1 - abar_from) eps) / sqrt(abar_from);
+    x_to   = sqrt(abar_to) x0_hat + sqrt(1 - abar_to) eps.
+    Forward in time (t_to > t_from) this is DDIM inversion, backward it is DDIM denoising.
+    """
+    a_from, a_to = alpha_bar(denoiser, t_from), alpha_bar(denoiser, t_to)
+    # the same, folded into x_to = c_x x + c_eps eps (two kernels instead of six)
+    c_x = math.sqrt(a_to / a_from)
+    c_eps = math.sqrt(1 - a_to) - c_x * math.sqrt(1 - a_from)
+    return torch.add(c_x * x, eps, alpha=c_eps)
+
+
+def lp_distance(a: torch.Tensor, b: torch.Tensor | None = None, *, p: float = 2.0) -> torch.Tensor:
+    """Per-image sum of |a - b|^p (the p-th power of the p-norm, as PIA and SecMI compute it)."""
+    d = a if b is None else a - b
+    return d.abs().pow(p).flatten(1).sum(1)
+
+
+def mapped_timesteps(denoiser, timesteps: Iterable[int]) -> list[int]:
+    """Sorted distinct timesteps given for T = 1000, mapped onto the denoiser's schedule."""
+    return sorted({scale_t(denoiser, int(t)) for t in timesteps})
+
+
+def sweep_timestep(denoiser, timesteps: Iterable[int], signal: Callable[[torch.Tensor, int], torch.Tensor], *,
+                   members: torch.Tensor, holdout: torch.Tensor) -> tuple[int, dict[int, float]]:
+    """Pick the timestep whose score ``signal(x0, t)`` has the best AUC on the calibration data.
+
+    Returns (best t, {t: calibration AUC}); with a single candidate nothing is computed.
+    """
+    ts = mapped_timesteps(denoiser, timesteps)
+    if len(ts) == 1:
+        return ts[0], {}
+    sweep = {t: calibration_auc(signal(members, t), signal(holdout, t)) for t in ts}
+    return max(sweep, key=sweep.get), sweep

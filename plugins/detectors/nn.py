@@ -1,112 +1,366 @@
 """Nearest-neighbour replication detector: which generated images are copies of members?
 
-Generates ``n_samples`` images (seeded, cached), embeds samples, members and holdout with a
-``FeatureExtractor`` plugin (``pixels`` by default) and finds nearest members with faiss
-(exact ``IndexFlatL2``; members are added in batches).
+Generates ``n_samples`` images (seeded, batched, cached on disk by the runner's
+``ctx.samples``), embeds samples, holdout and members with a ``FeatureExtractor`` plugin
+(``features``, default ``pixels``; e.g. ``torchscript`` with an SSCD file) and finds each
+query's nearest members with ``privaudit.search`` (faiss; exact by default, IVF above
+``ivf_threshold`` members with its recall measured and reported). Members are streamed
+batch by batch in ONE pass that serves every criterion, so memory does not grow with the
+member count. Exact search runs on the GPU when the model does (``search_device="auto"``).
 
-Criteria, reported side by side:
+Criteria, each reported side by side with its own false-positive rate on the holdout
+(real images the model never saw: the null). Holdout rates of calibrated criteria are
+measured out of sample (2-fold cross-fitting).
 
-- ``copy_fraction`` (headline, calibrated): a sample is a copy when its nearest-member
-  distance is below the ``quantile`` (default 1%) of the nearest-member distances of real
-  holdout images. Holdout images are, by construction, not copies, so the criterion's
-  false-positive rate is known (about ``quantile``) whatever the dimension or data.
-- ``carlini_fraction``: Carlini et al. 2023 ("Extracting Training Data from Diffusion
-  Models"): distance to the nearest member divided by ``alpha`` (0.5) times the mean
-  distance to the ``k`` (50) nearest members; <= 1 is a copy. In low dimensions the nearest
-  neighbour is always much closer than the k-neighbour mean, so this flags non-copies too
-  (DESIGN.md section 5): read it against the holdout's own rate (``carlini_holdout_fraction``).
-- ``ratio_fraction``: nearest / second-nearest member distance below 1/3.
+- ``copy_fraction`` (headline, calibrated; DESIGN.md section 5): a sample is a copy when
+  its nearest-member distance is below the ``quantile`` (default 1%) of the holdout's
+  nearest-member distances. Its false-positive rate is known (about ``quantile``) whatever
+  the dimension or data; ``details["false_positive_rate"]`` is the larger of the nominal
+  and the measured rate and drives the runner's severity rules.
+- ``carlini``: Carlini et al. 2023's adaptive ratio, distance to the nearest member
+  divided by ``alpha`` (0.5) times the mean distance to the ``k`` (50) nearest; <= 1 is a
+  copy. In low dimensions the nearest neighbour is always much closer than the 50-mean,
+  so this flags non-copies too: read it against its holdout rate.
+- ``ratio``: nearest / second-nearest member distance below ``ratio`` (1/3).
+- ``tiled``: the image cut into a ``tiles`` x ``tiles`` grid (4x4), each tile searched
+  among the members' tiles at the same position (``tile_match="aligned"``) or at any
+  position (``"any"``: also catches content moved by whole tiles, at ``tiles**2`` times the
+  cost), in pixels, after area-downsampling to at most ``tile_resolution`` px. A tile's distance is scaled by the holdout's median for
+  that tile and the statistic is the minimum over tiles (the maximum over tiles of copy
+  evidence), calibrated on the holdout like the headline. A sample that reproduces part of
+  a member (a pasted crop, an inpainted remainder) is caught although its global distance
+  is ordinary. Carlini et al. use the *maximum tile distance* (every tile must match) to
+  reject images sharing a background; that strict form is close to the global L2 here.
+  Blank tiles that every real image matches (holdout median 0) carry no evidence.
+- ``cosine``: cosine similarity (L2-normalised features) to the nearest member at or
+  above ``cosine_threshold``. Literature values: 0.5 on SSCD descriptors (Somepalli et
+  al., CVPR 2023); the CPSample paper (Kazdan et al., ICLR 2025) reports fractions above
+  0.97 / 0.95 / 0.90 for CIFAR-10 / CelebA / LSUN Church. The default 0.97 is meant for
+  pixel-like features; set 0.5 with SSCD. Its holdout rate tells whether the threshold
+  means anything in the chosen feature space.
 
-Threat model: black box (samples only). Queries: ``n_samples * steps`` denoiser calls in all.
+Also reported: the background distribution of member-to-second-nearest-member cosine
+similarity and distance (a member's nearest neighbour among members is itself; the
+second is its closest *other* member), on up to ``background_sample`` members, so a
+threshold can be read against how close members come to one another; percentiles
+(50/75/90/95/99) of nearest-member similarity for samples, holdout and background; the
+per-member view (members copied and how often, the top pairs as sample | member |
+difference PNGs); members duplicated inside the member set (exact: identical pixels, all
+members; near: closer to another member than the copy threshold, sampled members).
+
+Threat model: black box (samples only). Queries: ``steps`` denoiser calls per generated image.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
+import torch
 
+from privaudit.errors import InputError
 from privaudit.metrics import proportion_ci
 from privaudit.plugin import DetectorOutput, ReplicationDetector
+from privaudit.plugins.detectors import _replication as R
 from privaudit.results import Metric
-
-
-def member_index(ctx, extractor, *, batch_size: int = 1024):
-    """A faiss exact L2 index over member features, filled batch by batch."""
-    import faiss
-
-    index = None
-    for _, x in ctx.members.batches(batch_size):
-        f = np.ascontiguousarray(extractor.transform(x), dtype=np.float32)
-        if index is None:
-            index = faiss.IndexFlatL2(f.shape[1])
-        index.add(f)
-    return index
-
-
-def search(index, extractor, x, k: int):
-    f = np.ascontiguousarray(extractor.transform(x), dtype=np.float32)
-    d2, nn = index.search(f, k)
-    return np.sqrt(np.maximum(d2, 0)), nn
+from privaudit.search import KnnStream, choose_method, default_nlist, l2_normalize, train_ivf
 
 
 class NearestNeighbourDetector(ReplicationDetector):
-    """Copies among generated samples: calibrated nearest-member distance, plus Carlini's ratio."""
+    """Copies among generated samples: calibrated nearest-member distance beside the literature's criteria."""
 
     name = "nn"
     id = "PA-REP-001"
-    references = ("Carlini et al., Extracting Training Data from Diffusion Models, USENIX Security 2023",)
+    references = (
+        "Carlini et al., Extracting Training Data from Diffusion Models, USENIX Security 2023",
+        "Somepalli et al., Diffusion Art or Digital Forgery?, CVPR 2023",
+        "Kazdan et al., CPSample: Classifier Protected Sampling, ICLR 2025",
+    )
 
     def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", features: str = "pixels",
-                 quantile: float = 0.01, alpha: float = 0.5, k: int = 50, n_pairs: int = 12):
+                 feature_params: dict | None = None, quantile: float = 0.01, alpha: float = 0.5, k: int = 50,
+                 ratio: float = 1 / 3, cosine_threshold: float = 0.97, tiles: int = 4, tile_match: str = "aligned",
+                 tile_resolution: int = 64,
+                 background_sample: int = 5000, holdout_limit: int = 10_000, search: str = "auto",
+                 ivf_threshold: int = 10_000_000, nlist: int | None = None, nprobe: int | None = None,
+                 search_device: str = "auto", batch_size: int = 512, n_pairs: int = 12):
         self.n_samples = n_samples
         self.steps = steps
         self.sampler = sampler
         self.features = features
+        self.feature_params = feature_params
         self.quantile = quantile
         self.alpha = alpha
         self.k = k
+        self.ratio = ratio
+        self.cosine_threshold = cosine_threshold
+        self.tiles = tiles
+        self.tile_match = tile_match
+        self.tile_resolution = tile_resolution
+        self.background_sample = background_sample
+        self.holdout_limit = holdout_limit
+        self.search = search
+        self.ivf_threshold = ivf_threshold
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.search_device = search_device
+        self.batch_size = batch_size
         self.n_pairs = n_pairs
 
     def queries_per_image(self) -> float:
         return float(self.steps)  # per generated image
 
-    def detect(self, ctx) -> DetectorOutput:
-        from privaudit.data import to_uint8
-        from privaudit.reports.html import png_data_uri
+    # -- views: every vector space a criterion searches, computed once per image batch --
 
-        extractor = ctx.feature(self.features)
-        index = member_index(ctx, extractor)
-        k = min(self.k, ctx.members.__len__())
+    def _views(self, extractor, x: torch.Tensor) -> dict[str, np.ndarray]:
+        f = np.ascontiguousarray(extractor.transform(x), dtype=np.float32)
+        v = {"l2": f, "cos": l2_normalize(f)}
+        if self.tiles:
+            xt = x.float()
+            if max(xt.shape[-2:]) > self.tile_resolution:  # tiles cost like a pixel search: bound it
+                xt = torch.nn.functional.adaptive_avg_pool2d(xt, self.tile_resolution)
+            parts = R.tiles(xt.cpu().numpy(), self.tiles)
+            if self.tile_match == "any":  # one search over every member tile; row = image * T + tile
+                if len({p.shape[1] for p in parts}) > 1:
+                    raise InputError(f"nn.tile_match=any: image size {tuple(xt.shape[-2:])} is not divisible "
+                                     f"into {self.tiles}x{self.tiles} equal tiles")
+                v["tiles"] = np.ascontiguousarray(np.stack(parts, 1).reshape(-1, parts[0].shape[1]))
+            else:
+                v.update({f"tile{t}": tile for t, tile in enumerate(parts)})
+        return v
+
+    def _embed(self, extractor, x: torch.Tensor) -> dict[str, np.ndarray]:
+        parts = [self._views(extractor, x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _embed_set(self, extractor, images, index: np.ndarray) -> dict[str, np.ndarray]:
+        parts = [self._views(extractor, images.tensor(index[s : s + self.batch_size]))
+                 for s in range(0, len(index), self.batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def detect(self, ctx) -> DetectorOutput:
+        if self.tile_match not in ("aligned", "any"):
+            raise InputError(f"nn.tile_match: {self.tile_match!r} is not one of aligned, any")
+        seed = ctx.seed
+        rng = np.random.default_rng(seed)
+        members, holdout = ctx.members, ctx.holdout
+        n_mem = len(members)
+        extractor = ctx.feature(self.features, **(self.feature_params or {}))
         samples = ctx.samples(n=self.n_samples, steps=self.steps, sampler=self.sampler)
-        d, nn = search(index, extractor, samples, k)
-        dh = np.concatenate([search(index, extractor, x, k)[0] for _, x in ctx.holdout.batches(1024)])
-        threshold = float(np.quantile(dh[:, 0], self.quantile))
-        copy = d[:, 0] < threshold
-        carlini = d[:, 0] / (self.alpha * d.mean(1)) <= 1
-        carlini_h = dh[:, 0] / (self.alpha * dh.mean(1)) <= 1
-        ratio = d[:, 0] / np.maximum(d[:, 1], 1e-12) < 1 / 3 if k > 1 else np.zeros(len(d), bool)
-        n = len(d)
-        frac = lambda m: Metric(float(m.mean()), proportion_ci(int(m.sum()), len(m)))
-        metrics = {"copy_fraction": frac(copy), "carlini_fraction": frac(carlini),
-                   "carlini_holdout_fraction": frac(carlini_h), "ratio_fraction": frac(ratio)}
-        member_ids = np.asarray(ctx.members.ids)
+        hold_idx = np.arange(len(holdout))
+        if len(holdout) > self.holdout_limit:
+            hold_idx = np.sort(rng.choice(len(holdout), self.holdout_limit, replace=False))
+        bg_idx = np.arange(n_mem)
+        if n_mem > self.background_sample:
+            bg_idx = np.sort(rng.choice(n_mem, self.background_sample, replace=False))
+
+        # queries: samples, then holdout, then background members (their own row is dropped later)
+        qs, qh, qb = (self._embed(extractor, samples), self._embed_set(extractor, holdout, hold_idx),
+                      self._embed_set(extractor, members, bg_idx))
+        n_s, n_h = len(samples), len(hold_idx)
+        queries = {k: np.concatenate([qs[k], qh[k], qb[k]]) for k in qs}
+        k_l2 = min(self.k + 1, n_mem)
+        ks = {k: (k_l2 if k == "l2" else min(3, n_mem) if k == "cos" else 1) for k in queries}
+        metric = {k: "ip" if k == "cos" else "l2" for k in queries}
+        per = {k: self.tiles ** 2 if k == "tiles" else 1 for k in queries}  # rows per image
+        for k in [k for k in queries if k.startswith("tile")]:
+            queries[k] = queries[k][: (n_s + n_h) * per[k]]  # background needs no tiles
+
+        method = choose_method(self.search, n_members=n_mem, n_queries=len(queries["l2"]),
+                               ivf_threshold=self.ivf_threshold, nlist=self.nlist)
+        index = {k: None for k in queries}
+        if method == "ivf":
+            nlist = self.nlist or default_nlist(n_mem)
+            train = self._embed_set(extractor, members, np.sort(rng.choice(n_mem, min(n_mem, 40 * nlist), replace=False)))
+            index = {k: train_ivf(train[k], metric=metric[k], nlist=nlist, nprobe=self.nprobe, seed=seed) for k in queries}
+        device = self.search_device
+        if device == "auto":  # exact search on the GPU the model runs on; IVF is faiss-cpu
+            model_device = getattr(getattr(ctx, "denoiser", None), "device", None)
+            device = "cuda" if method == "exact" and getattr(model_device, "type", "cpu") == "cuda" else "cpu"
+        streams = {k: KnnStream(queries[k], k=ks[k], metric=metric[k], index=index[k], seed=seed,
+                                device=device if index[k] is None else "cpu") for k in queries}
+
+        hashes = np.empty(n_mem, dtype=np.uint64)
+        for idx, x in members.batches(self.batch_size):
+            views = self._views(extractor, x)
+            for k, s in streams.items():
+                s.add(views[k], int(idx[0]) * per[k])
+            hashes[idx] = [int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "little")
+                           for img in _to_uint8(x)]
+        res = {k: s.result() for k, s in streams.items()}
+        return self._report(ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method)
+
+    def _report(self, ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method) -> DetectorOutput:
+        from privaudit.data import to_uint8
+
+        members = ctx.members
+        n_s, n_h, n_mem = len(samples), len(hold_idx), len(members)
+        k_eff = min(self.k, n_mem)
+        l2, cos = res["l2"], res["cos"]
+        d, nn = l2.distances[:n_s, :k_eff], l2.indices[:n_s, :k_eff]
+        dh = l2.distances[n_s : n_s + n_h, :k_eff]
+        bd, bi = R.drop_self(l2.distances[n_s + n_h :], l2.indices[n_s + n_h :], bg_idx)
+        sim, sim_nn, sim_h = cos.distances[:n_s, 0], cos.indices[:n_s, 0], cos.distances[n_s : n_s + n_h, 0]
+        bsim, _ = R.drop_self(cos.distances[n_s + n_h :], cos.indices[n_s + n_h :], bg_idx)
+        bsim = bsim[:, 0] if bsim.shape[1] else np.full(len(bg_idx), np.nan)
+        q, seed = self.quantile, ctx.seed
+
+        crit = {"copy": R.calibrated("calibrated", "copy_fraction", d[:, 0], dh[:, 0], q=q, seed=seed,
+                                     what="nearest-member distance",
+                                     reference="DESIGN.md section 5 (holdout-calibrated nearest-member distance)")}
+        cr, crh = R.carlini_ratio(d, self.alpha), R.carlini_ratio(dh, self.alpha)
+        crit["carlini"] = R.Criterion(
+            "carlini", "carlini_fraction",
+            f"nearest distance / ({self.alpha} x mean distance to the {k_eff} nearest members) <= 1",
+            cr <= 1, crh <= 1, 1.0, False, self.references[0])
+        nr, nrh = R.neighbour_ratio(d), R.neighbour_ratio(dh)
+        crit["ratio"] = R.Criterion("ratio", "ratio_fraction", f"nearest / second-nearest member distance < {self.ratio:.3g}",
+                                    nr < self.ratio, nrh < self.ratio, float(self.ratio), False)
+        tile_keys = sorted((k for k in res if k.startswith("tile") and k != "tiles"), key=lambda s: int(s[4:]))
+        tile_s = np.full(n_s, np.nan)
+        tiles_used = 0
+        if tile_keys or "tiles" in res:
+            dt = (res["tiles"].distances[:, 0].reshape(-1, self.tiles ** 2) if "tiles" in res
+                  else np.stack([res[k].distances[:, 0] for k in tile_keys], 1))
+            tile_s, tile_h, used = R.tile_statistic(dt[:n_s], dt[n_s:])
+            tiles_used = int(used.sum())
+            crit["tiled"] = R.calibrated(
+                "tiled", "tiled_fraction", tile_s, tile_h, q=q, seed=seed,
+                what=(f"best tile's scaled distance ({self.tiles}x{self.tiles} grid, {self.tile_match} positions, "
+                      f"{tiles_used} informative tiles)"),
+                reference="Carlini et al. 2023 (tiled L2), min over tiles for partial copies")
+            if crit["tiled"].threshold <= 0:
+                crit["tiled"] = replace(crit["tiled"], note=(
+                    f"threshold is 0: {np.mean(tile_h == 0):.0%} of real holdout images match some member tile exactly, "
+                    "so no tile can be evidence of copying at this resolution; the criterion cannot flag anything here"))
+        crit["cosine"] = R.Criterion("cosine", "cosine_fraction",
+                                     f"cosine similarity to the nearest member >= {self.cosine_threshold:g}",
+                                     sim >= self.cosine_threshold, sim_h >= self.cosine_threshold,
+                                     float(self.cosine_threshold), False,
+                                     "Somepalli et al. 2023 (0.5 on SSCD); CPSample (0.97/0.95/0.90)")
+        copy = crit["copy"].flags
+        fpr = max(q, crit["copy"].holdout_fpr)
+
+        metrics = {}
+        for c in crit.values():
+            metrics[c.metric] = Metric(c.fraction, proportion_ci(int(c.flags.sum()), len(c.flags)))
+            base = c.metric.removesuffix("_fraction")
+            metrics[f"{base}_holdout_fpr"] = Metric(
+                c.holdout_fpr, proportion_ci(int(c.holdout_flags.sum()), len(c.holdout_flags)),
+                note="out of sample (2-fold cross-fitting)" if c.calibrated else "")
+        member_ids = np.asarray(members.ids)
         counts = pd.Series(member_ids[nn[copy, 0]]).value_counts()
-        order = np.argsort(d[:, 0])[: self.n_pairs]
+        metrics["copied_members"] = Metric(float(len(counts)), note="distinct members with at least one copy")
+        if l2.recall_at_1 is not None:
+            metrics["search_recall_at_1"] = Metric(l2.recall_at_1, note=f"IVF vs exact on {l2.recall_queries} queries")
+
+        # duplicates inside the member set; the near rule flags about q of unseen images too
+        fpr_near = max(q, crit["copy"].holdout_fpr)
+        _, inv, cnt = np.unique(hashes, return_inverse=True, return_counts=True)
+        dup_groups = [member_ids[inv == g].tolist() for g in np.flatnonzero(cnt > 1)]
+        near = np.flatnonzero(bd[:, 0] < crit["copy"].threshold) if bd.shape[1] else np.zeros(0, int)
+        near = near[np.argsort(bd[near, 0])]
+        dup_of = {int(bg_idx[i]): int(bi[i, 0]) for i in near}
+        duplicates = {
+            "exact_groups": dup_groups[:20], "n_exact": int(sum(len(g) for g in dup_groups)),
+            "near": [{"member_id": str(member_ids[bg_idx[i]]), "nearest_member_id": str(member_ids[bi[i, 0]]),
+                      "distance": float(bd[i, 0])} for i in near[:20]],
+            "n_near": int(len(near)), "checked_near": int(len(bg_idx)),
+            "near_expected_by_chance": float(fpr_near * len(bg_idx)),
+            "rule": "exact: identical pixels (all members); near: closer to another member than the copy threshold "
+                    f"(on {len(bg_idx)} sampled members)"}
+        dup_members = {i for g in np.flatnonzero(cnt > 1) for i in np.flatnonzero(inv == g)} | set(dup_of) | set(dup_of.values())
+
+        # per-member view and pairs
+        order = np.argsort(d[:, 0], kind="stable")[: self.n_pairs]
         s8 = to_uint8(samples[order])
-        m8 = ctx.members.uint8(nn[order, 0])
+        m8 = members.uint8(nn[order, 0])
+        mf = l2_normalize(extractor.transform(members.tensor(nn[order, 0]))) if len(order) else np.zeros((0, 1))
+        pair_sim = (mf * l2_normalize(extractor.transform(samples[order]))).sum(1) if len(order) else []
         pairs = [{"sample": int(i), "member_id": str(member_ids[nn[i, 0]]), "distance": float(d[i, 0]),
-                  "copy": bool(copy[i]), "sample_png": png_data_uri(s, scale=4), "member_png": png_data_uri(m, scale=4)}
-                 for i, s, m in zip(order, s8, m8)]
-        finding = (f"{copy.mean():.1%} of {n} generated samples are copies of members (closer to a member than "
-                   f"{1 - self.quantile:.0%} of real unseen images are); {len(counts)} distinct members copied. "
-                   f"Carlini's ratio flags {carlini.mean():.1%} of samples and {carlini_h.mean():.1%} of real holdout images.")
-        table = pd.DataFrame({"sample": np.arange(n), "nearest_member": member_ids[nn[:, 0]], "distance": d[:, 0],
-                              "second_distance": d[:, 1] if k > 1 else np.nan, "copy": copy, "carlini_copy": carlini,
-                              "ratio_copy": ratio})
-        details = {"false_positive_rate": self.quantile, "threshold": threshold, "features": self.features,
-                   "most_copied": [{"member_id": k_, "count": int(v)} for k_, v in counts.head(20).items()],
-                   "pairs": pairs,
-                   "nearest_distance": {"samples": np.percentile(d[:, 0], [1, 5, 25, 50, 75]).round(4).tolist(),
-                                        "holdout": np.percentile(dh[:, 0], [1, 5, 25, 50, 75]).round(4).tolist(),
-                                        "percentiles": [1, 5, 25, 50, 75]}}
+                  "similarity": float(ps), "copy": bool(copy[i]),
+                  "criteria": {c.name: bool(c.flags[i]) for c in crit.values()},
+                  "member_duplicated": int(nn[i, 0]) in dup_members,
+                  "sample_png": _png(s), "member_png": _png(m), "diff_png": _png(_absdiff(s, m))}
+                 for i, s, m, ps in zip(order, s8, m8, pair_sim)]
+        top = counts.head(20)
+        pos = {v: i for i, v in enumerate(member_ids)}
+        thumbs = members.uint8([pos[m] for m in top.index]) if len(top) else []
+        most_copied = [{"member_id": str(m), "count": int(c), "member_png": _png(t),
+                        "member_duplicated": pos[m] in dup_members}
+                       for (m, c), t in zip(top.items(), thumbs)]
+
+        hist_sim = {"samples": sim, "holdout": sim_h, "background": bsim}
+        sim_hist = R.histogram(hist_sim, lo=float(np.nanmin(np.r_[sim, sim_h, bsim, 1.0])), hi=1.0)
+        bg_dist = bd[:, 0] if bd.shape[1] else np.full(len(bg_idx), np.nan)
+        details = {
+            "false_positive_rate": fpr,
+            "false_positive_rate_note": f"larger of the nominal quantile {q:g} and the headline's measured holdout rate",
+            "threshold": crit["copy"].threshold,
+            "features": self.features,
+            "feature_space": _describe(extractor, self.features),
+            "criteria": [c.summary() for c in crit.values()],
+            "search": {**l2.summary(), "k": k_eff, "method": method,
+                       "streams": {k: r.summary() for k, r in res.items() if k in ("l2", "cos")}},
+            "n_samples": n_s, "n_holdout": n_h, "n_members": n_mem, "n_background": int(len(bg_idx)),
+            "tiles_informative": tiles_used,
+            "copied_members": int(len(counts)),
+            "most_copied": most_copied,
+            "member_duplicates": duplicates,
+            "pairs": pairs,
+            "similarity_hist": {**sim_hist, "x": "cosine similarity to the nearest member"},
+            "background_hist": {"edges": sim_hist["edges"], "counts": sim_hist["background"],
+                                "x": "member to second-nearest member (nearest other member) cosine similarity"},
+            "distance_hist": {**R.histogram({"samples": d[:, 0], "holdout": dh[:, 0], "background": bg_dist}, lo=0.0),
+                              "x": "distance to the nearest member"},
+            "similarity_percentiles": R.percentiles(hist_sim),
+            "distance_percentiles": R.percentiles({"samples": d[:, 0], "holdout": dh[:, 0], "background": bg_dist},
+                                                  ps=(1, 5, 10, 25, 50)),
+        }
+        parts = ", ".join(f"{c.name} {c.fraction:.1%} (holdout {c.holdout_fpr:.1%})" for c in crit.values() if c.name != "calibrated")
+        finding = (f"{copy.mean():.1%} of {n_s} generated samples are copies of members (closer to a member than "
+                   f"{1 - q:.0%} of real unseen images are; holdout false-positive rate {crit['copy'].holdout_fpr:.1%}); "
+                   f"{len(counts)} distinct members copied. Other criteria: {parts}.")
+        if duplicates["n_exact"] or duplicates["n_near"] > duplicates["near_expected_by_chance"]:
+            finding += (f" The member set holds {duplicates['n_exact']} exactly duplicated members and "
+                        f"{duplicates['n_near']} near duplicates (about {duplicates['near_expected_by_chance']:.1f} "
+                        f"expected by chance); duplicates drive memorisation.")
+        table = pd.DataFrame({
+            "sample": np.arange(n_s), "nearest_member": member_ids[nn[:, 0]], "distance": d[:, 0],
+            "second_distance": d[:, 1] if d.shape[1] > 1 else np.nan, "carlini_ratio": cr, "neighbour_ratio": nr,
+            "cosine": sim, "cosine_member": member_ids[sim_nn], "tile_score": tile_s,
+            **{f"{c.name}_copy" if c.name != "calibrated" else "copy": c.flags for c in crit.values()}})
         return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    from privaudit.data import to_uint8
+
+    return to_uint8(x)
+
+
+def _absdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).astype(np.uint8)
+
+
+def _png(img: np.ndarray, *, target: int = 64) -> str:
+    """uint8 (C, H, W) -> PNG data URI about ``target`` px wide (small images upscaled, large ones shrunk)."""
+    from PIL import Image
+
+    from privaudit.reports.html import png_data_uri
+
+    h = img.shape[-2]
+    if h > 2 * target:
+        a = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        im = Image.fromarray(np.ascontiguousarray(a))
+        im.thumbnail((2 * target, 2 * target))
+        img = np.asarray(im)
+        img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+    return png_data_uri(img, scale=max(1, target // h))
+
+
+def _describe(extractor, name: str) -> str:
+    describe = getattr(extractor, "describe", None)
+    return describe() if callable(describe) else f"{name} features ({type(extractor).__name__})"

@@ -1,0 +1,200 @@
+"""Memorised-prompt detection from the magnitude of text-conditional noise predictions.
+
+Wen et al. ("Detecting, Explaining, and Mitigating Memorization in Diffusion Models",
+ICLR 2024) observe that a memorised prompt pulls generation towards one training image
+from the first sampling steps on: the text-conditional part of the noise prediction,
+``d_t = ||eps(x_t, prompt) - eps(x_t, "")||_2``, is consistently large for memorised
+prompts and small otherwise. The score of a prompt is ``d_t`` averaged over the first
+``n_steps`` steps of a DDIM sampling run (``steps`` in all, classifier-free guidance
+``guidance_scale``, as the model would be used) and over ``n_seeds`` initial noises.
+The same seeds are used for every prompt (common random numbers), so prompts are compared
+on equal terms. Higher = more likely memorised.
+
+Prompts come from ``prompts``: a text file, one prompt per line (blank lines and lines
+starting with ``#`` ignored), optionally followed by a tab and a label (``1``/``member``/
+``memorised`` or ``0``/``holdout``/``unseen``); or a list of prompts. By default the
+members' captions (label 1) and the holdout's captions (label 0), each capped at
+``max_prompts`` (a seeded subset), are used: unseen prompts of the same form as the
+training captions.
+
+With labels: AUC of member vs unseen prompts (bootstrap interval) and TPR at low FPR,
+judged by the membership severity rules; ``memorised_fraction`` is the share of member
+prompts scoring above the ``1 - quantile`` quantile of unseen prompts (a calibrated flag
+with false-positive rate about ``quantile``). Without labels, prompts are ranked, and flagged
+only above an explicit ``threshold``. CPSample guidance (a wrapper's additive term) cancels
+in the difference, so this measures the model, not the guard.
+
+Threat model: gray box (noise predictions for chosen prompts). Queries per prompt:
+``2 * n_steps * n_seeds`` UNet evaluations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from privaudit.errors import InputError
+from privaudit.metrics import membership_metrics, proportion_ci
+from privaudit.plugin import DetectorOutput, ReplicationDetector
+from privaudit.results import Metric
+
+POSITIVE = {"1", "member", "members", "memorised", "memorized", "true", "yes"}
+NEGATIVE = {"0", "holdout", "unseen", "nonmember", "non-member", "false", "no"}
+
+
+def read_prompt_file(path: str | Path) -> tuple[list[str], np.ndarray | None]:
+    """Prompts and labels (1/0, or None when the file has no label column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: prompt file does not exist")
+    prompts, labels, nos = [], [], []
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if "\t" in line:
+            text, lab = line.rsplit("\t", 1)
+            key = lab.strip().lower()
+            if key not in POSITIVE | NEGATIVE:
+                raise InputError(f"{path}:{no}: label {lab.strip()!r} is not one of 1/member/memorised or 0/holdout/unseen")
+            labels.append(1 if key in POSITIVE else 0)
+        else:
+            text = line
+            labels.append(None)
+        prompts.append(text.strip())
+        nos.append(no)
+    if not prompts:
+        raise InputError(f"{path}: no prompts (one per line)")
+    have = [lab is not None for lab in labels]
+    if any(have) and not all(have):
+        raise InputError(f"{path}:{nos[have.index(not have[0])]}: either every prompt has a label column or none does")
+    return prompts, (np.asarray(labels, int) if all(have) else None)
+
+
+@torch.no_grad()
+def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps: int, guidance_scale: float,
+                            n_seeds: int, seed: int, batch_size: int = 256) -> np.ndarray:
+    """Per prompt, ||eps(x_t, prompt) - eps(x_t, "")|| over the first ``n_steps`` of ``steps`` DDIM steps."""
+    from diffusers import DDIMScheduler
+
+    from privaudit.latent import latent_of
+
+    lat = latent_of(denoiser)
+    sched = DDIMScheduler.from_config(denoiser.scheduler.config)
+    sched.set_timesteps(steps)
+    ts = sched.timesteps[:n_steps]
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n_seeds, *lat.sample_shape), generator=gen)  # shared by all prompts
+    per_chunk = max(1, batch_size // n_seeds)
+    out = np.zeros(len(prompts))
+    for s in range(0, len(prompts), per_chunk):
+        chunk = prompts[s:s + per_chunk]
+        z = noise.repeat(len(chunk), 1, 1, 1).to(denoiser.device)
+        cond = lat.prompt_embeddings([p for p in chunk for _ in range(n_seeds)])
+        empty = lat.prompt_embeddings([""]).expand(len(z), -1, -1)
+        total = torch.zeros(len(z), device=denoiser.device)
+        for t in ts:
+            eu, ec = denoiser.eps(torch.cat([z, z]), int(t), torch.cat([empty, cond])).chunk(2)
+            total += (ec - eu).flatten(1).norm(dim=1)
+            z = sched.step(eu + guidance_scale * (ec - eu), t, z).prev_sample
+        out[s:s + len(chunk)] = (total / len(ts)).view(len(chunk), n_seeds).mean(1).cpu().numpy()
+    return out
+
+
+class MemorisedPromptDetector(ReplicationDetector):
+    """Memorised prompts: magnitude of the text-conditional noise prediction (Wen et al. 2024)."""
+
+    name = "memprompt"
+    id = "PA-TXT-001"
+    requires = ("sampling", "text")
+    threat_model = "gray-box"
+    references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
+
+    def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_steps: int = 10,
+                 guidance_scale: float = 7.5, n_seeds: int = 4, max_prompts: int = 256, quantile: float = 0.01,
+                 threshold: float | None = None, n_top: int = 10, batch_size: int = 256):
+        self.prompts = prompts
+        self.steps = steps
+        self.n_steps = n_steps
+        self.guidance_scale = guidance_scale
+        self.n_seeds = n_seeds
+        self.max_prompts = max_prompts
+        self.quantile = quantile
+        self.threshold = threshold
+        self.n_top = n_top
+        self.batch_size = batch_size
+
+    def queries_per_image(self) -> float:
+        return float(2 * self.n_steps * self.n_seeds)  # per prompt
+
+    def _check(self) -> None:
+        for k in ("steps", "n_steps", "n_seeds", "max_prompts", "batch_size"):
+            v = getattr(self, k)
+            if not (isinstance(v, int) and v >= 1):
+                raise InputError(f"memprompt: {k} must be an integer >= 1, got {v!r}")
+        if self.n_steps > self.steps:
+            raise InputError(f"memprompt: n_steps ({self.n_steps}) exceeds steps ({self.steps})")
+        if not 0 < self.quantile < 1:
+            raise InputError(f"memprompt: quantile must lie strictly between 0 and 1, got {self.quantile!r}")
+
+    def _prompts(self, ctx) -> tuple[list[str], np.ndarray | None, str]:
+        if isinstance(self.prompts, (str, Path)):
+            p, y = read_prompt_file(self.prompts)
+            return p, y, str(self.prompts)
+        if self.prompts is not None:
+            return [str(p) for p in self.prompts], None, "given list"
+        rng = np.random.default_rng(ctx.seed)
+        out, labels = [], []
+        for images, label in ((ctx.members, 1), (ctx.holdout, 0)):
+            caps = list(getattr(images, "captions", ()))
+            if len(caps) > self.max_prompts:
+                caps = [caps[i] for i in np.sort(rng.choice(len(caps), self.max_prompts, replace=False))]
+            out += caps
+            labels += [label] * len(caps)
+        return out, np.asarray(labels, int), "member and holdout captions"
+
+    def detect(self, ctx) -> DetectorOutput:
+        self._check()
+        prompts, y, source = self._prompts(ctx)
+        if not prompts:
+            return DetectorOutput(metrics={}, finding="No prompts to rank: the member and holdout folders carry no "
+                                  "captions (metadata.jsonl / metadata.csv) and no prompt file was given "
+                                  "(--param memprompt.prompts=FILE).", details={"source": source})
+        s = text_guidance_magnitude(ctx.denoiser, prompts, steps=self.steps, n_steps=self.n_steps,
+                                    guidance_scale=self.guidance_scale, n_seeds=self.n_seeds, seed=ctx.seed,
+                                    batch_size=self.batch_size)
+        metrics: dict[str, Metric] = {}
+        details: dict = {"source": source, "n_prompts": len(prompts), "severity_from": "membership"}
+        flagged = np.zeros(len(s), bool)
+        labelled = y is not None and (y == 1).sum() >= 2 and (y == 0).sum() >= 2
+        if labelled:
+            metrics = membership_metrics(s[y == 1], s[y == 0], n_boot=ctx.settings.n_boot, seed=ctx.seed)
+            thr = float(np.quantile(s[y == 0], 1 - self.quantile))
+            flagged = s > thr
+            k, n = int(flagged[y == 1].sum()), int((y == 1).sum())
+            metrics["memorised_fraction"] = Metric(k / n, proportion_ci(k, n),
+                                                   note=f"member prompts above the {1 - self.quantile:.0%} quantile of unseen prompts")
+            details.update(threshold=thr, false_positive_rate=self.quantile)
+        elif self.threshold is not None:
+            flagged = s > float(self.threshold)
+            details["threshold"] = float(self.threshold)
+        order = np.argsort(-s, kind="stable")
+        table = pd.DataFrame({"prompt": prompts, "label": y if y is not None else np.full(len(s), -1),
+                              "score": s, "rank": np.argsort(order) + 1, "flagged": flagged})
+        details["top"] = [{"prompt": prompts[i], "score": round(float(s[i]), 5),
+                           "label": None if y is None else int(y[i]), "flagged": bool(flagged[i])}
+                          for i in order[: self.n_top]]
+        if labelled:
+            auc = metrics["auc"]
+            finding = (f"Text-conditional noise magnitude separates {int((y == 1).sum())} training captions from "
+                       f"{int((y == 0).sum())} unseen captions with AUC {auc.value:.3f} (95% CI {auc.ci[0]:.3f}-"
+                       f"{auc.ci[1]:.3f}); {metrics['memorised_fraction'].value:.0%} of training captions score above "
+                       f"{1 - self.quantile:.0%} of unseen ones: those prompts are likely memorised.")
+        else:
+            top = prompts[order[0]]
+            finding = (f"Ranked {len(prompts)} prompts by text-conditional noise magnitude; the highest is {top!r} "
+                       f"({s[order[0]]:.3f}). No labels: pass a label column to measure separation"
+                       + (f"; {int(flagged.sum())} above threshold {self.threshold}." if self.threshold is not None else "."))
+        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table)

@@ -1,0 +1,124 @@
+"""``CPSampleTextPipeline``: CPSample protection for text-to-image latent pipelines (Stable Diffusion class).
+
+Components: the original ``vae``, ``text_encoder``, ``tokenizer``, ``unet``
+(``UNet2DConditionModel``, untouched) and ``scheduler``, plus ``guard``: a
+``GuardClassifier`` on noised *latents* (conditioned on the timestep, not on the prompt:
+it recognises a member's latent whatever it was asked for), trained on the members'
+VAE latents exactly as the pixel guard is trained on pixels. ``alpha`` and ``scale`` are
+stored in ``model_index.json``. Everything is safetensors + JSON.
+
+Sampling (``__call__``) is Stable Diffusion's loop: prompts -> CLIP embeddings, latents
+from the generator, classifier-free guidance ``eps("") + w (eps(prompt) - eps(""))`` with
+the noise prediction of ``as_denoiser()`` (a ``ProtectedDenoiser`` over a
+``LatentTextDenoiser``), so the guard's guidance acts in latent space; the additive
+guard term is the same on both branches and survives classifier-free guidance exactly
+once. Then the VAE decodes. With ``scale=0`` it is the unprotected pipeline.
+
+Loading offline works as for ``CPSamplePipeline`` (see ``pipeline.py``): importing
+``privaudit.plugins.mitigations.cpsample`` registers the class with diffusers::
+
+    import privaudit.plugins.mitigations.cpsample  # registers the pipeline classes
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained("run/protected")
+    images = pipe(["a handwritten digit seven, sample kavo"], num_images_per_prompt=4).images
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
+from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+
+
+class CPSampleTextPipeline(DiffusionPipeline):
+    """Text-to-image generation with CPSample guidance in latent space.
+
+    Parameters: ``vae`` (``AutoencoderKL``), ``text_encoder`` (``CLIPTextModel``), ``tokenizer``
+    (``CLIPTokenizer``), ``unet`` (``UNet2DConditionModel``), ``scheduler``, ``guard``
+    (``GuardClassifier`` on latents), ``alpha`` (gate), ``scale`` (guidance scale s).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, guard, alpha: float = 0.25, scale: float = 30.0):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              guard=guard)
+        self.register_to_config(alpha=float(alpha), scale=float(scale))
+
+    @classmethod
+    def from_text_pipeline(cls, pipe, *, guard, alpha: float, scale: float) -> "CPSampleTextPipeline":
+        """Protect a loaded ``StableDiffusionPipeline``-style pipeline with a trained latent guard."""
+        return cls(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+                   scheduler=pipe.scheduler, guard=guard, alpha=alpha, scale=scale)
+
+    def as_denoiser(self, *, device: torch.device | str | None = None, alpha: float | None = None,
+                    scale: float | None = None) -> ProtectedDenoiser:
+        """The protected latent noise prediction as a privaudit ``Denoiser`` (what ``privaudit scan`` audits)."""
+        from privaudit.latent import LatentTextDenoiser
+
+        dev = torch.device(device) if device is not None else self._execution_device
+        base = LatentTextDenoiser(unet=self.unet, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                  scheduler=self.scheduler, device=dev)
+        return ProtectedDenoiser(base=base, guard=self.guard, alpha=self.config.alpha if alpha is None else alpha,
+                                 scale=self.config.scale if scale is None else scale)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] = "", num_images_per_prompt: int = 1, num_inference_steps: int = 50,
+                 guidance_scale: float = 7.5, generator: torch.Generator | list[torch.Generator] | None = None,
+                 eta: float = 0.0, output_type: str | None = "pil", return_dict: bool = True,
+                 alpha: float | None = None, scale: float | None = None):
+        """Generate ``num_images_per_prompt`` protected images for each prompt (prompt-major order).
+
+        ``alpha`` / ``scale`` override the saved guard settings for this call; ``guidance_scale``
+        is classifier-free guidance (1 turns it off); ``output_type``: "pil", "np", "pt" or "latent".
+        """
+        den = self.as_denoiser(alpha=alpha, scale=scale)
+        lat = den.base
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        rows = [p for p in prompts for _ in range(num_images_per_prompt)]
+        cond = lat.prompt_embeddings(rows)
+        empty = lat.prompt_embeddings([""]).expand(len(rows), -1, -1)
+        shape = (len(rows), *lat.sample_shape)
+        latents = randn_tensor(shape, generator=generator, device=den.device, dtype=self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=den.device)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        if "eta" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["eta"] = eta
+        for t in self.progress_bar(self.scheduler.timesteps):
+            if guidance_scale == 1.0:
+                e = den.eps(self.scheduler.scale_model_input(latents, t), t, cond)
+            else:
+                inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+                eu, ec = den.eps(inp, t, torch.cat([empty, cond])).chunk(2)
+                e = eu + guidance_scale * (ec - eu)
+            latents = self.scheduler.step(e, t, latents, **step_kwargs).prev_sample
+        if output_type == "latent":
+            image = latents
+        else:
+            image = (lat.decode(latents) / 2 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+                if output_type == "pil":
+                    image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+
+def register_with_diffusers() -> None:
+    """Make ``DiffusionPipeline.from_pretrained`` resolve ``_class_name: "CPSampleTextPipeline"``."""
+    import diffusers
+
+    if vars(diffusers).get("CPSampleTextPipeline") is not CPSampleTextPipeline:
+        setattr(diffusers, "CPSampleTextPipeline", CPSampleTextPipeline)
+
+
+register_with_diffusers()

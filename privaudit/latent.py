@@ -1,0 +1,343 @@
+"""Latent, text-conditional models (Stable Diffusion class) as Denoisers, and conditioned views.
+
+``LatentTextDenoiser`` adapts a ``StableDiffusionPipeline``-style pipeline
+(``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder and tokenizer + scheduler):
+
+- ``eps(z_t, t, cond)`` is the UNet's noise prediction in latent space; ``cond`` is
+  ``None`` or ``""`` (the empty prompt), a prompt, a list of prompts, or prompt embeddings
+  (B, L, D). Conditioning for B rows is tiled to a batch of k * B rows in block order
+  (``repeat``), which is how attacks stack k noise draws of a batch (``x0.repeat(k, ...)``).
+- ``sample_shape`` is the latent shape, ``image_shape`` the pixel shape;
+  ``encode(x)`` maps images in [-1, 1] to scaled latents (the VAE posterior mode times
+  ``scaling_factor``, deterministic), ``decode(z)`` maps back.
+- ``white_box`` is the UNet (weights visible); ``fingerprint`` hashes every component.
+
+Attacks stay unchanged: the runner hands them latents and a ``ConditionedDenoiser`` whose
+``eps`` binds each batch's captions (``attack_inputs``). Membership attacks on latent
+models work in latent space, as the literature does (e.g. PIA and SecMI on Stable
+Diffusion), with the image's caption as conditioning, or the empty prompt
+(``prompt="empty"``) for an attacker who does not know the captions.
+
+White-box attacks that call ``white_box(x_t, t)`` (GSA vmaps per-sample gradients over
+images, so per-image conditioning cannot be threaded through) see the UNet with the empty
+prompt bound: a stated limit, recorded with the results.
+
+Wrappers such as a CPSample ``ProtectedDenoiser`` keep the latent model as ``.base``;
+``latent_of`` finds it, so encoding, decoding and prompt embedding work through them while
+``eps`` goes through the wrapper (guidance included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from privaudit.errors import InputError
+
+PROMPT_MODES = ("caption", "empty")
+
+
+class LatentTextDenoiser:
+    """A Stable-Diffusion-style pipeline (conditional UNet in a VAE's latent space) as a Denoiser."""
+
+    text_conditional = True
+
+    def __init__(self, *, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer,
+                 scheduler, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().cpu()
+        cfg = unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        self.sample_shape = (cfg.in_channels, size, size)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_shape = (vae.config.in_channels, size * self.vae_scale_factor, size * self.vae_scale_factor)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+        self.max_length = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
+        self.white_box = self.unet
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_pipeline(cls, pipe, *, device: torch.device | str, model_dir: str = "") -> "LatentTextDenoiser":
+        missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
+        if missing:
+            raise InputError(f"{model_dir}: text-conditional pipeline lacks {', '.join(missing)}")
+        if not hasattr(pipe.scheduler, "alphas_cumprod"):
+            raise InputError(f"{model_dir}: scheduler {type(pipe.scheduler).__name__} has no noise schedule")
+        return cls(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                   scheduler=pipe.scheduler, device=device)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over all weights (UNet, VAE, text encoder) and the schedule."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name, mod in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+                for k, v in sorted(mod.state_dict().items()):
+                    h.update(f"{name}.{k}".encode())
+                    h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+            h.update(self.alphas_cumprod.numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP hidden states (B, L, D) for ``prompts``, cached per prompt."""
+        prompts = [str(p) for p in prompts]
+        todo = sorted({p for p in prompts if p not in self._prompt_cache})
+        for s in range(0, len(todo), 256):
+            chunk = todo[s:s + 256]
+            ids = self.tokenizer(chunk, padding="max_length", max_length=self.max_length, truncation=True,
+                                 return_tensors="pt").input_ids.to(self.device)
+            for p, e in zip(chunk, self.text_encoder(ids)[0]):
+                self._prompt_cache[p] = e
+        if not prompts:
+            return torch.zeros((0, self.max_length, self.text_encoder.config.hidden_size), device=self.device)
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def condition(self, cond: object, n: int) -> torch.Tensor:
+        """Embeddings for a batch of ``n`` rows from ``cond`` (see the module docstring)."""
+        if cond is None:
+            cond = ""
+        if isinstance(cond, str):
+            return self.prompt_embeddings([cond]).expand(n, -1, -1)
+        if isinstance(cond, torch.Tensor):
+            emb = cond.to(self.device)
+        elif isinstance(cond, (list, tuple)) and all(isinstance(c, str) for c in cond):
+            emb = self.prompt_embeddings(cond)
+        else:
+            raise TypeError(f"conditioning must be None, a prompt, a list of prompts or embeddings, got {type(cond).__name__}")
+        return tile(emb, n)
+
+    # ------------------------------------------------------------------ denoiser
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.device)
+        if t.ndim == 0:
+            t = t.expand(len(x_t))
+        emb = self.condition(cond, len(x_t)).to(x_t.dtype)
+        return self.unet(x_t, t, encoder_hidden_states=emb).sample
+
+    # ------------------------------------------------------------------ latent space
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+        """Images in [-1, 1] (n, C, H, W) -> scaled latents (posterior mode; deterministic)."""
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise InputError(f"images are {tuple(x.shape[1:])}, the VAE expects {self.image_shape}")
+        out = [self.vae.encode(x[s:s + batch_size].to(self.device)).latent_dist.mode()
+               for s in range(0, len(x), batch_size)]
+        z = torch.cat(out) if out else torch.zeros((0, *self.sample_shape), device=self.device)
+        return (z - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+        """Scaled latents -> images clamped to [-1, 1]."""
+        out = [self.vae.decode(z[s:s + batch_size].to(self.device) / self.scaling_factor + self.shift_factor).sample
+               for s in range(0, len(z), batch_size)]
+        return torch.cat(out).clamp(-1, 1) if out else torch.zeros((0, *self.image_shape), device=self.device)
+
+
+def image_shape_of(denoiser) -> tuple[int, int, int]:
+    """The (C, H, W) of the images a denoiser's model sees: the VAE's for latent models (through wrappers)."""
+    lat = latent_of(denoiser)
+    return tuple(lat.image_shape) if lat is not None else tuple(denoiser.sample_shape)
+
+
+def to_model_space(denoiser, x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> what the denoiser's network works on: scaled latents for latent models, else ``x``."""
+    lat = latent_of(denoiser)
+    return x if lat is None else lat.encode(x.to(lat.device))
+
+
+def tile(emb: torch.Tensor, n: int) -> torch.Tensor:
+    """Conditioning for B rows tiled to ``n`` = k * B rows in block order (as ``x.repeat(k, ...)``)."""
+    b = len(emb)
+    if b == n:
+        return emb
+    if b == 1:
+        return emb.expand(n, *emb.shape[1:])
+    if b and n % b == 0:
+        return emb.repeat(n // b, *[1] * (emb.ndim - 1))
+    raise ValueError(f"conditioning for {b} rows cannot be tiled to a batch of {n} rows "
+                     "(attacks must stack repeats of a batch in block order, x.repeat(k, ...))")
+
+
+def latent_of(denoiser, depth: int = 8) -> LatentTextDenoiser | None:
+    """The latent text model inside ``denoiser`` (itself or a wrapper's ``.base``), else None."""
+    for _ in range(depth):
+        if denoiser is None or isinstance(denoiser, LatentTextDenoiser):
+            return denoiser
+        denoiser = getattr(denoiser, "base", None) if not isinstance(denoiser, ConditionedDenoiser) else denoiser.denoiser
+    return None
+
+
+class _EmptyPromptUNet(torch.nn.Module):
+    """The conditional UNet as ``f(x_t, t)`` with the empty prompt bound (for white-box attacks)."""
+
+    def __init__(self, unet: torch.nn.Module, empty: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self._empty = empty  # (1, L, D), a plain attribute: not a parameter the attack differentiates
+
+    def forward(self, sample: torch.Tensor, timestep, *args, **kwargs):
+        emb = self._empty.to(sample.dtype).expand(sample.shape[0], -1, -1)
+        return self.unet(sample, timestep, encoder_hidden_states=emb)
+
+
+class ConditionedDenoiser:
+    """A view of ``denoiser`` whose ``eps(x_t, t)`` uses bound conditioning.
+
+    ``cond``: embeddings (B, L, D) tiled to each call's batch; or, for ``fit`` calls that see
+    two image sets with one denoiser, ``by_rows`` maps a set's row count to its embeddings:
+    a call with k * n rows gets the set of n rows' conditioning (an ambiguous count is an
+    error, never a guess). Everything else is the wrapped denoiser's.
+    """
+
+    def __init__(self, denoiser, *, cond: torch.Tensor | None = None, by_rows: dict[int, torch.Tensor] | None = None,
+                 prompt: str = "caption"):
+        lat = latent_of(denoiser)
+        if lat is None:
+            raise TypeError("ConditionedDenoiser needs a latent text-conditional denoiser")
+        self.denoiser = denoiser
+        self.cond = cond
+        self.by_rows = by_rows or {}
+        self.prompt = prompt
+        self.device = denoiser.device
+        self.alphas_cumprod = denoiser.alphas_cumprod
+        self.sample_shape = denoiser.sample_shape
+        self.scheduler = denoiser.scheduler
+        wb = getattr(denoiser, "white_box", None)
+        self.white_box = None if wb is None else _EmptyPromptUNet(wb, lat.prompt_embeddings([""]))
+
+    def __getattr__(self, name: str):  # only called for attributes not set above
+        return getattr(self.__dict__["denoiser"], name)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def _bound(self, n: int) -> torch.Tensor:
+        if self.cond is not None:
+            return tile(self.cond, n)
+        fits = [m for m in self.by_rows if n % m == 0]  # fit_inputs makes the set sizes coprime
+        if len(fits) != 1:
+            raise ValueError(f"cannot tell which image set a batch of {n} rows belongs to "
+                             f"(sets of {sorted(self.by_rows)} rows); condition the batch explicitly")
+        return tile(self.by_rows[fits[0]], n)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
+        return self.denoiser.eps(x_t, t, self._bound(len(x_t)) if cond is None else cond)
+
+
+def batch_captions(images, index: Sequence[int], prompt: str) -> list[str]:
+    """The prompts a batch is conditioned on: its captions, or "" (empty prompt / uncaptioned)."""
+    if prompt not in PROMPT_MODES:
+        raise InputError(f"prompt conditioning {prompt!r}: choose {' or '.join(PROMPT_MODES)}")
+    caps = getattr(images, "captions", ())
+    if prompt == "empty" or not caps:
+        return [""] * len(index)
+    return [caps[int(i)] for i in index]
+
+
+def attack_inputs(denoiser, images, index: Sequence[int], x: torch.Tensor, *, prompt: str = "caption"):
+    """(denoiser, x) as an attack should see them: unchanged for pixel models; for latent text
+    models, the batch's latents and a view bound to the batch's conditioning."""
+    lat = latent_of(denoiser)
+    if lat is None:
+        return denoiser, x
+    emb = lat.prompt_embeddings(batch_captions(images, index, prompt))
+    return ConditionedDenoiser(denoiser, cond=emb, prompt=prompt), lat.encode(x)
+
+
+def fit_inputs(denoiser, members, cal_m: Sequence[int], holdout, cal_h: Sequence[int], *, prompt: str = "caption"):
+    """(denoiser, members x, holdout x) for ``attack.fit`` on the calibration splits.
+
+    Latent text models: latents, and a view that conditions each call by its row count
+    (``ConditionedDenoiser.by_rows``). A batch of k * n_m rows must not also be j * n_h rows,
+    so the holdout's fitting set is trimmed by its last few calibration images until the two
+    sizes are coprime (then k * n_m = j * n_h needs k >= n_h and j >= n_m). Trimmed images
+    are left out of fitting only; they are still scored. Returns the index arrays used as the
+    4th and 5th items.
+    """
+    cal_m, cal_h = np.asarray(cal_m), np.asarray(cal_h)
+    lat = latent_of(denoiser)
+    if lat is None:
+        return (denoiser, members.tensor(cal_m, device=denoiser.device),
+                holdout.tensor(cal_h, device=denoiser.device), cal_m, cal_h)
+    n_h = len(cal_h)
+    while n_h > 2 and math.gcd(len(cal_m), n_h) != 1:
+        n_h -= 1
+    if len(cal_m) < 2 or n_h < 2 or math.gcd(len(cal_m), n_h) != 1:
+        raise InputError(f"calibration splits of {len(cal_m)} members and {len(cal_h)} holdout images are too small "
+                         "to fit an attack on a text-conditional model")
+    cal_h = cal_h[:n_h]
+    em = lat.prompt_embeddings(batch_captions(members, cal_m, prompt))
+    eh = lat.prompt_embeddings(batch_captions(holdout, cal_h, prompt))
+    view = ConditionedDenoiser(denoiser, by_rows={len(cal_m): em, len(cal_h): eh}, prompt=prompt)
+    return view, lat.encode(members.tensor(cal_m)), lat.encode(holdout.tensor(cal_h)), cal_m, cal_h
+
+
+def conditioning_details(denoiser, members, *, prompt: str) -> dict:
+    """What a membership result on a latent text model was conditioned on (empty for pixel models)."""
+    if latent_of(denoiser) is None:
+        return {}
+    used = "captions" if prompt == "caption" and getattr(members, "captions", ()) else "empty prompt"
+    return {"conditioning": {"space": f"latent {list(denoiser.sample_shape)}", "prompt": used,
+                             "white_box": "UNet with the empty prompt bound (per-image captions are not "
+                                          "threaded through per-sample gradient attacks)"}}
+
+
+# ---------------------------------------------------------------------------- generation
+
+@torch.no_grad()
+def generate(denoiser, prompts: Sequence[str], *, n_per_prompt: int = 1, steps: int = 25,
+             guidance_scale: float = 5.0, seed: int = 0, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    """Images in [-1, 1] for each prompt (prompt-major: rows i*n .. i*n+n-1 are prompt i's).
+
+    DDIM (eta 0) with classifier-free guidance: eps = eps("") + w (eps(prompt) - eps("")).
+    ``denoiser`` may be a wrapper (CPSample): its ``eps`` is used for both branches, so an
+    additive guidance term is applied exactly once to the guided prediction. Seeded per
+    (seed, prompt index, draw): a prompt's images do not depend on the other prompts.
+    """
+    from diffusers import DDIMScheduler
+    from tqdm.auto import tqdm
+
+    lat = latent_of(denoiser)
+    if lat is None:
+        raise InputError("prompted generation needs a text-conditional latent model")
+    sched = DDIMScheduler.from_config(denoiser.scheduler.config)
+    sched.set_timesteps(steps)
+    rows = [(i, j) for i in range(len(prompts)) for j in range(n_per_prompt)]
+    out = []
+    bar = tqdm(total=len(rows) * steps, desc=f"generating ({steps} steps)", disable=not progress, unit="img-step")
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        z = torch.stack([torch.randn(lat.sample_shape, generator=torch.Generator().manual_seed(
+            seed * 1_000_003 + i * 9_973 + j)) for i, j in chunk]).to(denoiser.device)
+        cond = lat.prompt_embeddings([prompts[i] for i, _ in chunk])
+        empty = lat.prompt_embeddings([""]).expand(len(chunk), -1, -1)
+        for t in sched.timesteps:
+            if guidance_scale == 1.0:
+                e = denoiser.eps(z, int(t), cond)
+            else:
+                eu, ec = denoiser.eps(torch.cat([z, z]), int(t), torch.cat([empty, cond])).chunk(2)
+                e = eu + guidance_scale * (ec - eu)
+            z = sched.step(e, t, z).prev_sample
+            bar.update(len(chunk))
+        out.append(lat.decode(z).cpu())
+    bar.close()
+    return torch.cat(out) if out else torch.zeros((0, *lat.image_shape))

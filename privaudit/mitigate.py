@@ -1,0 +1,507 @@
+"""``privaudit mitigate``: audit, apply a mitigation plugin, audit again, with controls and a sweep.
+
+The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows none by name):
+
+1. **before**: ``runner.audit`` on the raw model's Denoiser (every selected attack and
+   detector; seeds from the settings);
+2. ``mitigation.apply(ctx)`` -> ``MitigationOutput``: the protected pipeline folder
+   (``DIR/protected``), its Denoiser (loaded back from that folder: what is audited is what
+   ships), details of what was trained, and *controls*: other ways of serving the model
+   (``Variant``: a Denoiser, possibly with its own ``draw_samples`` sampler) that show
+   whether the effect is real (e.g. a placebo) or cheaper to get (e.g. rejection sampling);
+3. **after**: the same audit on the protected Denoiser: the gray-box view a user of the
+   protected pipeline has. White-box attacks read ``denoiser.white_box``, the raw network,
+   so their numbers stay unchanged: that is the mitigation's stated limit, shown, not hidden;
+4. **controls** audited the same way, side by side with no mitigation and the mitigation,
+   each with copy fraction, membership AUC on the served denoiser, quality and sampling
+   time (measured in this process on the same sample count, steps and seed);
+5. ``--sweep``: ``mitigation.sweep(ctx, output)`` variants (e.g. alpha x scale), each audited;
+   the privacy/quality frontier, the recommended setting (the best quality among settings
+   that meet the privacy targets; if none does, the fewest copies), and, where the sweep
+   has a ``placebo`` family, the placebo's copy fraction at the mitigation's quality.
+
+Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html, exactly as
+``scan``), ``DIR/results.json`` (``kind: "mitigation"``; shape below) and ``DIR/report.html``::
+
+    {"schema_version", "kind": "mitigation", "method", "params", "before": <scan results>,
+     "after": <scan results>, "controls": [{"name", "description", "family", "params",
+     "metrics": {...}, "sampling_seconds", "sampling_ratio", "details"}], "sweep": [{"name",
+     "family", <params>, "metrics", "sampling_seconds", "meets_targets", "recommended"}],
+     "matched_quality": {...} | null, "white_box": [...], "guard": {...}, "targets": {...},
+     "findings": [str], "warnings": [str], "limits": [str], "manifest": {...}}
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from privaudit.data import ImageSet, load_images
+from privaudit.denoiser import Denoiser, sample
+from privaudit.errors import InputError
+from privaudit.io import write_json, write_text
+from privaudit.plugin import Registry
+from privaudit.results import SCHEMA_VERSION
+from privaudit.runner import AuditContext, AuditSettings, audit, default_cache_dir, load_data, manifest, write_run
+from privaudit.target import ModelInfo, load_target
+
+# What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
+TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
+QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; higher precision is better
+
+GENERIC_LIMITS = (
+    "Protection holds only while the raw model weights stay private: white-box attacks read the raw network and "
+    "see through any sampling-time mitigation (their numbers are shown unchanged below).",
+    "Gray-box numbers are for the protected model as served (noise predictions at chosen timesteps); an attacker "
+    "who knows the mitigation may invert a score, so membership AUC is also reported two-sided, max(AUC, 1 - AUC).",
+)
+
+
+@dataclass
+class MitigationContext:
+    """What a mitigation plugin sees: the raw model, the data, where to write, how to audit."""
+
+    model_dir: Path
+    pipeline: Any
+    denoiser: Denoiser
+    members: ImageSet
+    holdout: ImageSet
+    reference: ImageSet | None
+    out: Path
+    registry: Registry
+    settings: AuditSettings
+    device: torch.device
+    cache_dir: Path
+    seed: int
+    progress: bool
+
+    def feature(self, name: str, **params):
+        """A fitted feature extractor (the same one the audit's detectors get)."""
+        return AuditContext(denoiser=self.denoiser, members=self.members, holdout=self.holdout, registry=self.registry,
+                            settings=self.settings, reference=self.reference).feature(name, **params)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of serving the model, audited like the protected one.
+
+    ``denoiser``: a Denoiser (gray-box attacks query its ``eps``; detectors sample it, through
+    its ``draw_samples`` if it has one). ``probe(samples) -> dict``: extra metrics on its
+    generated samples. ``details``: a dict, or a callable returning one after the audit.
+    """
+
+    name: str
+    description: str
+    denoiser: Any
+    family: str = "control"
+    params: dict = field(default_factory=dict)
+    probe: Callable[[torch.Tensor], dict] | None = None
+    details: dict | Callable[[], dict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MitigationOutput:
+    """What ``Mitigation.apply`` returns."""
+
+    protected_dir: Path
+    denoiser: Any
+    params: dict
+    guard: dict
+    controls: list[Variant] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
+    probe: Callable[[torch.Tensor], dict] | None = None
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def _value(m: Any) -> float | None:
+    v = m.get("value") if isinstance(m, dict) else m
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def summarize(results: dict) -> dict:
+    """The numbers compared across variants, from one audit's plugin results (by metric name)."""
+    out: dict[str, float] = {}
+    served, white, two_sided = [], [], []
+    for p in results["plugins"]:
+        if p["status"] != "ok":
+            continue
+        m = p["metrics"]
+        if p["kind"] == "attack" and "auc" in m:
+            auc = _value(m["auc"])
+            out[f"{p['name']}_auc"] = auc
+            (white if p["threat_model"] == "white-box" else served).append(auc)
+            cands = [auc] + [float(v) for v in ((p.get("details") or {}).get("fitted") or {}).get("sweep_", {}).values()
+                             if isinstance(v, (int, float))]
+            two_sided.append(max(max(c, 1 - c) for c in cands))
+        for key in ("copy_fraction", "frechet_distance", "precision", "recall"):
+            if key in m and key not in out and _value(m[key]) is not None:
+                out[key] = _value(m[key])
+    if served:
+        out["membership_auc"] = max(served)
+    if white:
+        out["white_box_auc"] = max(white)
+    if two_sided:
+        out["membership_auc_two_sided"] = max(two_sided)
+    return {k: round(v, 6) for k, v in out.items() if v is not None}
+
+
+def _sampling_config(results: dict) -> dict:
+    """Steps, sampler and n of the detectors' sampling (for a like-for-like timing run)."""
+    for p in results["plugins"]:
+        prm = p.get("params") or {}
+        if p["kind"] == "detector" and "steps" in prm and "sampler" in prm:
+            return {"steps": int(prm["steps"]), "sampler": str(prm["sampler"]), "n": int(prm.get("n_samples", 64))}
+    return {"steps": 50, "sampler": "ddim", "n": 64}
+
+
+def timed_samples(denoiser, *, n: int, steps: int, sampler: str, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
+    """Draw ``n`` samples (uncached) and time it; uses the denoiser's own sampler if it has one."""
+    reset = getattr(denoiser, "reset_counts", None)
+    if callable(reset):
+        reset()
+    if denoiser is not None and getattr(denoiser, "device", torch.device("cpu")).type == "cuda":
+        torch.cuda.synchronize(denoiser.device)
+    start = time.perf_counter()
+    draw = getattr(denoiser, "draw_samples", None)
+    kw = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=False)
+    x = draw(**kw) if callable(draw) else sample(denoiser, **kw)
+    if getattr(denoiser, "device", torch.device("cpu")).type == "cuda":
+        torch.cuda.synchronize(denoiser.device)
+    return x, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- the flow
+
+
+def _scan_results(res: dict, *, info: ModelInfo, data: dict, settings: AuditSettings, registry: Registry,
+                  argv, device, seconds: float) -> dict:
+    from dataclasses import asdict
+
+    body = {"schema_version": SCHEMA_VERSION, "kind": "scan", "target": {**asdict(info), "schedule": info.scheduler_class},
+            **res}
+    body["manifest"] = manifest(argv=argv, device=device, settings=settings, info=info, data=data, registry=registry,
+                                seconds=seconds)
+    body["data"] = data
+    return body
+
+
+class _Auditor:
+    """Audits variants with one set of data and settings; collects comparable rows."""
+
+    def __init__(self, *, members, holdout, reference, registry, settings, timing: dict, seed: int):
+        self.members, self.holdout, self.reference = members, holdout, reference
+        self.registry, self.settings, self.timing, self.seed = registry, settings, timing, seed
+        self.base_seconds: float | None = None
+
+    def audit(self, denoiser) -> dict:
+        return audit(denoiser=denoiser, members=self.members, holdout=self.holdout, registry=self.registry,
+                     settings=self.settings, reference=self.reference)
+
+    def row(self, *, name: str, description: str, family: str, params: dict, res: dict, denoiser,
+            probe=None, details=None) -> dict:
+        n = min(64, self.timing["n"])
+        x, secs = timed_samples(denoiser, n=n, steps=self.timing["steps"], sampler=self.timing["sampler"],
+                                seed=self.seed, batch_size=self.settings.batch_size * 2)
+        metrics = summarize(res)
+        if probe is not None:
+            metrics.update(probe(x))
+        if self.base_seconds is None:
+            self.base_seconds = secs
+        det = details() if callable(details) else dict(details or {})
+        return {"name": name, "description": description, "family": family, "params": params, "metrics": metrics,
+                "sampling_seconds": round(secs, 3), "sampling_ratio": round(secs / max(self.base_seconds, 1e-9), 3),
+                "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"]},
+                "verdict": res["verdict"]["level"], "details": det}
+
+
+def meets_targets(metrics: dict, targets: dict = TARGETS) -> bool:
+    return all(metrics.get(k) is not None and metrics[k] <= v for k, v in targets.items() if k in metrics) \
+        and "copy_fraction" in metrics
+
+
+def _quality_key(rows: list[dict]) -> str | None:
+    return next((k for k in QUALITY_PREFERENCE if all(k in r["metrics"] for r in rows)), None)
+
+
+def recommend(rows: list[dict]) -> int | None:
+    """Index of the recommended setting: best quality meeting the targets, else the fewest copies."""
+    if not rows:
+        return None
+    q = _quality_key(rows)
+    qual = (lambda r: r["metrics"][q] if q == "frechet_distance" else -r["metrics"][q]) if q else (lambda r: 0.0)
+    ok = [i for i, r in enumerate(rows) if meets_targets(r["metrics"])]
+    if ok:
+        return min(ok, key=lambda i: (qual(rows[i]), rows[i]["metrics"].get("copy_fraction", 1.0)))
+    return min(range(len(rows)), key=lambda i: (rows[i]["metrics"].get("copy_fraction", 1.0), qual(rows[i])))
+
+
+def _cost(r: dict, q: str) -> float:
+    """Quality as a cost (lower is better) for metric ``q``."""
+    return r["metrics"][q] if q == "frechet_distance" else -r["metrics"][q]
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(quality cost, copies) points -> the frontier: cost ascending, copies strictly falling."""
+    front: list[tuple[float, float]] = []
+    for c, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((c, y))
+    return front
+
+
+def frontier_at(front: list[tuple[float, float]], x: float) -> float:
+    """Fewest copies at quality cost x: linear between frontier points (a per-sample mix of two
+    settings gets exactly the mixed copy fraction), flat beyond the last one."""
+    if x <= front[0][0]:
+        return front[0][1]
+    for (c0, y0), (c1, y1) in zip(front, front[1:]):
+        if c0 <= x <= c1:
+            return y1 if c1 == c0 else y0 + (y1 - y0) * (x - c0) / (c1 - c0)
+    return front[-1][1]
+
+
+def matched_quality(main: list[dict], placebo: list[dict], *, anchor: dict | None = None, tol: float = 0.02) -> dict | None:
+    """Copies at matched quality: the two privacy/quality frontiers compared where both were measured.
+
+    Each family's frontier is the Pareto front of its settings (fewest copies for a given
+    quality), ``anchor`` (the unprotected model) a point of both. The fronts are compared at
+    every measured quality level inside the overlap of the two families' ranges; the
+    mitigation "beats" the placebo when it never has more copies there (beyond ``tol``,
+    sampling noise at a few hundred samples) and fewer on average by more than ``tol``.
+    """
+    q = _quality_key([*main, *placebo, *([anchor] if anchor else [])])
+    rows_m = [r for r in main if "copy_fraction" in r["metrics"]] + ([anchor] if anchor else [])
+    rows_p = [r for r in placebo if "copy_fraction" in r["metrics"]] + ([anchor] if anchor else [])
+    if q is None or len(rows_m) < 2 or len(rows_p) < 2:
+        return None
+    pm = [(_cost(r, q), r["metrics"]["copy_fraction"]) for r in rows_m]
+    pp = [(_cost(r, q), r["metrics"]["copy_fraction"]) for r in rows_p]
+    fm, fp = pareto(pm), pareto(pp)
+    lo, hi = max(fm[0][0], fp[0][0]), min(max(c for c, _ in pm), max(c for c, _ in pp))
+    grid = sorted({c for c, _ in fm + fp if lo <= c <= hi})
+    sign = 1 if q == "frechet_distance" else -1
+    points = [{"quality": round(sign * x, 4), "mitigation_copy_fraction": round(frontier_at(fm, x), 4),
+               "placebo_copy_fraction": round(frontier_at(fp, x), 4)} for x in grid]
+    diffs = np.array([p["placebo_copy_fraction"] - p["mitigation_copy_fraction"] for p in points])
+    if len(diffs) == 0:
+        verdict = "no overlap"
+    elif (diffs >= -tol).all() and diffs.mean() > tol:
+        verdict = "beats"
+    elif (diffs <= tol).all() and diffs.mean() < -tol:
+        verdict = "worse"
+    elif np.abs(diffs).max() <= tol:
+        verdict = "no difference"
+    else:
+        verdict = "mixed"
+    return {"quality_metric": q, "overlap": [round(sign * lo, 4), round(sign * hi, 4)], "points": points,
+            "mean_copy_advantage": round(float(diffs.mean()), 4) if len(diffs) else None, "verdict": verdict,
+            "beats_placebo": verdict == "beats", "tolerance": tol,
+            "note": (f"Pareto fronts of copy fraction against {q} (linear between measured settings), compared at "
+                     "each measured quality level where both families were measured; the unprotected model is a "
+                     "point of both")}
+
+
+def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out: str | Path, method: str,
+             params: dict | None = None, settings: AuditSettings, device: str = "auto",
+             reference: str | Path | None = None, sweep: bool = False, allow_pickle: bool = False,
+             plugins_dir: str | Path | None = None, argv: list[str] | None = None, redact: str = "thumbnails",
+             log: Callable[[str], None] | None = None) -> dict:
+    """``privaudit mitigate``: returns the mitigation results written to ``out``."""
+    say = log or (lambda msg: print(msg, file=sys.stderr) if settings.progress else None)
+    start = time.perf_counter()
+    out = Path(out)
+    registry = Registry.build(plugins_dir=plugins_dir)
+    for n in settings.attacks:
+        registry.get(n, kind="attack")
+    for n in settings.detectors:
+        registry.get(n, kind="detector")
+    mitigation = registry.create(method, kind="mitigation", **(params or {}))
+    if callable(getattr(mitigation, "validate", None)):
+        mitigation.validate()  # bad settings fail before anything is loaded or trained
+    raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle)
+    if callable(getattr(pipe, "as_denoiser", None)):
+        raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
+    mem, hold = load_data(members, holdout, shape=getattr(raw, "image_shape", raw.sample_shape))
+    ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
+    data = {"members": mem.fingerprint(), "holdout": hold.fingerprint(), **({"reference": ref.fingerprint()} if ref else {})}
+    common = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
+
+    say("mitigate: auditing the raw model (before)")
+    t0 = time.perf_counter()
+    before_res = audit(denoiser=raw, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
+    before = _scan_results(before_res, info=info, data=data, seconds=time.perf_counter() - t0, **common)
+
+    ctx = MitigationContext(model_dir=Path(model_dir), pipeline=pipe, denoiser=raw, members=mem, holdout=hold,
+                            reference=ref, out=out, registry=registry, settings=settings, device=raw.device,
+                            cache_dir=Path(settings.cache_dir or default_cache_dir()), seed=settings.seed,
+                            progress=settings.progress)
+    say(f"mitigate: applying {method}")
+    t0 = time.perf_counter()
+    result: MitigationOutput = mitigation.apply(ctx)
+    apply_seconds = time.perf_counter() - t0
+    for w in result.warnings:
+        say(f"mitigate: warning: {w}")
+
+    say("mitigate: auditing the protected model (after)")
+    t0 = time.perf_counter()
+    _, pinfo, _ = load_target(result.protected_dir, device=str(raw.device))
+    after_res = audit(denoiser=result.denoiser, members=mem, holdout=hold, registry=registry, settings=settings,
+                      reference=ref)
+    after = _scan_results(after_res, info=pinfo, data=data, seconds=time.perf_counter() - t0, **common)
+
+    auditor = _Auditor(members=mem, holdout=hold, reference=ref, registry=registry, settings=settings,
+                       timing=_sampling_config(before), seed=settings.seed)
+    controls = [auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
+                            description="the raw model as trained"),
+                auditor.row(name=method, family=method, params=_scalar_params(result.params), res=after_res,
+                            denoiser=result.denoiser, probe=result.probe,
+                            description="the protected pipeline as saved in protected/ and loaded back")]
+    for v in result.controls:
+        say(f"mitigate: auditing control: {v.name}")
+        res = auditor.audit(v.denoiser)
+        controls.append(auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
+                                    denoiser=v.denoiser, probe=v.probe, details=v.details))
+
+    sweep_rows: list[dict] = []
+    matched = None
+    if sweep:
+        variants = mitigation.sweep(ctx, result) if callable(getattr(mitigation, "sweep", None)) else []
+        for i, v in enumerate(variants, 1):
+            say(f"mitigate: sweep {i}/{len(variants)}: {v.name}")
+            res = auditor.audit(v.denoiser)
+            row = auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
+                              denoiser=v.denoiser, probe=v.probe, details=v.details)
+            sweep_rows.append({"name": row["name"], "family": row["family"], **row["params"], "metrics": row["metrics"],
+                               "sampling_seconds": row["sampling_seconds"], "sampling_ratio": row["sampling_ratio"],
+                               "meets_targets": meets_targets(row["metrics"]), "recommended": False,
+                               "_params": row["params"]})
+        main = [r for r in sweep_rows if r["family"] == method]
+        best = recommend(main)
+        if best is not None:
+            main[best]["recommended"] = True
+        placebo = [r for r in sweep_rows if r["family"] == "placebo"]
+        matched = matched_quality(main, placebo, anchor=controls[0])
+        for r in sweep_rows:
+            r.pop("_params")
+
+    white = _white_box(before, after)
+    findings = _findings(method, controls, sweep_rows, matched, white)
+    results = {
+        "schema_version": SCHEMA_VERSION, "kind": "mitigation", "method": method,
+        "params": _scalar_params(result.params),
+        "protected": str(result.protected_dir),
+        "before": _body(before), "after": _body(after),
+        "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white,
+        "guard": result.guard, "targets": TARGETS, "findings": findings, "warnings": list(result.warnings),
+        "limits": list(GENERIC_LIMITS) + list(result.limits),
+    }
+    results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,
+                                      registry=registry, seconds=time.perf_counter() - start),
+                           "mitigation": {"name": method, "origin": registry.get(method).origin,
+                                          "apply_seconds": round(apply_seconds, 2)}}
+    results["data"] = data
+    write_run(out / "before", before, redact=redact)
+    write_run(out / "after", after, baseline=before, redact=redact)
+    _write_report(out, results, before=before, after=after, redact=redact)
+    return results
+
+
+def _body(scan: dict) -> dict:
+    return {k: v for k, v in scan.items() if k not in ("scores", "tables")}
+
+
+def _scalar_params(params: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
+            if isinstance(v, (int, float, str, bool, tuple, list)) or v is None}
+
+
+def _white_box(before: dict, after: dict) -> list[dict]:
+    rows = []
+    b = {p["name"]: p for p in before["plugins"] if p["status"] == "ok" and p["threat_model"] == "white-box"}
+    for p in after["plugins"]:
+        if p["name"] in b and p["status"] == "ok" and "auc" in p["metrics"]:
+            ba, aa = _value(b[p["name"]]["metrics"]["auc"]), _value(p["metrics"]["auc"])
+            rows.append({"attack": p["name"], "before_auc": ba, "after_auc": aa,
+                         "unchanged": ba is not None and aa is not None and abs(ba - aa) < 1e-9})
+    return rows
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _findings(method: str, controls: list[dict], sweep: list[dict], matched: dict | None, white: list[dict]) -> list[str]:
+    by = {c["family"]: c for c in controls}
+    none, ours = by.get("none"), by.get(method)
+    out = []
+    if none and ours:
+        m0, m1 = none["metrics"], ours["metrics"]
+        out.append(f"{method}: copy fraction {_fmt(m0.get('copy_fraction'))} -> {_fmt(m1.get('copy_fraction'))}; "
+                   f"membership AUC on the served model {_fmt(m0.get('membership_auc'))} -> {_fmt(m1.get('membership_auc'))} "
+                   f"(two-sided {_fmt(m0.get('membership_auc_two_sided'))} -> {_fmt(m1.get('membership_auc_two_sided'))}); "
+                   f"Frechet distance {_fmt(m0.get('frechet_distance'))} -> {_fmt(m1.get('frechet_distance'))}; "
+                   f"sampling time x{ours['sampling_ratio']:.2f}.")
+        unmet = [k for k, v in TARGETS.items() if k in m1 and m1[k] > v]
+        if unmet:
+            out.append(f"{method} at these settings misses the target(s) " +
+                       ", ".join(f"{k} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
+    for c in controls:
+        if c["family"] in ("none", method):
+            continue
+        m = c["metrics"]
+        out.append(f"control {c['name']}: copy fraction {_fmt(m.get('copy_fraction'))}, membership AUC "
+                   f"{_fmt(m.get('membership_auc'))}, Frechet distance {_fmt(m.get('frechet_distance'))}, "
+                   f"sampling time x{c['sampling_ratio']:.2f}.")
+    placebo = by.get("placebo")
+    if ours and placebo and "copy_fraction" in ours["metrics"] and "copy_fraction" in placebo["metrics"]:
+        a, b = ours["metrics"]["copy_fraction"], placebo["metrics"]["copy_fraction"]
+        q = _quality_key([ours, placebo])
+        qa, qb = (ours["metrics"].get(q), placebo["metrics"].get(q)) if q else (None, None)
+        out.append(f"At the same settings {method} leaves {a:.3f} copies and the placebo {b:.3f}" +
+                   (f" ({q} {qa:.3f} vs {qb:.3f})" if q else "") +
+                   (": the placebo does as well, so at these settings the effect is not specific to the training set."
+                    if b <= a else "."))
+    if matched:
+        m = matched
+        words = {"beats": "beats the placebo: fewer copies at the same quality",
+                 "worse": "does NOT beat the placebo: the placebo leaves fewer copies at the same quality",
+                 "no difference": "does NOT beat the placebo: the same copies at the same quality",
+                 "mixed": "does NOT consistently beat the placebo: fewer copies at some quality levels, more at others",
+                 "no overlap": "cannot be compared with the placebo: their sweeps reach no common quality"}
+        out.append(f"At matched quality ({m['quality_metric']} {m['overlap'][0]:.3g} to {m['overlap'][1]:.3g}, "
+                   f"{len(m['points'])} levels) {method} {words[m['verdict']]}"
+                   + (f" (mean copy-fraction advantage {m['mean_copy_advantage']:+.3f})." if m["points"] else ".")
+                   + (" At this scale guidance removes copies mostly by perturbing samples, not by steering away "
+                      "from members specifically." if m["verdict"] in ("worse", "no difference", "mixed") else ""))
+    rec = next((r for r in sweep if r.get("recommended")), None)
+    if rec:
+        out.append(f"recommended setting: {rec['name']} (copy fraction {_fmt(rec['metrics'].get('copy_fraction'))}, "
+                   f"{'meets' if rec['meets_targets'] else 'does not meet'} the targets).")
+    for w in white:
+        out.append(f"white-box {w['attack']}: AUC {_fmt(w['before_auc'])} before, {_fmt(w['after_auc'])} after "
+                   f"({'unchanged: the raw weights bypass the mitigation' if w['unchanged'] else 'changed'}).")
+    return out
+
+
+def _write_report(out: Path, results: dict, *, before: dict, after: dict, redact: str) -> None:
+    from privaudit.reports import render_html
+    from privaudit.reports.images import redact_images
+
+    try:
+        html = render_html(results, redact=redact)
+    except Exception as e:  # a renderer without mitigation support: fall back to after-vs-before, and say so
+        results["warnings"].append(f"mitigation report rendering failed ({e.__class__.__name__}: {e}); "
+                                   "report.html shows the after audit against the before audit")
+        html = render_html(_body(after), baseline=_body(before), redact=redact)
+    write_json(out / "results.json", redact_images(results, mode=redact))
+    write_text(out / "report.html", html)

@@ -1,0 +1,256 @@
+"""CPSample: guard, protected sampling, protected pipeline, and the mitigate flow on the digits target."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from privaudit.data import load_images
+from privaudit.denoiser import sample
+from privaudit.errors import InputError
+
+# Small but real settings: one guard of the default recipe, few samples, few bootstrap rounds.
+AUDIT = dict(attacks=("loss",), detectors=("nn",), n_boot=100, progress=False,
+             plugin_params={"nn": {"n_samples": 128}, "loss": {"timesteps": (50, 200), "k": 2}})
+PARAMS = {"rejection_max_factor": 4.0}
+
+
+def _settings(**kw):
+    from privaudit.runner import AuditSettings
+
+    return AuditSettings(**{**AUDIT, **kw})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """8x8 images gain nothing from intra-op threads, and on a loaded 2-core machine 2 threads
+    made sampling 10x slower than 1 (oversubscription): run this module single-threaded."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def mitigation_run(digits_target, tmp_path_factory):
+    """One ``privaudit mitigate`` run (CPSample, default recipe) on the memorising target."""
+    from privaudit.mitigate import mitigate
+
+    out = tmp_path_factory.mktemp("mitigate")
+    results = mitigate(model_dir=digits_target / "model", members=digits_target / "members",
+                       holdout=digits_target / "holdout", reference=digits_target / "reference", out=out,
+                       method="cpsample", params=PARAMS, settings=_settings(), device="cpu")
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def protected(mitigation_run):
+    """The protected pipeline loaded back from disk, and its Denoiser."""
+    from privaudit.target import load_target
+
+    out, _ = mitigation_run
+    den, info, pipe = load_target(out / "protected", device="cpu")
+    return den, info, pipe
+
+
+@pytest.fixture(scope="session")
+def copy_criterion(digits_target):
+    """The calibrated copy test of DESIGN.md section 5, in pixels: closer to a member than 99% of holdout images."""
+    m = load_images(digits_target / "members", name="members", channels=1, size=8).tensor().flatten(1)
+    h = load_images(digits_target / "holdout", name="holdout", channels=1, size=8).tensor().flatten(1)
+    thr = float(np.quantile(torch.cdist(h, m).min(1).values.numpy(), 0.01))
+    return lambda x: float((torch.cdist(x.flatten(1), m).min(1).values < thr).float().mean())
+
+
+def test_mitigate_writes_runs_and_comparison(mitigation_run):
+    out, r = mitigation_run
+    for sub in ("before", "after"):
+        body = json.loads((out / sub / "results.json").read_text())
+        assert body["kind"] == "scan" and (out / sub / "scores.csv").exists() and (out / sub / "report.html").exists()
+    assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["kind"] == "mitigation" and saved["method"] == "cpsample"
+    assert {"before", "after", "controls", "sweep", "guard", "limits", "manifest", "params"} <= set(saved)
+    names = [c["name"] for c in r["controls"]]
+    assert names == ["no mitigation", "cpsample", "placebo guard", "rejection sampling"]
+    for c in r["controls"]:
+        assert {"copy_fraction", "membership_auc"} <= set(c["metrics"]) and c["sampling_seconds"] > 0
+    assert r["params"]["alpha"] == 0.25 and r["params"]["scale"] == 30.0
+    assert any("white-box" in x for x in r["limits"]) and any("guard" in x for x in r["limits"])
+    # the labels file: one fixed label per member, both labels used
+    rows = (out / "guard" / "labels.csv").read_text().splitlines()[1:]
+    labels = [int(line.rsplit(",", 1)[1]) for line in rows]
+    assert len(labels) == 64 and sum(labels) == 32
+
+
+def test_protection_reduces_copies_and_reports_guard(mitigation_run):
+    _, r = mitigation_run
+    by = {c["name"]: c["metrics"] for c in r["controls"]}
+    assert by["no mitigation"]["copy_fraction"] >= 0.5
+    assert by["cpsample"]["copy_fraction"] < by["no mitigation"]["copy_fraction"] - 0.2
+    g = r["guard"]
+    assert g["reached_target"] and g["fit_accuracy"] >= 0.97
+    assert g["train_accuracy_by_band"]["t0-99"] >= 0.95
+    # member-specific: far more confident on members than on unseen images at low noise
+    assert g["confidence_members"]["t0-99"] > g["confidence_holdout"]["t0-99"] + 0.15
+    assert g["gate_rate_holdout"]["t0-99"] < 0.5 * g["gate_rate_members"]["t0-99"]
+    assert 0 < g["size_vs_unet"] < 1
+    rej = next(c for c in r["controls"] if c["name"] == "rejection sampling")["details"]["rejection"]
+    assert rej["drawn"] >= rej["requested"] and 0 <= rej["acceptance_rate"] <= 1
+
+
+def test_copies_and_guard_confidence_fall_as_scale_grows(protected, copy_criterion):
+    den, _, _ = protected
+    copies, conf = [], []
+    for s in (0.0, 30.0, 300.0):
+        d = den.with_params(scale=s)
+        x = sample(d, n=96, steps=25, seed=3)
+        copies.append(copy_criterion(x))
+        conf.append(float((d.confidence(x, 0) - 0.5).mean()))
+    assert copies[0] >= 0.5
+    assert copies[1] < copies[0] and copies[2] <= copies[1] + 0.03
+    assert conf[1] < conf[0] and conf[2] <= conf[1] + 0.02
+
+
+def test_scale_zero_reproduces_unprotected_samples_bit_for_bit(protected, digits_denoiser):
+    from diffusers import DDPMPipeline
+
+    den, _, pipe = protected
+    zero = den.with_params(scale=0.0)
+    for sampler in ("ddim", "ddpm"):
+        assert torch.equal(sample(zero, n=8, steps=10, sampler=sampler, seed=1),
+                           sample(digits_denoiser, n=8, steps=10, sampler=sampler, seed=1))
+    raw = DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
+    a = raw(batch_size=4, generator=torch.Generator().manual_seed(5), num_inference_steps=10, output_type="np").images
+    b = pipe(batch_size=4, generator=torch.Generator().manual_seed(5), num_inference_steps=10, output_type="np",
+             scale=0.0).images
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("scheduler", ["DDPMScheduler", "DDIMScheduler"])
+def test_from_pretrained_round_trip_samples_with_protection(mitigation_run, protected, scheduler):
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    from privaudit.plugins.mitigations.cpsample.pipeline import CPSamplePipeline
+
+    out, _ = mitigation_run
+    _, _, pipe = protected
+    loaded = DiffusionPipeline.from_pretrained(out / "protected", local_files_only=True, use_safetensors=True)
+    assert isinstance(loaded, CPSamplePipeline) and loaded.config.alpha == 0.25 and loaded.config.scale == 30.0
+    assert not any(p.suffix in (".bin", ".pt", ".pkl", ".py") for p in (out / "protected").rglob("*"))
+    # the same components assembled in memory sample the same images as the folder loaded back
+    memory = CPSamplePipeline(unet=pipe.unet, scheduler=pipe.scheduler, guard=pipe.guard, alpha=0.25, scale=30.0)
+    for p in (loaded, memory):
+        p.scheduler = getattr(diffusers, scheduler).from_config(p.scheduler.config)
+        p.set_progress_bar_config(disable=True)
+    run = dict(batch_size=6, num_inference_steps=20, output_type="pt")
+    a = loaded(generator=torch.Generator().manual_seed(0), **run).images
+    b = memory(generator=torch.Generator().manual_seed(0), **run).images
+    unprotected = loaded(generator=torch.Generator().manual_seed(0), scale=0.0, **run).images
+    assert torch.equal(a, b)
+    assert not torch.equal(a, unprotected)  # protection is on in the loaded pipeline's own __call__
+
+
+def test_scan_audits_the_protected_folder(mitigation_run, digits_target, tmp_path):
+    from privaudit.runner import scan
+
+    out, r = mitigation_run
+    res = scan(model_dir=out / "protected", members=digits_target / "members", holdout=digits_target / "holdout",
+               out=tmp_path, settings=_settings(detectors=()), device="cpu")
+    assert res["target"]["pipeline_class"] == "CPSamplePipeline"
+    loss = next(p for p in res["plugins"] if p["name"] == "loss")
+    # the same protected denoiser, the same seeds: scan reproduces the mitigate run's after-audit number
+    after = next(p for p in r["after"]["plugins"] if p["name"] == "loss")
+    assert loss["metrics"]["auc"]["value"] == pytest.approx(after["metrics"]["auc"]["value"])
+
+
+def test_fresh_process_loads_protected_folder_via_cli(mitigation_run, digits_target, tmp_path):
+    """A new interpreter: only the plugin registry (no test imports) makes diffusers resolve the pipeline."""
+    import subprocess
+    import sys
+
+    out, _ = mitigation_run
+    cmd = [sys.executable, "-m", "privaudit", "scan", str(out / "protected"), "--members", str(digits_target / "members"),
+           "--holdout", str(digits_target / "holdout"), "--out", str(tmp_path / "scan"), "--detectors", "",
+           "--param", "loss.timesteps=[50]", "--param", "loss.k=1", "--bootstrap", "50", "--quiet", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "scan" / "results.json").read_text())
+    assert res["target"]["pipeline_class"] == "CPSamplePipeline"
+
+
+def test_protected_denoiser_contract(protected, digits_denoiser):
+    from privaudit.denoiser import Denoiser
+
+    den, _, _ = protected
+    assert isinstance(den, Denoiser)
+    assert den.white_box is den.base.unet  # a white-box attacker sees the raw UNet: the stated limit
+    assert den.fingerprint != den.with_params(scale=31.0).fingerprint != den.with_params(alpha=0.2).fingerprint
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((16,), 40)
+    e_raw, e = digits_denoiser.eps(x, t), den.eps(x, t)
+    gate = den.confidence(x, t) > 1 - den.alpha
+    assert torch.equal(e[~gate], e_raw[~gate])  # guidance only where the gate is on
+    x_ddpm = sample(den, n=8, steps=10, sampler="ddpm", seed=2)
+    assert torch.isfinite(x_ddpm).all() and x_ddpm.abs().max() <= 1
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"alpha": 0.0}, "alpha=0.0: must lie in"),
+    ({"alpha": 0.7}, "alpha=0.7: must lie in"),
+    ({"scale": -1.0}, "scale=-1.0: must be"),
+])
+def test_bad_parameters_fail_before_any_work(digits_target, tmp_path, params, match):
+    from privaudit.mitigate import mitigate
+
+    with pytest.raises(InputError, match=match):
+        mitigate(model_dir=digits_target / "model", members=digits_target / "members", holdout=digits_target / "holdout",
+                 out=tmp_path, method="cpsample", params=params, settings=_settings(), device="cpu")
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_rejects_bad_alpha_and_mismatched_members(digits_target, tmp_path, capsys):
+    from PIL import Image
+
+    from privaudit.cli import main
+
+    args = [str(digits_target / "model"), "--members", str(digits_target / "members"), "--holdout",
+            str(digits_target / "holdout"), "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]
+    assert main(["mitigate", *args, "--alpha", "0.9"]) == 2
+    assert "alpha=0.9" in capsys.readouterr().err
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(rgb / f"{i}.png")
+    args[2] = str(rgb)
+    assert main(["mitigate", *args]) == 2
+    err = capsys.readouterr().err
+    assert str(rgb) in err and "model expects" in err
+
+
+def test_guard_shortfall_is_an_error_or_a_warning(digits_target, tmp_path):
+    from privaudit.mitigate import mitigate
+    from privaudit.plugins.mitigations.cpsample import CPSample
+    from privaudit.plugins.mitigations.cpsample.mitigation import GuardShortfallError
+    from privaudit.plugins.mitigations.cpsample.train import TrainStats
+
+    with pytest.raises(GuardShortfallError, match="below its target"):
+        mitigate(model_dir=digits_target / "model", members=digits_target / "members", holdout=digits_target / "holdout",
+                 out=tmp_path, method="cpsample", params={"max_steps": 2, "on_shortfall": "error"},
+                 settings=_settings(attacks=(), detectors=()), device="cpu")
+    short = TrainStats(steps=2, seconds=0.1, final_loss=0.7, fit_accuracy=0.55, reached_target=False, history=[])
+    msg = CPSample(max_steps=2)._check_shortfall(short, "CPSample")
+    assert "0.550" in msg and "weaker than configured" in msg
+
+
+def test_already_protected_model_is_refused(mitigation_run, digits_target, tmp_path):
+    from privaudit.mitigate import mitigate
+
+    out, _ = mitigation_run
+    with pytest.raises(InputError, match="already a protected pipeline"):
+        mitigate(model_dir=out / "protected", members=digits_target / "members", holdout=digits_target / "holdout",
+                 out=tmp_path, method="cpsample", settings=_settings(), device="cpu")

@@ -1,0 +1,307 @@
+"""The HTML report: sections with the run's numbers, escaping, redaction, re-rendering from JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from markupsafe import escape
+
+from conftest import plugin
+from report_helpers import DATA_URI, PAYLOAD, body, decode_images, hostile, mitigation_results, \
+    nearest_member_rms
+
+SCAN_SECTIONS = ("verdict", "membership", "replication", "quality", "rules", "limits", "provenance")
+
+
+class Outline(HTMLParser):
+    """Headings, images, SVGs, scripts and every URL-bearing attribute of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings: list[int] = []
+        self.imgs: list[dict] = []
+        self.svgs: list[dict] = []
+        self.ids: list[str] = []
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+        self._in_svg = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        if re.fullmatch(r"h[1-6]", tag):
+            self.headings.append(int(tag[1]))
+        if tag == "img":
+            self.imgs.append(a)
+        if tag == "svg":
+            self.svgs.append(a)
+            self._in_svg = True
+        if tag == "title" and self._in_svg:
+            self.svgs[-1]["has_title"] = True
+        if "id" in a:
+            self.ids.append(a["id"])
+        for k in ("src", "href", "action", "srcset", "poster", "data"):
+            if k in a and a[k] is not None:
+                self.urls.append(a[k])
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self._in_svg = False
+
+
+def outline(html: str) -> Outline:
+    o = Outline()
+    o.feed(html)
+    return o
+
+
+def render(results: dict, **kw) -> str:
+    from privaudit.reports import render_html
+
+    return render_html(body(results), **kw)
+
+
+def assert_self_contained_and_accessible(html: str) -> Outline:
+    assert "could not be rendered" not in html
+    o = outline(html)
+    assert "script" not in o.tags and "<script" not in html.lower()
+    assert not re.search(r"""url\(\s*['"]?(?!data:)""", html), "CSS must not load anything"
+    for u in o.urls:  # only in-page anchors and embedded images
+        assert u.startswith("#") or u.startswith("data:image/png;base64,"), u
+    assert o.headings[0] == 1 and o.headings.count(1) == 1
+    for prev, cur in zip(o.headings, o.headings[1:]):
+        assert cur <= prev + 1, f"heading level jumps from h{prev} to h{cur}"
+    for img in o.imgs:
+        assert img.get("alt"), img
+    for s in o.svgs:
+        assert s.get("role") == "img" and s.get("aria-labelledby") and s.get("has_title"), s
+    assert len(o.ids) == len(set(o.ids)), "duplicate ids"
+    return o
+
+
+def test_scan_report_shows_every_section_with_the_runs_numbers(digits_scan):
+    html = render(digits_scan)
+    o = assert_self_contained_and_accessible(html)
+    for sid in SCAN_SECTIONS:
+        assert sid in o.ids
+    level = digits_scan["verdict"]["level"]
+    assert re.search(rf'<span class="badge {level} big">{level}</span>', html)
+    loss, nn = plugin(digits_scan, "loss"), plugin(digits_scan, "nn")
+    assert f"{loss['metrics']['auc']['value']:.3f}" in html
+    assert f"{100 * loss['metrics']['tpr_at_fpr_0.01']['value']:.1f}%" in html
+    assert f"{100 * nn['metrics']['copy_fraction']['value']:.1f}%" in html
+    for rule in loss["details"]["rules"] + nn["details"]["rules"]:  # one sentence per rule that fired
+        assert str(escape(rule)) in html
+    # every closest pair is shown with its images (generated, member, ...) and its member id
+    pairs = nn["details"]["pairs"]
+    assert len(o.imgs) >= 2 * len(pairs)
+    for p in pairs:
+        assert p["member_id"] in html
+    # the log-log ROC and a score histogram per attack
+    assert "ROC curves, log-log scale" in html and "attack scores, members vs holdout" in html
+    # data checks, including the blind baseline
+    for c in digits_scan["checks"]:
+        assert str(escape(c["message"])) in html
+    # thresholds in the rule table come from the code that applies them
+    from privaudit import verdict
+
+    assert f"TPR at 1% FPR &gt;= {verdict.TPR_CRITICAL:.2f}" in html
+    assert f"copy fraction &gt;= {verdict.COPY_HIGH:.0%}" in html
+    # provenance: the manifest and the weights hash
+    sha = next(iter(digits_scan["target"]["weights_sha256"].values()))
+    assert sha in html and "Run manifest (JSON)" in html
+
+
+def test_file_names_and_user_strings_are_shown_as_text(digits_target, digits_scan, tmp_path):
+    """A real scan whose most-copied member is named ``<script>alert(1)</script>.png``."""
+    from conftest import run_scan
+
+    victim = plugin(digits_scan, "nn")["details"]["pairs"][0]["member_id"]
+    target = tmp_path / "target"
+    target.mkdir()
+    for name in ("model", "holdout", "reference"):
+        (target / name).symlink_to(digits_target / name, target_is_directory=True)
+    shutil.copytree(digits_target / "members", target / "members")
+    bad = target / "members" / PAYLOAD  # the "/" in the name makes a folder: the image id is the relative path
+    bad.parent.mkdir(parents=True)
+    (target / "members" / victim).rename(bad)
+    results = run_scan(target, tmp_path / "run", attacks=(), detectors=("nn",))  # samples cached by digits_scan
+    assert PAYLOAD in json.dumps(results["plugins"])  # the id made it into the results
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in html
+    assert_self_contained_and_accessible(html)
+
+
+@pytest.mark.parametrize("kind", ["scan", "mitigation"])
+def test_hostile_results_cannot_inject_markup(digits_scan, null_scan, kind):
+    from privaudit.reports import render_html
+
+    r = hostile(digits_scan)
+    if kind == "mitigation":
+        r = mitigation_results(r, hostile(null_scan))
+    html = render_html(r)
+    assert "<script" not in html.lower() and "<img src=x" not in html and "javascript:" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert_self_contained_and_accessible(html)
+
+
+def _members(digits_target) -> np.ndarray:
+    from privaudit.data import load_images
+
+    return load_images(digits_target / "members", name="members").uint8()[:, 0]
+
+
+def _holdout_floor(digits_target, members: np.ndarray) -> float:
+    """How close real unseen digits come to a member: the 1% quantile of their nearest-member RMS."""
+    from privaudit.data import load_images
+
+    hold = load_images(digits_target / "holdout", name="holdout").uint8()[:, 0]
+    return float(np.quantile([nearest_member_rms(h, members) for h in hold], 0.01))
+
+
+def test_redaction_controls_which_training_images_the_file_holds(digits_target, digits_scan):
+    from privaudit.reports.images import THUMB_PX
+
+    members = _members(digits_target)
+    floor = _holdout_floor(digits_target, members)
+    assert floor > 0.02
+
+    thumbs = decode_images(render(digits_scan, redact="thumbnails"))
+    assert thumbs and max(max(i.shape[:2]) for i in thumbs) <= THUMB_PX
+    # positive control: the default report really shows members (so the comparisons below can see them)
+    assert min(nearest_member_rms(i, members) for i in thumbs) < 0.01
+
+    blurred = decode_images(render(digits_scan, redact="blur"))
+    assert len(blurred) == len(thumbs)
+    # every image is further from every member than real unseen digits usually are: none shows a member
+    assert min(nearest_member_rms(i, members) for i in blurred) > floor
+
+    omitted = render(digits_scan, redact="omit")
+    assert DATA_URI.findall(omitted) == [] and "<img" not in omitted
+    assert "Images omitted" in omitted and plugin(digits_scan, "nn")["details"]["pairs"][0]["member_id"] in omitted
+
+
+def test_a_run_written_with_omit_holds_no_image_in_any_file(digits_scan, tmp_path):
+    from privaudit.runner import write_run
+
+    out = write_run(tmp_path / "run", digits_scan, redact="omit")
+    for f in out.iterdir():
+        assert "data:image" not in f.read_text(), f.name
+    assert plugin(json.loads((out / "results.json").read_text()), "nn")["details"]["pairs"]  # the pairs stay, as ids
+
+
+def test_images_of_unknown_origin_are_treated_as_training_images(digits_scan):
+    from privaudit.reports import render_html
+    from privaudit.reports.images import decode_uri
+
+    r = body(digits_scan)
+    pair = plugin(r, "nn")["details"]["pairs"][0]
+    r["plugins"][0]["details"]["extra_png"] = pair["member_png"]  # a third-party key the report does not know
+    html = render_html(r, redact="omit")
+    assert DATA_URI.findall(html) == []
+    member = np.asarray(decode_uri(pair["member_png"]).convert("L"))
+    blurred = [np.asarray(decode_uri(u).convert("L")) for u in DATA_URI.findall(render_html(r, redact="blur"))]
+    assert not any(b.shape == member.shape and np.array_equal(b, member) for b in blurred)
+
+
+def test_report_cli_rerenders_scan_baseline_and_mitigation(digits_scan, null_scan, tmp_path):
+    from privaudit.cli import main
+    from privaudit.io import write_json
+
+    a, b, m = tmp_path / "today", tmp_path / "yesterday", tmp_path / "mitigation"
+    write_json(a / "results.json", body(null_scan))
+    write_json(b / "results.json", body(digits_scan))
+    write_json(m / "results.json", mitigation_results(digits_scan, null_scan))
+
+    assert main(["report", str(a), "--baseline", str(b), "--redact", "omit"]) == 0
+    html = (a / "report.html").read_text()
+    o = assert_self_contained_and_accessible(html)
+    assert "comparison" in o.ids and "Comparison with the baseline run" in html
+    assert DATA_URI.findall(html) == []
+    before = plugin(digits_scan, "nn")["metrics"]["copy_fraction"]["value"]
+    after = plugin(null_scan, "nn")["metrics"]["copy_fraction"]["value"]
+    assert f"{100 * (after - before):+.1f} pts" in html  # the delta, computed from the two runs
+    for level in (digits_scan["verdict"]["level"], null_scan["verdict"]["level"]):
+        assert f'<span class="badge {level}">{level}</span>' in html
+
+    assert main(["report", str(m)]) == 0
+    html = (m / "report.html").read_text()
+    o = assert_self_contained_and_accessible(html)
+    assert "before-after" in o.ids
+    for text in ("Controls: is the effect real?", "placebo guard", "rejection sampling", "recommended: ",
+                 "Privacy / quality trade-off", "Guard classifier", "White-box attacks", "guard stand-in warning",
+                 "At matched quality", "beats placebo", "x9.00", "a white-box attacker bypasses the guard",
+                 "privaudit mitigate MODEL --method cpsample"):
+        assert text in html, text
+    assert "huge" not in html  # per-control details stay in results.json
+    assert html.count("Trade-off: ") == 2  # copies and membership AUC, each against quality
+
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_partial_and_foreign_results_render_with_not_run_sections():
+    from privaudit.reports import render_html
+
+    for r in ({}, {"kind": "scan"}, {"kind": "mitigation"},
+              {"kind": "scan", "plugins": [
+                  {"name": "loss", "kind": "attack", "status": "error", "reason": "RuntimeError: boom"},
+                  {"name": "nn", "kind": "detector", "status": "skipped", "reason": "target lacks sampling"},
+                  {"name": "weird", "kind": "attack", "status": "ok", "metrics": {"auc": 0.7}, "details": []}],
+               "verdict": {"level": "low"}, "ensemble": {"metrics": {}}, "checks": ["not a dict"]}):
+        html = render_html(r)
+        assert_self_contained_and_accessible(html)
+        assert "Not run" in html or "RuntimeError: boom" in html
+    html = render_html({"kind": "scan", "plugins": [
+        {"name": "nn", "kind": "detector", "status": "skipped", "reason": "target lacks sampling"}]})
+    assert "target lacks sampling" in html and "Not run: no membership attack" in html
+
+
+def test_a_malformed_part_costs_its_section_not_the_report(digits_scan):
+    from privaudit.reports import render_html
+
+    r = body(digits_scan)
+    plugin(r, "nn")["details"]["pairs"] = [{"sample": 1, "distance": "far", "member_png": 3}]
+    plugin(r, "loss")["details"]["roc"] = {"fpr": [0.0, "x"], "tpr": [0.0, 1.0]}
+    html = render_html(r)
+    assert "could not be rendered" in html and "Verdict" in html and "Provenance" in html
+
+
+def test_rendering_is_deterministic(digits_scan, null_scan):
+    from privaudit.reports import render_html
+
+    r = mitigation_results(digits_scan, null_scan)
+    assert render_html(r) == render_html(r)
+
+
+def test_bad_redact_mode_is_an_input_error(digits_scan):
+    from privaudit.errors import InputError
+    from privaudit.reports import render_html
+
+    with pytest.raises(InputError, match="--redact"):
+        render_html(body(digits_scan), redact="pixelate")
+
+
+def test_prompt_examples_and_record_lists_render_and_redact(digits_scan):
+    """Detectors that report examples (a prompt with its generations) or record lists render generically."""
+    from privaudit.reports import render_html
+
+    r = body(digits_scan)
+    png = plugin(r, "nn")["details"]["pairs"][0]["member_png"]
+    r["plugins"].append({
+        "name": "promptcopy", "kind": "detector", "status": "ok", "severity": "low", "threat_model": "black-box",
+        "metrics": {"copy_fraction": {"value": 0.25, "ci": [0.1, 0.4]}}, "finding": "prompt copies",
+        "details": {"examples": [{"prompt": "a digit <b>one</b>", "max_clique": 3, "generations_png": [png, png, png],
+                                  "nearest_member_png": png, "nearest_member_id": "members_0001.png"}],
+                    "top": [{"prompt": "a digit seven", "score": 0.91, "flagged": True}]}})
+    html = render_html(r)
+    assert "a digit &lt;b&gt;one&lt;/b&gt;" in html and "a digit seven" in html and "max clique" in html
+    assert len(DATA_URI.findall(html)) >= len(DATA_URI.findall(render_html(body(digits_scan)))) + 4
+    omitted = render_html(r, redact="omit")
+    assert DATA_URI.findall(omitted) == [] and "generations withheld" in omitted
