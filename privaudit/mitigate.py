@@ -16,9 +16,10 @@ The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows non
    each with copy fraction, membership AUC on the served denoiser, quality and sampling
    time (measured in this process on the same sample count, steps and seed);
 5. ``--sweep``: ``mitigation.sweep(ctx, output)`` variants (e.g. alpha x scale), each audited;
-   the privacy/quality frontier, the recommended setting (the best quality among settings
-   that meet the privacy targets; if none does, the fewest copies), and, where the sweep
-   has a ``placebo`` family, the placebo's copy fraction at the mitigation's quality.
+   the privacy/quality frontier, the recommended setting (``recommend``: the best quality
+   among settings that meet the privacy targets, else among those that meet the copy target,
+   else the fewest copies), and, where the sweep has a ``placebo`` family, the two families'
+   Pareto fronts compared at matched quality (``matched_quality``).
 
 Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html, exactly as
 ``scan``), ``DIR/results.json`` (``kind: "mitigation"``; shape below) and ``DIR/report.html``::
@@ -234,14 +235,18 @@ def _quality_key(rows: list[dict]) -> str | None:
 
 
 def recommend(rows: list[dict]) -> int | None:
-    """Index of the recommended setting: best quality meeting the targets, else the fewest copies."""
+    """Index of the recommended setting, in tiers: the best quality among settings meeting every
+    target; else the best quality among those meeting the copy target (the lower two-sided AUC
+    breaking ties); else the fewest copies."""
     if not rows:
         return None
     q = _quality_key(rows)
-    qual = (lambda r: r["metrics"][q] if q == "frechet_distance" else -r["metrics"][q]) if q else (lambda r: 0.0)
-    ok = [i for i, r in enumerate(rows) if meets_targets(r["metrics"])]
-    if ok:
-        return min(ok, key=lambda i: (qual(rows[i]), rows[i]["metrics"].get("copy_fraction", 1.0)))
+    qual = (lambda r: _cost(r, q)) if q else (lambda r: 0.0)
+    auc = lambda r: r["metrics"].get("membership_auc_two_sided", 1.0)
+    for ok in ([i for i, r in enumerate(rows) if meets_targets(r["metrics"])],
+               [i for i, r in enumerate(rows) if r["metrics"].get("copy_fraction", 1.0) <= TARGETS["copy_fraction"]]):
+        if ok:
+            return min(ok, key=lambda i: (qual(rows[i]), auc(rows[i])))
     return min(range(len(rows)), key=lambda i: (rows[i]["metrics"].get("copy_fraction", 1.0), qual(rows[i])))
 
 
