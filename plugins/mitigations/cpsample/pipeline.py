@@ -95,23 +95,26 @@ class CPSamplePipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             eps = den.eps(image, t)  # eps_theta plus the guard's guidance where it is confident
             image = self.scheduler.step(eps, t, image, **step_kwargs).prev_sample
-        image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                image = self.numpy_to_pil(image)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+        return finish_output(self, (image / 2 + 0.5).clamp(0, 1), output_type=output_type, return_dict=return_dict)
 
 
-def register_with_diffusers() -> None:
-    """Make ``DiffusionPipeline.from_pretrained`` resolve ``_class_name: "CPSamplePipeline"``."""
+def finish_output(pipe: DiffusionPipeline, image: torch.Tensor, *, output_type: str, return_dict: bool):
+    """Images in [0, 1] -> the output diffusers pipelines return ("pt", "np" or "pil")."""
+    if output_type not in ("pt", "latent"):
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type == "pil":
+            image = pipe.numpy_to_pil(image)
+    pipe.maybe_free_model_hooks()
+    return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+
+def register_with_diffusers(cls: type) -> None:
+    """Make ``DiffusionPipeline.from_pretrained`` resolve ``_class_name: cls.__name__``: diffusers looks
+    pipeline classes up as attributes of the ``diffusers`` package, so no code ships in the folder."""
     import diffusers
 
-    if vars(diffusers).get("CPSamplePipeline") is not CPSamplePipeline:
-        setattr(diffusers, "CPSamplePipeline", CPSamplePipeline)
+    if vars(diffusers).get(cls.__name__) is not cls:
+        setattr(diffusers, cls.__name__, cls)
 
 
-register_with_diffusers()
+register_with_diffusers(CPSamplePipeline)

@@ -28,10 +28,11 @@ from __future__ import annotations
 import inspect
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
+from privaudit.plugins.mitigations.cpsample.pipeline import finish_output, register_with_diffusers
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
 
@@ -99,26 +100,8 @@ class CPSampleTextPipeline(DiffusionPipeline):
                 eu, ec = den.eps(inp, t, torch.cat([empty, cond])).chunk(2)
                 e = eu + guidance_scale * (ec - eu)
             latents = self.scheduler.step(e, t, latents, **step_kwargs).prev_sample
-        if output_type == "latent":
-            image = latents
-        else:
-            image = (lat.decode(latents) / 2 + 0.5).clamp(0, 1)
-            if output_type != "pt":
-                image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-                if output_type == "pil":
-                    image = self.numpy_to_pil(image)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+        image = latents if output_type == "latent" else (lat.decode(latents) / 2 + 0.5).clamp(0, 1)
+        return finish_output(self, image, output_type=output_type, return_dict=return_dict)
 
 
-def register_with_diffusers() -> None:
-    """Make ``DiffusionPipeline.from_pretrained`` resolve ``_class_name: "CPSampleTextPipeline"``."""
-    import diffusers
-
-    if vars(diffusers).get("CPSampleTextPipeline") is not CPSampleTextPipeline:
-        setattr(diffusers, "CPSampleTextPipeline", CPSampleTextPipeline)
-
-
-register_with_diffusers()
+register_with_diffusers(CPSampleTextPipeline)
