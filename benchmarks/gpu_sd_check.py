@@ -19,6 +19,7 @@ unguided, and the share of rows guided. The floor is 1 + cost(guard fwd + bwd) /
 
     python benchmarks/gpu_sd_check.py                  # a GPU: full-size SD 1.5 UNet, fp16
     python benchmarks/gpu_sd_check.py --tiny           # CPU smoke run: same code, tiny UNet
+    python benchmarks/gpu_sd_check.py --device cpu --batch 1 --steps 2 --repeats 1   # full size on a CPU (slow)
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     dlogging.set_verbosity_error()  # the fp16 cast note is about from_pretrained checkpoints, not ours
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.tiny else "cpu"))
-    if not a.tiny and device.type != "cuda":
-        ap.error("the full-size check needs a GPU; pass --tiny for a CPU smoke run")
+    if not a.tiny and device.type != "cuda" and a.device is None:
+        ap.error("the full-size check needs a GPU; pass --tiny for a CPU smoke run, or --device cpu for the "
+                 "full-size UNet on the CPU (fp32, seconds per step)")
     batch = a.batch or (2 if a.tiny else 4)
     steps = a.steps or (3 if a.tiny else 10)
     dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -3,6 +3,8 @@
 Sources accepted (``load_images``):
 
 - an image folder, searched recursively for ``.png``, ``.jpg``/``.jpeg``, ``.webp``;
+- a ``datasets.Dataset`` folder written by ``save_to_disk`` (one Image column; captions from a
+  ``text``/``caption``/``prompt`` column; needs the ``datasets`` package, extra ``[datasets]``);
 - a ``.npy`` file (memory-mapped) or a ``.npz`` file (its only array, or ``images``),
   shaped (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 in 0..255 or float in [0, 1].
 
@@ -88,9 +90,11 @@ class ImageSet:
 
     def fingerprint(self) -> dict:
         """Provenance: count, shape and sha256 of the files it came from."""
-        if self.files:
+        # A saved `datasets` folder has no file per image: hash its Arrow shards.
+        files = self.files or (sorted(Path(self.source).glob("*.arrow")) if Path(self.source).is_dir() else ())
+        if files:
             digest = hashlib.sha256()
-            for f in self.files:
+            for f in files:
                 digest.update(sha256_file(f).encode())
             sha = digest.hexdigest()
         else:
@@ -123,12 +127,14 @@ def load_images(path: str | Path, *, name: str, channels: int | None = None, siz
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {name} path does not exist")
-    if path.is_dir():
+    if path.is_dir() and _is_saved_dataset(path):
+        images = _load_saved_dataset(path, name=name, channels=channels)
+    elif path.is_dir():
         images = _load_folder(path, name=name, channels=channels)
     elif path.suffix in (".npy", ".npz"):
         images = _load_array(path, name=name)
     else:
-        raise InputError(f"{path}: {name} must be an image folder or a .npy/.npz file")
+        raise InputError(f"{path}: {name} must be an image folder, a saved `datasets` folder or a .npy/.npz file")
     if len(images) == 0:
         raise InputError(f"{path}: {name} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     c, h, w = images.shape
@@ -151,17 +157,9 @@ def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
     def open_one(f: Path) -> np.ndarray:
         try:
             with Image.open(f) as im:
-                mode_c = 1 if im.mode in _ONE_CHANNEL_MODES else 3
-                want = channels or mode_c
-                arr = np.asarray(im.convert("L" if want == 1 and mode_c == 1 else "RGB"))
-                # Formats without a grey mode (WebP) store grey images as equal RGB channels.
-                if want == 1 and mode_c == 3 and (arr[..., :1] == arr).all():
-                    arr, mode_c = arr[..., 0], 1
-                if want != mode_c:
-                    raise InputError(f"{f}: image has {mode_c} channel(s) (mode {im.mode}), the model expects {want}")
+                return _pil_to_array(im, source=f, channels=channels)
         except (UnidentifiedImageError, OSError) as e:
             raise InputError(f"{f}: unreadable image ({e.__class__.__name__})") from None
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
     first = open_one(files[0])
 
@@ -178,6 +176,63 @@ def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
     ids = tuple(str(f.relative_to(path)) for f in files)
     return ImageSet(name=name, source=str(path), ids=ids, shape=tuple(first.shape), _read=read,
                     files=tuple(str(f) for f in files), captions=read_captions(path, files))
+
+
+def _pil_to_array(im, *, source: object, channels: int | None) -> np.ndarray:
+    """A PIL image as uint8 (C, H, W) with ``channels`` channels (1 or 3; by default its own)."""
+    mode_c = 1 if im.mode in _ONE_CHANNEL_MODES else 3
+    want = channels or mode_c
+    arr = np.asarray(im.convert("L" if want == 1 and mode_c == 1 else "RGB"))
+    # Formats without a grey mode (WebP) store grey images as equal RGB channels.
+    if want == 1 and mode_c == 3 and (arr[..., :1] == arr).all():
+        arr, mode_c = arr[..., 0], 1
+    if want != mode_c:
+        raise InputError(f"{source}: image has {mode_c} channel(s) (mode {im.mode}), the model expects {want}")
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> ImageSet:
+    """A ``datasets.Dataset`` saved with ``save_to_disk``: memory-mapped Arrow, decoded per batch."""
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+        raise InputError(f"{path}: a saved DatasetDict with splits {', '.join(splits) or 'none'}; "
+                         f"pass one split's folder, e.g. {path / (splits[0] if splits else 'train')}")
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(f"{path}: a `datasets` folder saved with save_to_disk; reading it needs the "
+                         f"`datasets` package (pip install 'privaudit[datasets]')") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many types for a damaged folder
+        raise InputError(f"{path}: unreadable `datasets` folder ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    image_cols = [c for c, f in ds.features.items() if isinstance(f, datasets.Image)]
+    if len(image_cols) != 1:
+        raise InputError(f"{path}: expected one Image column, found {len(image_cols)} "
+                         f"(columns: {', '.join(f'{c} ({type(f).__name__})' for c, f in ds.features.items())})")
+    image_col = image_cols[0]
+    text_col = next((c for c in CAPTION_COLUMNS if c in ds.features), None)
+    captions = tuple("" if t is None else str(t) for t in ds[text_col]) if text_col else ()
+    images = ds.select_columns([image_col])
+
+    def read(idx: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in idx]
+        out = [_pil_to_array(im, source=f"{path}[{i}]", channels=channels)
+               for i, im in zip(idx, images.select(idx)[image_col])] if idx else []
+        bad = next((i for i, a in zip(idx, out) if a.shape != first_shape), None)
+        if bad is not None:
+            raise InputError(f"{path}[{bad}]: image shape differs from the first image's {first_shape}")
+        return np.stack(out) if out else np.zeros((0, *first_shape), dtype=np.uint8)
+
+    if len(ds) == 0:
+        return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
+    first_shape = _pil_to_array(images[0][image_col], source=f"{path}[0]", channels=channels).shape
+    return ImageSet(name=name, source=str(path), ids=tuple(f"{path.name}[{i}]" for i in range(len(ds))),
+                    shape=tuple(first_shape), _read=read, captions=captions)
 
 
 CAPTION_COLUMNS = ("text", "caption", "prompt")

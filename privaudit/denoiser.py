@@ -20,7 +20,9 @@ class Denoiser(Protocol):
     ``eps``: the noise prediction for integer timesteps ``t`` (scalar or (B,));
     ``scheduler``: a diffusers scheduler config source for sampling;
     ``white_box``: the raw network (``torch.nn.Module``) where weights are visible to
-    the attacker, used by gradient-based attacks.
+    the attacker, used by gradient-based attacks as ``white_box(x_t, t)``. A conditioned
+    view (``privaudit.latent.ConditionedDenoiser``) also has ``conditioning(n)``, the
+    per-row conditioning of a batch of n rows, which ``white_box`` takes as a third argument.
     """
 
     alphas_cumprod: torch.Tensor

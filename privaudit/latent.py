@@ -18,9 +18,9 @@ models work in latent space, as the literature does (e.g. PIA and SecMI on Stabl
 Diffusion), with the image's caption as conditioning, or the empty prompt
 (``prompt="empty"``) for an attacker who does not know the captions.
 
-White-box attacks that call ``white_box(x_t, t)`` (GSA vmaps per-sample gradients over
-images, so per-image conditioning cannot be threaded through) see the UNet with the empty
-prompt bound: a stated limit, recorded with the results.
+White-box attacks see the view's ``white_box(x_t, t, cond)``: the UNet with the rows'
+prompt embeddings, which ``conditioning(n)`` gives for a batch of n rows (GSA vmaps
+per-sample gradients over images and their captions); without ``cond``, the empty prompt.
 
 Wrappers such as a CPSample ``ProtectedDenoiser`` keep the latent model as ``.base``;
 ``latent_of`` finds it, so encoding, decoding and prompt embedding work through them while
@@ -185,16 +185,17 @@ def latent_of(denoiser, depth: int = 8) -> LatentTextDenoiser | None:
     return None
 
 
-class _EmptyPromptUNet(torch.nn.Module):
-    """The conditional UNet as ``f(x_t, t)`` with the empty prompt bound (for white-box attacks)."""
+class _ConditionalUNet(torch.nn.Module):
+    """The conditional UNet as ``f(x_t, t, cond=None)`` for white-box attacks: ``cond`` is the
+    rows' prompt embeddings (B, L, D); without it, the empty prompt."""
 
     def __init__(self, unet: torch.nn.Module, empty: torch.Tensor):
         super().__init__()
         self.unet = unet
         self._empty = empty  # (1, L, D), a plain attribute: not a parameter the attack differentiates
 
-    def forward(self, sample: torch.Tensor, timestep, *args, **kwargs):
-        emb = self._empty.to(sample.dtype).expand(sample.shape[0], -1, -1)
+    def forward(self, sample: torch.Tensor, timestep, cond: torch.Tensor | None = None):
+        emb = (self._empty if cond is None else cond).to(sample.dtype).expand(sample.shape[0], -1, -1)
         return self.unet(sample, timestep, encoder_hidden_states=emb)
 
 
@@ -221,7 +222,7 @@ class ConditionedDenoiser:
         self.sample_shape = denoiser.sample_shape
         self.scheduler = denoiser.scheduler
         wb = getattr(denoiser, "white_box", None)
-        self.white_box = None if wb is None else _EmptyPromptUNet(wb, lat.prompt_embeddings([""]))
+        self.white_box = None if wb is None else _ConditionalUNet(wb, lat.prompt_embeddings([""]))
 
     def __getattr__(self, name: str):  # only called for attributes not set above
         return getattr(self.__dict__["denoiser"], name)
@@ -238,6 +239,11 @@ class ConditionedDenoiser:
             raise ValueError(f"cannot tell which image set a batch of {n} rows belongs to "
                              f"(sets of {sorted(self.by_rows)} rows); condition the batch explicitly")
         return tile(self.by_rows[fits[0]], n)
+
+    def conditioning(self, n: int) -> torch.Tensor:
+        """The bound prompt embeddings of a batch of ``n`` rows, (n, L, D): what ``white_box``
+        takes as its third argument, so gradient attacks condition each image on its caption."""
+        return self._bound(n)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
         return self.denoiser.eps(x_t, t, self._bound(len(x_t)) if cond is None else cond)
@@ -296,9 +302,7 @@ def conditioning_details(denoiser, members, *, prompt: str) -> dict:
     if latent_of(denoiser) is None:
         return {}
     used = "captions" if prompt == "caption" and getattr(members, "captions", ()) else "empty prompt"
-    return {"conditioning": {"space": f"latent {list(denoiser.sample_shape)}", "prompt": used,
-                             "white_box": "UNet with the empty prompt bound (per-image captions are not "
-                                          "threaded through per-sample gradient attacks)"}}
+    return {"conditioning": {"space": f"latent {list(denoiser.sample_shape)}", "prompt": used}}
 
 
 # ---------------------------------------------------------------------------- generation

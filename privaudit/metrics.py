@@ -86,7 +86,8 @@ def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    # at k = 0 (k = n) the bound is exactly 0 (1); the formula leaves rounding error there
+    return (0.0 if k == 0 else float(max(0.0, centre - half)), 1.0 if k == n else float(min(1.0, centre + half)))
 
 
 def calibration_split(n: int, *, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

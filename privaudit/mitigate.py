@@ -133,6 +133,7 @@ def summarize(results: dict) -> dict:
     """The numbers compared across variants, from one audit's plugin results (by metric name)."""
     out: dict[str, float] = {}
     served, white, two_sided = [], [], []
+    copies: dict[str, float] = {}
     for p in results["plugins"]:
         if p["status"] != "ok":
             continue
@@ -144,9 +145,19 @@ def summarize(results: dict) -> dict:
             cands = [auc] + [float(v) for v in ((p.get("details") or {}).get("fitted") or {}).get("sweep_", {}).values()
                              if isinstance(v, (int, float))]
             two_sided.append(max(max(c, 1 - c) for c in cands))
-        for key in ("copy_fraction", "frechet_distance", "precision", "recall"):
+        if _value(m.get("copy_fraction")) is not None:
+            copies[p["name"]] = _value(m["copy_fraction"])
+        if _value(m.get("mean_diversity")) is not None:
+            out[f"{p['name']}_mean_diversity"] = _value(m["mean_diversity"])
+        for key in ("frechet_distance", "precision", "recall"):
             if key in m and key not in out and _value(m[key]) is not None:
                 out[key] = _value(m[key])
+    if copies:
+        # several detectors (unconditional samples, per-prompt generations): each one's, and the
+        # worst as the headline, so no way of asking the model hides its copies
+        out["copy_fraction"] = max(copies.values())
+        if len(copies) > 1:
+            out.update({f"{name}_copy_fraction": v for name, v in copies.items()})
     if served:
         out["membership_auc"] = max(served)
     if white:

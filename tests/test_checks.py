@@ -106,3 +106,12 @@ def test_calibrated_threshold_is_finite_when_scores_are_uninformative():
     s = np.r_[np.zeros(4), np.ones(4)]  # members score lower: no threshold beats flagging nothing
     thr = threshold_at_balanced(y, s)
     assert np.isfinite(thr) and balanced_accuracy(y, s, thr) == 0.5
+
+
+def test_proportion_interval_is_exact_at_the_ends():
+    from privaudit.metrics import proportion_ci
+
+    assert proportion_ci(0, 50)[0] == 0.0 and 0 < proportion_ci(0, 50)[1] < 0.1
+    assert proportion_ci(50, 50)[1] == 1.0 and 0.9 < proportion_ci(50, 50)[0] < 1
+    lo, hi = proportion_ci(10, 100)
+    assert 0.05 < lo < 0.1 < hi < 0.18

@@ -257,3 +257,18 @@ def test_already_protected_model_is_refused(mitigation_run, digits_target, tmp_p
     with pytest.raises(InputError, match="already a protected pipeline"):
         mitigate(model_dir=out / "protected", members=digits_target / "members", holdout=digits_target / "holdout",
                  out=tmp_path, method="cpsample", settings=_settings(), device="cpu")
+
+
+def test_summary_headline_is_the_worst_detectors_copy_fraction():
+    """A text run has copies of unconditional samples (nn) and of prompted generations
+    (promptcopy): the headline is the worse, each is kept, and diversity is carried."""
+    from privaudit.mitigate import summarize
+
+    def det(name, cf, **more):
+        return {"name": name, "kind": "detector", "status": "ok", "threat_model": "black-box",
+                "metrics": {"copy_fraction": {"value": cf}, **more}}
+
+    s = summarize({"plugins": [det("nn", 0.0), det("promptcopy", 0.4, mean_diversity={"value": 2.0})]})
+    assert s["copy_fraction"] == 0.4 and s["nn_copy_fraction"] == 0.0 and s["promptcopy_copy_fraction"] == 0.4
+    assert s["promptcopy_mean_diversity"] == 2.0
+    assert set(summarize({"plugins": [det("nn", 0.1)]})) == {"copy_fraction"}

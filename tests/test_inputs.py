@@ -175,3 +175,27 @@ def test_bad_arrays(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="obj.npy"):
         load_images(tmp_path / "obj.npy", name="members")
+
+
+def test_saved_dataset_errors(tmp_path, monkeypatch):
+    """`datasets` folders: a DatasetDict names its splits, a table without images names its columns,
+    and a missing `datasets` package says which extra installs it."""
+    import sys
+
+    from privaudit.errors import InputError
+
+    datasets = pytest.importorskip("datasets")
+    imgs = [Image.fromarray(np.full((8, 8), 9 * i, np.uint8)) for i in range(3)]
+    ds = datasets.Dataset.from_dict({"image": imgs}).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InputError, match="DatasetDict with splits test, train; pass one split's folder"):
+        load_images(tmp_path / "dd", name="members")
+    assert len(load_images(tmp_path / "dd" / "train", name="members", channels=1, size=8)) == 3
+    datasets.Dataset.from_dict({"pixels": [[1, 2]], "label": [0]}).save_to_disk(str(tmp_path / "tab"))
+    with pytest.raises(InputError, match=r"tab: expected one Image column, found 0 \(columns: pixels"):
+        load_images(tmp_path / "tab", name="members")
+    with pytest.raises(InputError, match="channel"):
+        load_images(tmp_path / "dd" / "train", name="members", channels=3)
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(InputError, match=r"train: .*privaudit\[datasets\]"):
+        load_images(tmp_path / "dd" / "train", name="members")

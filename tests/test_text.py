@@ -106,6 +106,41 @@ def test_captions_from_metadata_csv_subset_and_errors(tmp_path):
     assert ImageSet.from_array(arr, name="a", captions=["x", "y"]).captions == ("x", "y")
 
 
+def _save_as_dataset(images: ImageSet, out: Path) -> Path:
+    """Write an image set the way a `datasets` user would: Image + text columns, save_to_disk."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    pil = [Image.fromarray(a[0]) for a in images.uint8()]
+    ds = datasets.Dataset.from_dict({"image": pil, "text": list(images.captions)}).cast_column("image", datasets.Image())
+    ds.save_to_disk(str(out))
+    return out
+
+
+def test_saved_dataset_loads_like_its_image_folder(digits_text_target, tmp_path):
+    folder = load_images(digits_text_target / "members", name="members")
+    saved = load_images(_save_as_dataset(folder, tmp_path / "ds"), name="members", channels=1, size=8)
+    assert len(saved) == len(folder) and saved.captions == folder.captions
+    assert np.array_equal(saved.uint8(), folder.uint8()) and np.array_equal(saved.uint8([3, 1]), folder.uint8([3, 1]))
+    assert saved.ids[0] == "ds[0]" and saved.fingerprint()["count"] == len(folder)
+    assert saved.subset([2]).captions == folder.captions[2:3]
+
+
+def test_scan_accepts_saved_datasets(digits_text_target, tmp_path):
+    """A `datasets` folder works wherever an image folder does, captions included."""
+    from privaudit.cli import main
+
+    m = _save_as_dataset(load_images(digits_text_target / "members", name="m"), tmp_path / "members")
+    h = _save_as_dataset(load_images(digits_text_target / "holdout", name="h").subset(range(64)), tmp_path / "holdout")
+    out = tmp_path / "run"
+    code = main(["scan", str(digits_text_target / "model"), "--members", str(m), "--holdout", str(h), "--out", str(out),
+                 "--attacks", "loss", "--detectors", "", "--device", "cpu", "--quiet", "--bootstrap", "20"])
+    res = json.loads((out / "results.json").read_text())
+    loss = plugin(res, "loss")
+    assert code in (0, 1) and loss["status"] == "ok" and loss["details"]["conditioning"]["prompt"] == "captions"
+    assert loss["metrics"]["auc"]["value"] >= 0.9
+
+
 # ---------------------------------------------------------------------------- loading and the denoiser
 
 def test_latent_denoiser_encodes_conditions_and_tiles(digits_text_denoiser, digits_text_target):
@@ -161,6 +196,36 @@ def test_pixel_models_pass_through_unchanged():
     xb = x[:2]
     den, y = attack_inputs(oracle, ImageSet.from_array(np.zeros((4, 1, 8, 8), np.uint8), name="m"), [0, 1], xb)
     assert den is oracle and y is xb
+
+
+def test_gsa_takes_gradients_at_each_images_caption(digits_text_denoiser, digits_text_target):
+    """White-box GSA on a text model: per-image gradients at the image's own caption (vmapped),
+    equal to a plain autograd computation image by image, and unlike the empty prompt's."""
+    from privaudit.latent import attack_inputs
+    from privaudit.plugins.attacks.gsa import GSAAttack
+
+    members = load_images(digits_text_target / "members", name="m")
+    view, z = attack_inputs(digits_text_denoiser, members, [0, 1], members.tensor([0, 1]))
+    attack = GSAAttack(n_timesteps=2)
+    got = attack.features(view, z, generator=torch.Generator().manual_seed(0), cond=view.conditioning(2))
+    empty = attack.features(view, z, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor(attack.timesteps(view))
+    a = view.alphas_cumprod[ts].view(-1, 1, 1, 1)
+    eps = torch.randn((2, len(ts), *z.shape[1:]), generator=torch.Generator().manual_seed(0))
+    unet = digits_text_denoiser.unet
+    params = [p for p in unet.parameters()]
+    for i in range(2):
+        x_t = a.sqrt() * z[i] + (1 - a).sqrt() * eps[i]
+        emb = view.conditioning(2)[i:i + 1].expand(len(ts), -1, -1)
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            loss = (unet(x_t, ts, encoder_hidden_states=emb).sample - eps[i]).pow(2).mean()
+            grads = torch.autograd.grad(loss, params)
+            for p in params:
+                p.requires_grad_(False)
+        np.testing.assert_allclose(got[i], [g.norm().item() for g in grads], rtol=2e-3, atol=1e-7)
+    assert not np.allclose(got, empty, rtol=1e-2)
 
 
 def test_fixture_cli_reuses_the_cached_build(digits_text_target, capsys):
@@ -278,22 +343,32 @@ def test_cpsample_on_latents_raises_diversity_and_lowers_copies(digits_text_deno
     from privaudit.plugins.detectors.promptcopy import PromptReplicationDetector
     from privaudit.plugins.mitigations.cpsample.guard import guard_for
     from privaudit.plugins.mitigations.cpsample.text_pipeline import CPSampleTextPipeline
-    from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard
+    from privaudit.plugins.mitigations.cpsample.train import evaluate_guard, random_labels, train_guard
     from privaudit.target import load_target
 
     den = digits_text_denoiser
     m = load_images(digits_text_target / "members", name="members")
     h = load_images(digits_text_target / "holdout", name="holdout")
-    ref = load_images(digits_text_target / "reference", name="reference").subset(range(256))
+    ref = load_images(digits_text_target / "reference", name="reference")
     torch.manual_seed(0)
     guard = guard_for(den.unet.config, block_out_channels=(16, 32))  # sized for the 4x4x4 latents
     assert guard.config.in_channels == 4 and guard.config.sample_size == 4
-    stats = train_guard(guard, members=den.encode(m.tensor()), labels=torch.from_numpy(random_labels(len(m), seed=0)),
-                        alphas_cumprod=den.alphas_cumprod, nonmembers=den.encode(ref.tensor()), nonmember_weight=1.0,
-                        max_steps=1500, target_accuracy=0.97, fit_t=0.2, seed=0, progress=False)
-    assert stats.reached_target
+    train = lambda g, **kw: train_guard(g, members=den.encode(m.tensor()), labels=torch.from_numpy(random_labels(len(m), seed=0)),
+                                        alphas_cumprod=den.alphas_cumprod, nonmembers=den.encode(ref.tensor()),
+                                        nonmember_weight=1.0, max_steps=3000, target_accuracy=0.97, fit_t=0.2, alpha=0.4,
+                                        seed=0, progress=False, **kw)
+    stats = train(guard)
+    assert stats.reached_target and stats.reached_specificity and stats.unseen_gate_rate <= 0.05
+    # stopping on member accuracy alone leaves a guard whose gate fires on unseen latents too
+    torch.manual_seed(0)
+    early = guard_for(den.unet.config, block_out_channels=(16, 32))
+    early_stats = train(early, max_unseen_gate=None)
+    assert early_stats.steps < stats.steps and early_stats.unseen_gate_rate is None
+    z_h = den.encode(h.tensor())
+    gate = lambda g: evaluate_guard(g, z_h, None, alphas_cumprod=den.alphas_cumprod, alpha=0.4, seed=3).gate_rate["t0-99"]
+    assert gate(guard) < 0.15 and gate(early) > gate(guard) + 0.2
     pipe = CPSampleTextPipeline(vae=den.vae, text_encoder=den.text_encoder, tokenizer=den.tokenizer, unet=den.unet,
-                                scheduler=den.scheduler, guard=guard, alpha=0.4, scale=300.0)
+                                scheduler=den.scheduler, guard=guard, alpha=0.4, scale=100.0)
     pipe.save_pretrained(tmp_path / "protected", safe_serialization=True)
     protected, info, loaded = load_target(tmp_path / "protected", device="cpu")  # what ships is what is audited
     assert type(loaded).__name__ == "CPSampleTextPipeline" and info.text_conditional and info.resolution == 8
@@ -321,7 +396,7 @@ def test_mitigate_runs_on_the_text_fixture(digits_text_target, tmp_path):
     try:
         res = mitigate(model_dir=digits_text_target / "model", members=digits_text_target / "members",
                        holdout=digits_text_target / "holdout", out=tmp_path / "mit", method="cpsample",
-                       params={"alpha": 0.4, "scale": 300.0, "placebo": False, "rejection": False, "max_steps": 1500},
+                       params={"placebo": False, "rejection": False, "max_steps": 1500},
                        settings=settings, device="cpu", log=lambda msg: None)
     finally:
         torch.set_num_threads(n)
@@ -331,3 +406,12 @@ def test_mitigate_runs_on_the_text_fixture(digits_text_target, tmp_path):
     index = json.loads((tmp_path / "mit" / "protected" / "model_index.json").read_text())
     assert index["_class_name"] == "CPSampleTextPipeline" and index["text_encoder"][0] == "transformers"
     assert (tmp_path / "mit" / "report.html").exists()
+    # the model card's loading recipe works in a fresh process (the class is registered by the package import)
+    import subprocess
+    import sys
+
+    code = ("import privaudit.plugins.mitigations.cpsample\nfrom diffusers import DiffusionPipeline\n"
+            f"p = DiffusionPipeline.from_pretrained({str(tmp_path / 'mit' / 'protected')!r})\n"
+            "print(type(p).__name__, len(p(['a handwritten digit one'], num_inference_steps=2).images))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split()[-2:] == ["CPSampleTextPipeline", "1"], done.stderr[-2000:]

@@ -25,7 +25,9 @@ shadow-model attacker (usually stronger).
 Per-sample gradients use ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``), in
 chunks that bound memory at about ``max_grad_floats`` floats of per-sample gradients.
 The network must take ``(x_t, t)`` and return the noise (a tensor or an object with
-``.sample``, as diffusers' ``UNet2DModel`` does). Guidance added by a mitigation (CPSample)
+``.sample``, as diffusers' ``UNet2DModel`` does). On text-conditional targets the denoiser
+view has ``conditioning(n)`` (each row's caption embedding) and the network takes it as a
+third argument: gradients are taken at each image's own caption, vmapped with the image. Guidance added by a mitigation (CPSample)
 is bypassed: a white-box attacker uses the raw weights.
 
 Threat model: white box (weights and gradients). Queries per image: ``n_timesteps`` forward
@@ -80,8 +82,10 @@ class GSAAttack(MembershipAttack):
         T = len(denoiser.alphas_cumprod)
         return sorted({max(0, round((i + 1) * T / self.n_timesteps) - 1) for i in range(self.n_timesteps)})
 
-    def features(self, denoiser, x0: torch.Tensor, *, generator: torch.Generator) -> np.ndarray:
-        """Per-image gradient norms, (B, number of parameter tensors), float64."""
+    def features(self, denoiser, x0: torch.Tensor, *, generator: torch.Generator,
+                 cond: torch.Tensor | None = None) -> np.ndarray:
+        """Per-image gradient norms, (B, number of parameter tensors), float64. ``cond``: per-image
+        conditioning (B, ...) passed to the network as its third argument (text models)."""
         from torch.func import functional_call, grad, vmap
 
         self._check()
@@ -95,8 +99,10 @@ class GSAAttack(MembershipAttack):
         a = denoiser.alphas_cumprod.to(x0.device, x0.dtype)[ts].view(-1, *[1] * (x0.ndim - 1))
         eps = randn((len(x0), len(ts), *x0.shape[1:]), generator=generator, device=x0.device)
 
-        def loss(p, x, e, t, abar):  # x (C, H, W); e (k, C, H, W): the mean loss over k timesteps
-            out = functional_call(module, (p, buffers), (abar.sqrt() * x + (1 - abar).sqrt() * e, t))
+        def loss(p, x, e, t, abar, c):  # x (C, H, W); e (k, C, H, W): the mean loss over k timesteps
+            x_t = abar.sqrt() * x + (1 - abar).sqrt() * e
+            args = (x_t, t) if c is None else (x_t, t, c.expand(len(x_t), *c.shape))
+            out = functional_call(module, (p, buffers), args)
             return (getattr(out, "sample", out) - e).pow(2).mean()
 
         def norms(g) -> torch.Tensor:
@@ -104,11 +110,11 @@ class GSAAttack(MembershipAttack):
 
         n_params = sum(v.numel() for v in params.values())
         if self.variant == "gsa1":
-            per_image = lambda x, e: norms(grad(loss)(params, x, e, ts, a))
+            per_image = lambda x, e, c=None: norms(grad(loss)(params, x, e, ts, a, c))
             per_row = n_params
         else:
-            one_t = lambda x, e, t, abar: norms(grad(loss)(params, x, e[None], t[None], abar[None]))
-            per_image = lambda x, e: vmap(one_t, in_dims=(None, 0, 0, 0))(x, e, ts, a).mean(0)
+            one_t = lambda x, e, t, abar, c: norms(grad(loss)(params, x, e[None], t[None], abar[None], c))
+            per_image = lambda x, e, c=None: vmap(one_t, in_dims=(None, 0, 0, 0, None))(x, e, ts, a, c).mean(0)
             per_row = n_params * len(ts)
         chunk = max(1, int(self.max_grad_floats // per_row))
         was_training = module.training
@@ -117,7 +123,8 @@ class GSAAttack(MembershipAttack):
             with torch.enable_grad(), warnings.catch_warnings():
                 # vmap falls back to a per-sample loop for attention on CPU; correct, just says so
                 warnings.filterwarnings("ignore", message="There is a performance drop")
-                out = vmap(per_image, in_dims=(0, 0), chunk_size=chunk)(x0, eps)
+                inputs = (x0, eps) if cond is None else (x0, eps, cond.to(x0.device))
+                out = vmap(per_image, in_dims=(0,) * len(inputs), chunk_size=chunk)(*inputs)
         finally:
             module.train(was_training)
         return out.detach().double().cpu().numpy()
@@ -140,8 +147,11 @@ class GSAAttack(MembershipAttack):
         self._check()
         gen = torch.Generator().manual_seed(seed)
         bs = max(1, int(self.fit_batch_size))
-        feats = [self.features(denoiser, x[i:i + bs], generator=gen) for x in (members, holdout)
-                 for i in range(0, len(x), bs)]
+        feats = []
+        for x in (members, holdout):
+            cond = _conditioning(denoiser, len(x))  # per set, before chunking: it is bound by set size
+            feats += [self.features(denoiser, x[i:i + bs], generator=gen, cond=None if cond is None else cond[i:i + bs])
+                      for i in range(0, len(x), bs)]
         X = self._log(np.concatenate(feats))
         y = np.r_[np.ones(len(members)), np.zeros(len(holdout))]
         self.classifier_ = self._make_classifier(seed).fit(X, y)
@@ -152,5 +162,11 @@ class GSAAttack(MembershipAttack):
     def score(self, denoiser, x0, *, generator):
         if not hasattr(self, "classifier_"):
             raise InputError("gsa: call fit() on labelled calibration data before score()")
-        X = self._log(self.features(denoiser, x0, generator=generator))
+        X = self._log(self.features(denoiser, x0, generator=generator, cond=_conditioning(denoiser, len(x0))))
         return torch.from_numpy(np.asarray(self.classifier_.decision_function(X), dtype=np.float64))
+
+
+def _conditioning(denoiser, n: int) -> torch.Tensor | None:
+    """Per-row conditioning of a batch of ``n`` rows where the denoiser binds one (text models)."""
+    get = getattr(denoiser, "conditioning", None)
+    return None if get is None else get(n)
