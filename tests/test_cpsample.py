@@ -206,6 +206,7 @@ def test_protected_denoiser_contract(protected, digits_denoiser):
     ({"alpha": 0.0}, "alpha=0.0: must lie in"),
     ({"alpha": 0.7}, "alpha=0.7: must lie in"),
     ({"scale": -1.0}, "scale=-1.0: must be"),
+    ({"max_unseen_gate": "none"}, "max_unseen_gate='none': must lie in .* or null"),
 ])
 def test_bad_parameters_fail_before_any_work(digits_target, tmp_path, params, match):
     from privaudit.mitigate import mitigate
@@ -248,6 +249,12 @@ def test_guard_shortfall_is_an_error_or_a_warning(digits_target, tmp_path):
     short = TrainStats(steps=2, seconds=0.1, final_loss=0.7, fit_accuracy=0.55, reached_target=False, history=[])
     msg = CPSample(max_steps=2)._check_shortfall(short, "CPSample")
     assert "0.550" in msg and "weaker than configured" in msg
+    loose = TrainStats(steps=3000, seconds=1.0, final_loss=0.3, fit_accuracy=0.99, reached_target=True, history=[],
+                       unseen_gate_rate=0.34, reached_specificity=False)
+    msg = CPSample()._check_shortfall(loose, "CPSample")
+    assert "fires on 34% of held-aside never-trained-on images" in msg and "alpha 0.4" in msg
+    with pytest.raises(GuardShortfallError, match="34%"):
+        CPSample(on_shortfall="error")._check_shortfall(loose, "CPSample")
 
 
 def test_already_protected_model_is_refused(mitigation_run, digits_target, tmp_path):

@@ -145,8 +145,10 @@ class CPSample(Mitigation):
             raise InputError(f"cpsample target_accuracy={self.target_accuracy}: must lie in (0, 1]")
         if not 0 < self.fit_t <= 1:
             raise InputError(f"cpsample fit_t={self.fit_t}: must lie in (0, 1]")
-        if self.max_unseen_gate is not None and not 0 <= self.max_unseen_gate <= 1:
-            raise InputError(f"cpsample max_unseen_gate={self.max_unseen_gate}: must lie in [0, 1] (or None)")
+        g = self.max_unseen_gate
+        if g is not None and not (isinstance(g, (int, float)) and not isinstance(g, bool) and 0 <= g <= 1):
+            raise InputError(f"cpsample max_unseen_gate={g!r}: must lie in [0, 1], or null to stop on member "
+                             "accuracy alone")
         if self.max_steps < 1 or self.batch_size < 1:
             raise InputError(f"cpsample max_steps={self.max_steps}, batch_size={self.batch_size}: must be >= 1")
         if self.on_shortfall not in ("warn", "error"):
