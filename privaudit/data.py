@@ -192,7 +192,8 @@ def _pil_to_array(im, *, source: object, channels: int | None) -> np.ndarray:
 
 
 def _is_saved_dataset(path: Path) -> bool:
-    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+    one = (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    return one or (path / "dataset_dict.json").is_file()
 
 
 def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> ImageSet:
@@ -218,6 +219,9 @@ def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> Image
     text_col = next((c for c in CAPTION_COLUMNS if c in ds.features), None)
     captions = tuple("" if t is None else str(t) for t in ds[text_col]) if text_col else ()
     images = ds.select_columns([image_col])
+    if len(ds) == 0:
+        return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
+    first_shape = _pil_to_array(images[0][image_col], source=f"{path}[0]", channels=channels).shape
 
     def read(idx: Sequence[int]) -> np.ndarray:
         idx = [int(i) for i in idx]
@@ -228,9 +232,6 @@ def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> Image
             raise InputError(f"{path}[{bad}]: image shape differs from the first image's {first_shape}")
         return np.stack(out) if out else np.zeros((0, *first_shape), dtype=np.uint8)
 
-    if len(ds) == 0:
-        return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
-    first_shape = _pil_to_array(images[0][image_col], source=f"{path}[0]", channels=channels).shape
     return ImageSet(name=name, source=str(path), ids=tuple(f"{path.name}[{i}]" for i in range(len(ds))),
                     shape=tuple(first_shape), _read=read, captions=captions)
 

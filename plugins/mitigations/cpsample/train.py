@@ -109,15 +109,13 @@ def evaluate_guard(guard: torch.nn.Module, x0: torch.Tensor, labels: torch.Tenso
                      gate_rate={k: round(v, 4) for k, v in gate.items()})
 
 
-def fit_accuracy(guard: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, *,
-                 alphas_cumprod: torch.Tensor, fit_t: float, draws: int = 4, seed: int = 0,
-                 alpha: float | None = None) -> float:
-    """Over t uniform in [0, fit_t * T): accuracy on ``labels``, or with ``labels=None`` the gate
-    rate at ``alpha`` (share with max(p, 1 - p) > 1 - alpha). The two early-stopping criteria."""
+def _low_noise_logits(guard: torch.nn.Module, x0: torch.Tensor, *, alphas_cumprod: torch.Tensor, fit_t: float,
+                      draws: int, seed: int) -> torch.Tensor:
+    """Guard logits (draws, N) on ``x0`` noised at t uniform in [0, fit_t * T) (seeded draws)."""
     device = next(guard.parameters()).device
     T = len(alphas_cumprod)
     gen = torch.Generator().manual_seed(seed)
-    hits, n = 0, 0
+    out = []
     was_training = guard.training
     guard.eval()
     with torch.no_grad():
@@ -127,15 +125,24 @@ def fit_accuracy(guard: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor 
                 x = x0[s:s + 1024].to(device)
                 t = torch.randint(0, max(1, round(fit_t * T)), (len(x),), generator=gen).to(device)
                 eps = torch.randn(x.shape, generator=gen).to(device)
-                logit = guard(_noised(x, t, eps, acp), t)
-                if labels is None:
-                    p = torch.sigmoid(logit)
-                    hits += (torch.maximum(p, 1 - p) > 1 - alpha).sum().item()
-                else:
-                    hits += ((logit > 0) == labels[s:s + 1024].to(device).bool()).sum().item()
-                n += len(x)
+                out.append(guard(_noised(x, t, eps, acp), t).cpu())
     guard.train(was_training)
-    return hits / n
+    return torch.cat(out).view(draws, len(x0))
+
+
+def fit_accuracy(guard: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, *, alphas_cumprod: torch.Tensor,
+                 fit_t: float, draws: int = 4, seed: int = 0) -> float:
+    """Accuracy on members over t uniform in [0, fit_t * T): the first early-stopping criterion."""
+    logits = _low_noise_logits(guard, x0, alphas_cumprod=alphas_cumprod, fit_t=fit_t, draws=draws, seed=seed)
+    return ((logits > 0) == labels.cpu().bool()).sum().item() / logits.numel()
+
+
+def unseen_gate_rate(guard: torch.nn.Module, x0: torch.Tensor, *, alpha: float, alphas_cumprod: torch.Tensor,
+                     fit_t: float, draws: int = 4, seed: int = 0) -> float:
+    """Share of noised ``x0`` (t < fit_t * T) where the gate fires, max(p, 1 - p) > 1 - alpha:
+    the second early-stopping criterion, on held-aside never-trained-on images."""
+    p = torch.sigmoid(_low_noise_logits(guard, x0, alphas_cumprod=alphas_cumprod, fit_t=fit_t, draws=draws, seed=seed))
+    return (torch.maximum(p, 1 - p) > 1 - alpha).sum().item() / p.numel()
 
 
 @dataclass(frozen=True)
@@ -189,8 +196,8 @@ def train_guard(guard: torch.nn.Module, *, members: torch.Tensor, labels: torch.
 def split_unseen(nonmembers: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(training part, held-aside part) of the non-members: a seeded ``fraction``, at most 256,
     at least 1 when there are 2 or more."""
-    n_val = min(256, int(round(fraction * len(nonmembers)))) if len(nonmembers) >= 2 else 0
-    n_val = max(n_val, 1) if fraction > 0 and len(nonmembers) >= 2 else n_val
+    n = len(nonmembers)
+    n_val = min(256, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
     perm = torch.from_numpy(np.random.default_rng([seed, 0x7A1]).permutation(len(nonmembers)))
     return nonmembers[perm[n_val:].to(nonmembers.device)], nonmembers[perm[:n_val].to(nonmembers.device)]
 
@@ -239,8 +246,8 @@ def _train(guard, *, members, labels, alphas_cumprod, nonmembers, nonmember_weig
             acc = fit_accuracy(guard, members, labels, alphas_cumprod=alphas_cumprod, fit_t=fit_t, seed=seed + 1)
             recent = torch.stack(losses[-eval_every:]).mean().item()
             if val is not None:
-                gate = fit_accuracy(guard, val, None, alphas_cumprod=alphas_cumprod, fit_t=fit_t, seed=seed + 2,
-                                    alpha=alpha)
+                gate = unseen_gate_rate(guard, val, alpha=alpha, alphas_cumprod=alphas_cumprod, fit_t=fit_t,
+                                        seed=seed + 2)
                 history.append((step, round(acc, 4), round(gate, 4)))
                 bar.set_postfix(loss=f"{recent:.3f}", acc=f"{acc:.3f}", unseen_gate=f"{gate:.3f}")
             else:
