@@ -1,59 +1,241 @@
-"""The one adapter every attack uses: ``Denoiser.eps(x_t, t)`` plus the noise schedule.
+"""The model layer: ``Denoiser``, the one adapter every attack, detector and mitigation uses.
 
-A CPSample-protected model is a Denoiser too (eps plus its guidance term), so every
-attack audits raw and protected models with the same code, and ``sample`` below draws
-from either with the same seeded loop.
+Noise convention (see ARCHITECTURE.md): x_t = a_t x0 + s_t eps with a_t = sqrt(abar_t) and
+s_t = sqrt(1 - abar_t) (``alphas_cumprod`` of the DDPM/DDIM-family scheduler). Whatever the network
+predicts, ``Denoiser.eps`` returns the noise: the scheduler config's ``prediction_type`` is
+converted here (``to_eps``), never in an attack, and a learned variance (2C output channels)
+is split off. ``native`` converts a noise prediction back to the network's own output type,
+so a sampler that steps the model's own scheduler stays correct for every prediction type
+(a mitigation adds its guidance in eps, then converts back).
+
+A CPSample-protected model is a Denoiser too (eps plus its guidance term), so every attack
+audits raw and protected models with the same code, and ``denoise`` below is the one
+sampling loop (unconditional, or prompted with classifier-free guidance) that the audit,
+the detectors and the protected pipelines all step through.
+
+Hooks are declared on ``Denoiser`` with defaults (subclasses override what they have):
+``draw_samples`` (a denoiser may bring its own sampler, e.g. rejection sampling),
+``reset_counts`` (zero usage counters), ``conditioning(n)`` (per-row conditioning a gradient
+attack passes to ``white_box``), ``inner()`` (the denoiser a wrapper wraps), ``fingerprint``
+(identity for caches), ``white_box`` (the raw network as ``f(x_t, t[, cond]) -> eps`` where
+weights are visible; None otherwise). Pipelines that know their own Denoiser (protected
+pipelines) inherit ``ProvidesDenoiser``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import hashlib
+import math
+from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
-@runtime_checkable
-class Denoiser(Protocol):
-    """What attacks and samplers need from a diffusion model.
 
-    ``alphas_cumprod``: (T,) float32 tensor on CPU; ``sample_shape``: (C, H, W);
-    ``eps``: the noise prediction for integer timesteps ``t`` (scalar or (B,));
-    ``scheduler``: a diffusers scheduler config source for sampling;
-    ``white_box``: the raw network (``torch.nn.Module``) where weights are visible to
-    the attacker, used by gradient-based attacks as ``white_box(x_t, t)``. A conditioned
-    view (``privaudit.latent.ConditionedDenoiser``) also has ``conditioning(n)``, the
-    per-row conditioning of a batch of n rows, which ``white_box`` takes as a third argument.
+# ---------------------------------------------------------------------------- devices and identity
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" picks CUDA when present; an explicit "cuda" without a GPU is a usage error."""
+    from privaudit.errors import InputError
+
+    device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device {device}: choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def state_sha256(modules: Mapping[str, torch.nn.Module | None], *extra: torch.Tensor | np.ndarray) -> str:
+    """sha256 over modules' state dicts (names and float32 bytes) and extra arrays; device independent."""
+    h = hashlib.sha256()
+    for prefix, mod in modules.items():
+        if mod is None:
+            continue
+        for k, v in sorted(mod.state_dict().items()):
+            h.update(f"{prefix}.{k}".encode() if prefix else k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    for arr in extra:
+        a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- the noise convention
+
+def signal_noise(alphas_cumprod: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor):
+    """(a_t, s_t) for timestep ``t``: Python floats for a scalar ``t`` (no host-device transfer),
+    else tensors shaped to broadcast over ``like`` (B, ...)."""
+    if isinstance(t, (int, np.integer)) or (isinstance(t, torch.Tensor) and t.ndim == 0):
+        abar = float(alphas_cumprod[int(t)])
+        return math.sqrt(abar), math.sqrt(1 - abar)
+    abar = alphas_cumprod.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    abar = abar.view(-1, *[1] * (like.ndim - 1))
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+def add_noise(x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x_t = a_t x0 + s_t eps (``t`` a scalar or one timestep per row)."""
+    a, s = signal_noise(alphas_cumprod, t, x0)
+    return a * x0 + s * eps
+
+
+def to_eps(out: torch.Tensor, x_t: torch.Tensor, a, s, prediction_type: str) -> torch.Tensor:
+    """The network's output -> the noise. v = a eps - s x0, so eps = a v + s x_t; x0: (x_t - a x0) / s."""
+    if out.shape[1] == 2 * x_t.shape[1]:  # learned variance: the first C channels are the prediction
+        out = out[:, : x_t.shape[1]]
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return a * out + s * x_t
+    if prediction_type == "sample":
+        return (x_t - a * out) / s
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def from_eps(eps: torch.Tensor, x_t: torch.Tensor, a, s, prediction_type: str) -> torch.Tensor:
+    """The inverse of ``to_eps``: a noise prediction in the network's own output type."""
+    if prediction_type == "epsilon":
+        return eps
+    x0 = (x_t - s * eps) / a
+    if prediction_type == "v_prediction":
+        return a * eps - s * x0
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def prediction_type_of(scheduler) -> str:
+    kind = str(getattr(scheduler, "config", {}).get("prediction_type", "epsilon") or "epsilon")
+    if kind not in PREDICTION_TYPES:
+        from privaudit.errors import InputError
+
+        raise InputError(f"scheduler prediction_type {kind!r} is not supported; expected one of {PREDICTION_TYPES}")
+    return kind
+
+
+class EpsNetwork(torch.nn.Module):
+    """A raw network as ``f(x_t, t, cond=None) -> eps`` (what white-box attacks differentiate).
+
+    ``call(net, x_t, t, cond)`` runs the network and returns its raw output; the output is
+    converted to the noise by ``prediction_type``. The network is a submodule, so the
+    parameters are exactly the network's.
     """
 
-    alphas_cumprod: torch.Tensor
-    sample_shape: tuple[int, int, int]
+    def __init__(self, net: torch.nn.Module, *, alphas_cumprod: torch.Tensor, prediction_type: str,
+                 call: Callable | None = None):
+        super().__init__()
+        self.net = net
+        self.prediction_type = prediction_type
+        self._acp = alphas_cumprod.detach().float()  # plain attribute: not a parameter or buffer
+        self._call = call or (lambda net, x, t, cond: net(x, t))
+
+    def forward(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
+        out = self._call(self.net, x_t, t, cond)
+        out = getattr(out, "sample", out)
+        if self.prediction_type == "epsilon" and out.shape[1] == x_t.shape[1]:
+            return out
+        t = torch.as_tensor(t, device=x_t.device)
+        a, s = signal_noise(self._acp, t if t.ndim else t.expand(len(x_t)), x_t)
+        return to_eps(out, x_t, a, s, self.prediction_type)
+
+
+# ---------------------------------------------------------------------------- Denoiser
+
+class Denoiser:
+    """What attacks and samplers need from a diffusion model (see the module docstring).
+
+    Attributes every denoiser sets: ``device``; ``sample_shape`` (C, H, W) where the network
+    works; ``alphas_cumprod`` (T,) float32 on the CPU; ``scheduler`` (a diffusers scheduler,
+    the sampling config source); ``white_box`` (or None); ``prediction_type`` of the network.
+    Subclasses implement ``eps``.
+    """
+
     device: torch.device
+    sample_shape: tuple[int, int, int]
+    alphas_cumprod: torch.Tensor
+    scheduler: object
+    white_box: torch.nn.Module | None = None
+    prediction_type: str = "epsilon"
+    _fingerprint: str | None = None
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor: ...
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def native(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """A noise prediction converted to the network's own output type (for its scheduler's ``step``)."""
+        if self.prediction_type == "epsilon":
+            return eps
+        a, s = signal_noise(self.alphas_cumprod, t, x_t)
+        return from_eps(eps, x_t, a, s, self.prediction_type)
+
+    def inner(self) -> "Denoiser | None":
+        """The denoiser this one wraps (a protected model's raw model), None for a model itself."""
+        return None
+
+    def conditioning(self, n: int) -> torch.Tensor | None:
+        """Per-row conditioning of a batch of ``n`` rows that ``white_box`` takes as its third argument."""
+        return None
+
+    def draw_samples(self, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 256,
+                     progress: bool = False) -> torch.Tensor:
+        """``n`` images in [-1, 1]; override to serve samples another way (e.g. rejection sampling)."""
+        return sample(self, n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress)
+
+    def reset_counts(self) -> None:
+        """Zero usage counters (a protected model counts guided rows); nothing by default."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity for caches: by default a hash of the white-box weights and the schedule."""
+        if self._fingerprint is None:
+            self._fingerprint = state_sha256({"": self.white_box}, self.alphas_cumprod,
+                                             np.frombuffer(type(self).__name__.encode(), np.uint8))
+        return self._fingerprint
+
+    @fingerprint.setter
+    def fingerprint(self, value: str) -> None:
+        self._fingerprint = value
 
 
-class UNetDenoiser:
-    """A diffusers ``UNet2DModel`` (any scheduler) as a Denoiser."""
+class ProvidesDenoiser:
+    """Mixin for pipelines that know their own ``Denoiser`` (e.g. protected pipelines)."""
+
+    def as_denoiser(self, *, device: torch.device | str | None = None) -> Denoiser:
+        raise NotImplementedError
+
+
+class UNetDenoiser(Denoiser):
+    """A diffusers ``UNet2DModel`` (any DDPM/DDIM-family scheduler, any prediction type) as a Denoiser."""
 
     def __init__(self, *, unet: torch.nn.Module, scheduler, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.unet = unet.to(self.device).eval().requires_grad_(False)
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().cpu()
+        self.prediction_type = prediction_type_of(scheduler)
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         self.sample_shape = (cfg.in_channels, size, size)
-        self.white_box = self.unet
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+        self.white_box = EpsNetwork(self.unet, alphas_cumprod=self.alphas_cumprod, prediction_type=self.prediction_type)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
-        t = torch.as_tensor(t, device=self.device)
-        if t.ndim == 0:
-            t = t.expand(len(x_t))
-        return self.unet(x_t, t).sample
+        tt = torch.as_tensor(t, device=self.device)
+        if tt.ndim == 0:
+            tt = tt.expand(len(x_t))
+        out = self.unet(x_t, tt).sample
+        if self.prediction_type == "epsilon" and out.shape[1] == x_t.shape[1]:
+            return out
+        a, s = signal_noise(self.alphas_cumprod, t if not isinstance(t, torch.Tensor) or t.ndim == 0 else tt, x_t)
+        return to_eps(out, x_t, a, s, self.prediction_type)
 
 
 def num_train_timesteps(denoiser: Denoiser) -> int:
@@ -66,10 +248,54 @@ def scale_t(denoiser: Denoiser, t: int, reference: int = 1000) -> int:
 
 
 def noised(denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-    a = denoiser.alphas_cumprod.to(x0.device)[torch.as_tensor(t, device=x0.device)]
-    a = a.view(-1, *[1] * (x0.ndim - 1)) if a.ndim else a
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+    """x_t = a_t x0 + s_t eps on the denoiser's schedule."""
+    return add_noise(x0, t, eps, denoiser.alphas_cumprod)
+
+
+# ---------------------------------------------------------------------------- sampling
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def sampling_scheduler(denoiser: Denoiser, sampler: str, steps: int):
+    """A fresh diffusers scheduler of the sampler's class, configured like the model's (same schedule)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}.get(sampler)
+    if cls is None:
+        raise ValueError(f"unknown sampler {sampler!r}; choose {' or '.join(SAMPLERS)}")
+    sched = cls.from_config(denoiser.scheduler.config)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: object = None, uncond: object = None,
+            guidance_scale: float = 1.0, timesteps=None, step_kwargs: dict | None = None,
+            on_eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+            on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The one sampling loop: step ``x`` through ``scheduler``'s timesteps with ``denoiser.eps``.
+
+    With ``uncond`` and ``guidance_scale != 1``, classifier-free guidance
+    eps = eps(uncond) + w (eps(cond) - eps(uncond)) on a doubled batch; ``on_eps(t, eu, ec)``
+    sees both branches (memorised-prompt detection reads their difference). Guidance inside
+    ``denoiser.eps`` (a protected model) applies to both branches and so survives classifier-free
+    guidance exactly once. The prediction is converted to the network's own output type before
+    the scheduler steps (``Denoiser.native``). ``timesteps``: a prefix of the scheduler's to stop early.
+    """
+    kw = step_kwargs or {}
+    for t in scheduler.timesteps if timesteps is None else timesteps:
+        if uncond is None or (guidance_scale == 1.0 and on_eps is None):
+            e = denoiser.eps(scheduler.scale_model_input(x, t), int(t), cond)
+        else:
+            inp = scheduler.scale_model_input(torch.cat([x, x]), t)
+            eu, ec = denoiser.eps(inp, int(t), torch.cat([uncond, cond])).chunk(2)
+            if on_eps is not None:
+                on_eps(t, eu, ec)
+            e = eu + guidance_scale * (ec - eu)
+        x = scheduler.step(denoiser.native(e, x, int(t)), t, x, **kw).prev_sample
+        if on_step is not None:
+            on_step(len(x))
+    return x
 
 
 @torch.no_grad()
@@ -82,28 +308,21 @@ def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim"
     inside ``denoiser.eps`` (a protected model) may enable gradients itself. Latent models
     (``privaudit.latent``) are sampled in latent space with the empty prompt and decoded.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler
     from tqdm.auto import tqdm
 
     from privaudit.latent import latent_of
 
-    cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}.get(sampler)
-    if cls is None:
-        raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
-    sched = cls.from_config(denoiser.scheduler.config)
-    sched.set_timesteps(steps)
+    sched = sampling_scheduler(denoiser, sampler, steps)
+    lat = latent_of(denoiser)
     out = []
-    batches = range(0, n, batch_size)
-    bar = tqdm(total=n * len(sched.timesteps), desc=f"sampling ({sampler}, {steps} steps)", disable=not progress, unit="img-step")
-    for b, start in enumerate(batches):
+    bar = tqdm(total=n * len(sched.timesteps), desc=f"sampling ({sampler}, {steps} steps)", disable=not progress,
+               unit="img-step")
+    for b, start in enumerate(range(0, n, batch_size)):
         gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + b)
         m = min(batch_size, n - start)
         x = torch.randn((m, *denoiser.sample_shape), generator=gen).to(denoiser.device)
-        for t in sched.timesteps:
-            eps = denoiser.eps(x, int(t))
-            x = sched.step(eps, t, x, generator=gen).prev_sample if sampler == "ddpm" else sched.step(eps, t, x).prev_sample
-            bar.update(m)
-        lat = latent_of(denoiser)
+        x = denoise(denoiser, x, scheduler=sched, step_kwargs={"generator": gen} if sampler == "ddpm" else None,
+                    on_step=bar.update)
         out.append((x if lat is None else lat.decode(x)).clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)

@@ -29,19 +29,19 @@ Wrappers such as a CPSample ``ProtectedDenoiser`` keep the latent model as ``.ba
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from privaudit.denoiser import Denoiser, EpsNetwork, denoise, prediction_type_of, signal_noise, state_sha256, to_eps
 from privaudit.errors import InputError
 
 PROMPT_MODES = ("caption", "empty")
 
 
-class LatentTextDenoiser:
+class LatentTextDenoiser(Denoiser):
     """A Stable-Diffusion-style pipeline (conditional UNet in a VAE's latent space) as a Denoiser."""
 
     text_conditional = True
@@ -55,6 +55,7 @@ class LatentTextDenoiser:
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().cpu()
+        self.prediction_type = prediction_type_of(scheduler)
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         self.sample_shape = (cfg.in_channels, size, size)
@@ -63,9 +64,8 @@ class LatentTextDenoiser:
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.max_length = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
-        self.white_box = self.unet
+        self.white_box = self.unet  # raw: ConditionedDenoiser wraps it as f(x_t, t, cond) -> eps
         self._prompt_cache: dict[str, torch.Tensor] = {}
-        self._fingerprint: str | None = None
 
     @classmethod
     def from_pipeline(cls, pipe, *, device: torch.device | str, model_dir: str = "") -> "LatentTextDenoiser":
@@ -78,20 +78,11 @@ class LatentTextDenoiser:
                    scheduler=pipe.scheduler, device=device)
 
     @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
-
-    @property
     def fingerprint(self) -> str:
         """sha256 over all weights (UNet, VAE, text encoder) and the schedule."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for name, mod in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
-                for k, v in sorted(mod.state_dict().items()):
-                    h.update(f"{name}.{k}".encode())
-                    h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-            h.update(self.alphas_cumprod.numpy().tobytes())
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = state_sha256({"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder},
+                                             self.alphas_cumprod)
         return self._fingerprint
 
     # ------------------------------------------------------------------ text
@@ -130,7 +121,11 @@ class LatentTextDenoiser:
         if t.ndim == 0:
             t = t.expand(len(x_t))
         emb = self.condition(cond, len(x_t)).to(x_t.dtype)
-        return self.unet(x_t, t, encoder_hidden_states=emb).sample
+        out = self.unet(x_t, t, encoder_hidden_states=emb).sample
+        if self.prediction_type == "epsilon" and out.shape[1] == x_t.shape[1]:
+            return out
+        a, s = signal_noise(self.alphas_cumprod, t, x_t)
+        return to_eps(out, x_t, a, s, self.prediction_type)
 
     # ------------------------------------------------------------------ latent space
     @torch.no_grad()
@@ -181,25 +176,24 @@ def latent_of(denoiser, depth: int = 8) -> LatentTextDenoiser | None:
     for _ in range(depth):
         if denoiser is None or isinstance(denoiser, LatentTextDenoiser):
             return denoiser
-        denoiser = getattr(denoiser, "base", None) if not isinstance(denoiser, ConditionedDenoiser) else denoiser.denoiser
+        denoiser = denoiser.inner()
     return None
 
 
-class _ConditionalUNet(torch.nn.Module):
-    """The conditional UNet as ``f(x_t, t, cond=None)`` for white-box attacks: ``cond`` is the
-    rows' prompt embeddings (B, L, D); without it, the empty prompt."""
+def conditional_network(unet: torch.nn.Module, empty: torch.Tensor, *, alphas_cumprod: torch.Tensor,
+                        prediction_type: str) -> EpsNetwork:
+    """The conditional UNet as ``f(x_t, t, cond=None) -> eps`` for white-box attacks: ``cond`` is the
+    rows' prompt embeddings (B, L, D); without it, the empty prompt (``empty``, (1, L, D), a plain
+    value the attack does not differentiate)."""
 
-    def __init__(self, unet: torch.nn.Module, empty: torch.Tensor):
-        super().__init__()
-        self.unet = unet
-        self._empty = empty  # (1, L, D), a plain attribute: not a parameter the attack differentiates
+    def call(net, sample, timestep, cond):
+        emb = (empty if cond is None else cond).to(sample.dtype).expand(sample.shape[0], -1, -1)
+        return net(sample, timestep, encoder_hidden_states=emb)
 
-    def forward(self, sample: torch.Tensor, timestep, cond: torch.Tensor | None = None):
-        emb = (self._empty if cond is None else cond).to(sample.dtype).expand(sample.shape[0], -1, -1)
-        return self.unet(sample, timestep, encoder_hidden_states=emb)
+    return EpsNetwork(unet, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type, call=call)
 
 
-class ConditionedDenoiser:
+class ConditionedDenoiser(Denoiser):
     """A view of ``denoiser`` whose ``eps(x_t, t)`` uses bound conditioning.
 
     ``cond``: embeddings (B, L, D) tiled to each call's batch; or, for ``fit`` calls that see
@@ -221,15 +215,20 @@ class ConditionedDenoiser:
         self.alphas_cumprod = denoiser.alphas_cumprod
         self.sample_shape = denoiser.sample_shape
         self.scheduler = denoiser.scheduler
-        wb = getattr(denoiser, "white_box", None)
-        self.white_box = None if wb is None else _ConditionalUNet(wb, lat.prompt_embeddings([""]))
+        self.prediction_type = denoiser.prediction_type
+        wb = denoiser.white_box
+        self.white_box = None if wb is None else conditional_network(
+            wb, lat.prompt_embeddings([""]), alphas_cumprod=self.alphas_cumprod, prediction_type=lat.prediction_type)
 
     def __getattr__(self, name: str):  # only called for attributes not set above
         return getattr(self.__dict__["denoiser"], name)
 
+    def inner(self) -> Denoiser:
+        return self.denoiser
+
     @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+    def fingerprint(self) -> str:
+        return self.denoiser.fingerprint
 
     def _bound(self, n: int) -> torch.Tensor:
         if self.cond is not None:
@@ -317,14 +316,14 @@ def generate(denoiser, prompts: Sequence[str], *, n_per_prompt: int = 1, steps: 
     additive guidance term is applied exactly once to the guided prediction. Seeded per
     (seed, prompt index, draw): a prompt's images do not depend on the other prompts.
     """
-    from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
+
+    from privaudit.denoiser import sampling_scheduler
 
     lat = latent_of(denoiser)
     if lat is None:
         raise InputError("prompted generation needs a text-conditional latent model")
-    sched = DDIMScheduler.from_config(denoiser.scheduler.config)
-    sched.set_timesteps(steps)
+    sched = sampling_scheduler(denoiser, "ddim", steps)
     rows = [(i, j) for i in range(len(prompts)) for j in range(n_per_prompt)]
     out = []
     bar = tqdm(total=len(rows) * steps, desc=f"generating ({steps} steps)", disable=not progress, unit="img-step")
@@ -334,14 +333,8 @@ def generate(denoiser, prompts: Sequence[str], *, n_per_prompt: int = 1, steps: 
             seed * 1_000_003 + i * 9_973 + j)) for i, j in chunk]).to(denoiser.device)
         cond = lat.prompt_embeddings([prompts[i] for i, _ in chunk])
         empty = lat.prompt_embeddings([""]).expand(len(chunk), -1, -1)
-        for t in sched.timesteps:
-            if guidance_scale == 1.0:
-                e = denoiser.eps(z, int(t), cond)
-            else:
-                eu, ec = denoiser.eps(torch.cat([z, z]), int(t), torch.cat([empty, cond])).chunk(2)
-                e = eu + guidance_scale * (ec - eu)
-            z = sched.step(e, t, z).prev_sample
-            bar.update(len(chunk))
+        z = denoise(denoiser, z, scheduler=sched, cond=cond, uncond=empty, guidance_scale=guidance_scale,
+                    on_step=bar.update)
         out.append(lat.decode(z).cpu())
     bar.close()
     return torch.cat(out) if out else torch.zeros((0, *lat.image_shape))

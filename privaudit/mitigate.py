@@ -28,7 +28,7 @@ Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html
      "after": <scan results>, "controls": [{"name", "description", "family", "params",
      "metrics": {...}, "sampling_seconds", "sampling_ratio", "details"}], "sweep": [{"name",
      "family", <params>, "metrics", "sampling_seconds", "meets_targets", "recommended"}],
-     "matched_quality": {...} | null, "white_box": [...], "guard": {...}, "targets": {...},
+     "matched_quality": {...} | null, "white_box": [...], "details": {...}, "details_title": str, "targets": {...},
      "findings": [str], "warnings": [str], "limits": [str], "manifest": {...}}
 """
 
@@ -37,21 +37,23 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from privaudit.data import ImageSet, load_images
-from privaudit.denoiser import Denoiser, sample
+from privaudit.api import (  # noqa: F401 (MitigationContext, Variant, MitigationOutput: re-exported)
+    AuditSettings, Mitigation, MitigationContext, MitigationOutput, Variant, default_cache_dir)
+from privaudit.data import load_images
+from privaudit.denoiser import Denoiser, ProvidesDenoiser
 from privaudit.errors import InputError
 from privaudit.io import write_json, write_text
+from privaudit.latent import image_shape_of
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
-from privaudit.runner import AuditContext, AuditSettings, audit, default_cache_dir, load_data, manifest, write_run
-from privaudit.target import ModelInfo, load_target
+from privaudit.runner import audit, data_fingerprints, load_data, manifest, scan_results, write_run
+from privaudit.target import load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
 TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
@@ -63,62 +65,6 @@ GENERIC_LIMITS = (
     "Gray-box numbers are for the protected model as served (noise predictions at chosen timesteps); an attacker "
     "who knows the mitigation may invert a score, so membership AUC is also reported two-sided, max(AUC, 1 - AUC).",
 )
-
-
-@dataclass
-class MitigationContext:
-    """What a mitigation plugin sees: the raw model, the data, where to write, how to audit."""
-
-    model_dir: Path
-    pipeline: Any
-    denoiser: Denoiser
-    members: ImageSet
-    holdout: ImageSet
-    reference: ImageSet | None
-    out: Path
-    registry: Registry
-    settings: AuditSettings
-    device: torch.device
-    cache_dir: Path
-    seed: int
-    progress: bool
-
-    def feature(self, name: str, **params):
-        """A fitted feature extractor (the same one the audit's detectors get)."""
-        return AuditContext(denoiser=self.denoiser, members=self.members, holdout=self.holdout, registry=self.registry,
-                            settings=self.settings, reference=self.reference).feature(name, **params)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way of serving the model, audited like the protected one.
-
-    ``denoiser``: a Denoiser (gray-box attacks query its ``eps``; detectors sample it, through
-    its ``draw_samples`` if it has one). ``probe(samples) -> dict``: extra metrics on its
-    generated samples. ``details``: a dict, or a callable returning one after the audit.
-    """
-
-    name: str
-    description: str
-    denoiser: Any
-    family: str = "control"
-    params: dict = field(default_factory=dict)
-    probe: Callable[[torch.Tensor], dict] | None = None
-    details: dict | Callable[[], dict] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MitigationOutput:
-    """What ``Mitigation.apply`` returns."""
-
-    protected_dir: Path
-    denoiser: Any
-    params: dict
-    guard: dict
-    controls: list[Variant] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    limits: list[str] = field(default_factory=list)
-    probe: Callable[[torch.Tensor], dict] | None = None
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -176,35 +122,20 @@ def _sampling_config(results: dict) -> dict:
     return {"steps": 50, "sampler": "ddim", "n": 64}
 
 
-def timed_samples(denoiser, *, n: int, steps: int, sampler: str, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
-    """Draw ``n`` samples (uncached) and time it; uses the denoiser's own sampler if it has one."""
-    reset = getattr(denoiser, "reset_counts", None)
-    if callable(reset):
-        reset()
-    if denoiser is not None and getattr(denoiser, "device", torch.device("cpu")).type == "cuda":
+def timed_samples(denoiser: Denoiser, *, n: int, steps: int, sampler: str, seed: int,
+                  batch_size: int) -> tuple[torch.Tensor, float]:
+    """Draw ``n`` samples (uncached, through the denoiser's ``draw_samples``) and time it."""
+    denoiser.reset_counts()
+    if denoiser.device.type == "cuda":
         torch.cuda.synchronize(denoiser.device)
     start = time.perf_counter()
-    draw = getattr(denoiser, "draw_samples", None)
-    kw = dict(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=False)
-    x = draw(**kw) if callable(draw) else sample(denoiser, **kw)
-    if getattr(denoiser, "device", torch.device("cpu")).type == "cuda":
+    x = denoiser.draw_samples(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=False)
+    if denoiser.device.type == "cuda":
         torch.cuda.synchronize(denoiser.device)
     return x, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------- the flow
-
-
-def _scan_results(res: dict, *, info: ModelInfo, data: dict, settings: AuditSettings, registry: Registry,
-                  argv, device, seconds: float) -> dict:
-    from dataclasses import asdict
-
-    body = {"schema_version": SCHEMA_VERSION, "kind": "scan", "target": {**asdict(info), "schedule": info.scheduler_class},
-            **res}
-    body["manifest"] = manifest(argv=argv, device=device, settings=settings, info=info, data=data, registry=registry,
-                                seconds=seconds)
-    body["data"] = data
-    return body
 
 
 class _Auditor:
@@ -220,7 +151,7 @@ class _Auditor:
                      settings=self.settings, reference=self.reference)
 
     def row(self, *, name: str, description: str, family: str, params: dict, res: dict, denoiser,
-            probe=None, details=None) -> dict:
+            probe=None, details=None, role: str = "control") -> dict:
         n = min(64, self.timing["n"])
         x, secs = timed_samples(denoiser, n=n, steps=self.timing["steps"], sampler=self.timing["sampler"],
                                 seed=self.seed, batch_size=self.settings.batch_size * 2)
@@ -230,7 +161,8 @@ class _Auditor:
         if self.base_seconds is None:
             self.base_seconds = secs
         det = details() if callable(details) else dict(details or {})
-        return {"name": name, "description": description, "family": family, "params": params, "metrics": metrics,
+        return {"name": name, "description": description, "family": family, "role": role, "params": params,
+                "metrics": metrics,
                 "sampling_seconds": round(secs, 3), "sampling_ratio": round(secs / max(self.base_seconds, 1e-9), 3),
                 "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"]},
                 "verdict": res["verdict"]["level"], "details": det}
@@ -341,21 +273,20 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         registry.get(n, kind="attack")
     for n in settings.detectors:
         registry.get(n, kind="detector")
-    mitigation = registry.create(method, kind="mitigation", **(params or {}))
-    if callable(getattr(mitigation, "validate", None)):
-        mitigation.validate()  # bad settings fail before anything is loaded or trained
+    mitigation = registry.create(method, kind="mitigation", **(params or {}))  # validated: fails before any work
+    assert isinstance(mitigation, Mitigation)
     raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle)
-    if callable(getattr(pipe, "as_denoiser", None)):
+    if isinstance(pipe, ProvidesDenoiser):
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
-    mem, hold = load_data(members, holdout, shape=getattr(raw, "image_shape", raw.sample_shape))
+    mem, hold = load_data(members, holdout, shape=image_shape_of(raw))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
-    data = {"members": mem.fingerprint(), "holdout": hold.fingerprint(), **({"reference": ref.fingerprint()} if ref else {})}
+    data = data_fingerprints(mem, hold, ref)
     common = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
 
     say("mitigate: auditing the raw model (before)")
     t0 = time.perf_counter()
     before_res = audit(denoiser=raw, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
-    before = _scan_results(before_res, info=info, data=data, seconds=time.perf_counter() - t0, **common)
+    before = scan_results(before_res, info=info, data=data, seconds=time.perf_counter() - t0, **common)
 
     ctx = MitigationContext(model_dir=Path(model_dir), pipeline=pipe, denoiser=raw, members=mem, holdout=hold,
                             reference=ref, out=out, registry=registry, settings=settings, device=raw.device,
@@ -373,39 +304,39 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     _, pinfo, _ = load_target(result.protected_dir, device=str(raw.device))
     after_res = audit(denoiser=result.denoiser, members=mem, holdout=hold, registry=registry, settings=settings,
                       reference=ref)
-    after = _scan_results(after_res, info=pinfo, data=data, seconds=time.perf_counter() - t0, **common)
+    after = scan_results(after_res, info=pinfo, data=data, seconds=time.perf_counter() - t0, **common)
 
     auditor = _Auditor(members=mem, holdout=hold, reference=ref, registry=registry, settings=settings,
                        timing=_sampling_config(before), seed=settings.seed)
     controls = [auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
                             description="the raw model as trained"),
-                auditor.row(name=method, family=method, params=_scalar_params(result.params), res=after_res,
+                auditor.row(name=method, family=method, role="main", params=_scalar_params(result.params), res=after_res,
                             denoiser=result.denoiser, probe=result.probe,
                             description="the protected pipeline as saved in protected/ and loaded back")]
     for v in result.controls:
         say(f"mitigate: auditing control: {v.name}")
         res = auditor.audit(v.denoiser)
         controls.append(auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
-                                    denoiser=v.denoiser, probe=v.probe, details=v.details))
+                                    denoiser=v.denoiser, probe=v.probe, details=v.details, role=v.role))
 
     sweep_rows: list[dict] = []
     matched = None
     if sweep:
-        variants = mitigation.sweep(ctx, result) if callable(getattr(mitigation, "sweep", None)) else []
+        variants = mitigation.sweep(ctx, result)
         for i, v in enumerate(variants, 1):
             say(f"mitigate: sweep {i}/{len(variants)}: {v.name}")
             res = auditor.audit(v.denoiser)
             row = auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
                               denoiser=v.denoiser, probe=v.probe, details=v.details)
-            sweep_rows.append({"name": row["name"], "family": row["family"], **row["params"], "metrics": row["metrics"],
+            sweep_rows.append({"name": row["name"], "family": row["family"], "role": v.role, **row["params"], "metrics": row["metrics"],
                                "sampling_seconds": row["sampling_seconds"], "sampling_ratio": row["sampling_ratio"],
                                "meets_targets": meets_targets(row["metrics"]), "recommended": False,
                                "_params": row["params"]})
-        main = [r for r in sweep_rows if r["family"] == method]
+        main = [r for r in sweep_rows if r["role"] == "main"]
         best = recommend(main)
         if best is not None:
             main[best]["recommended"] = True
-        placebo = [r for r in sweep_rows if r["family"] == "placebo"]
+        placebo = [r for r in sweep_rows if r["role"] == "placebo"]
         matched = matched_quality(main, placebo, anchor=controls[0])
         for r in sweep_rows:
             r.pop("_params")
@@ -418,7 +349,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         "protected": str(result.protected_dir),
         "before": _body(before), "after": _body(after),
         "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white,
-        "guard": result.guard, "targets": TARGETS, "findings": findings, "warnings": list(result.warnings),
+        "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings, "warnings": list(result.warnings),
         "limits": list(GENERIC_LIMITS) + list(result.limits),
     }
     results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,

@@ -31,6 +31,7 @@ import hashlib
 import numpy as np
 import torch
 
+from privaudit.denoiser import Denoiser
 from privaudit.errors import InputError
 
 
@@ -49,7 +50,7 @@ def _as_images(images, name: str) -> torch.Tensor:
     return images.detach()
 
 
-class _ClosedFormDenoiser:
+class _ClosedFormDenoiser(Denoiser):
     """Schedule, sampling config and the eps <-> E[x0 | x_t] conversion shared by the oracles."""
 
     white_box = None
@@ -63,10 +64,6 @@ class _ClosedFormDenoiser:
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.device = torch.device(device)
         self._acp64 = self.scheduler.alphas_cumprod.detach().double().to(self.device)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
 
     def _abar(self, t, n: int) -> torch.Tensor:
         """abar_t as a float64 (n, 1) column for scalar or per-sample integer ``t``."""

@@ -1,4 +1,4 @@
-"""Plugin kinds and the registry.
+"""The plugin registry (the kinds plugins subclass live in ``privaudit.api``, re-exported here).
 
 Built-ins register exactly as third-party packages do: through the entry-point group
 ``privaudit.plugins`` (each entry point names a plugin class). A ``--plugins-dir`` adds
@@ -6,123 +6,26 @@ drop-in ``.py`` files: every ``Plugin`` subclass defined in such a file with a `
 is registered. The registry is built per run, never at import time; a duplicate name is
 an error naming both origins.
 
-Contract for every plugin (scikit-learn style, checked by ``tests/test_plugin_contract``):
-
-- class attributes ``name`` (what users type), ``id`` (stable, never reused), ``kind``,
-  ``requires`` (capabilities of the target, e.g. ``"white_box"``), ``threat_model``,
-  ``references``; the class docstring is its documentation;
-- ``__init__`` takes keyword-only parameters with defaults and only stores them, so
-  ``type(p)(**p.get_params())`` rebuilds it; fitted attributes end in ``_``.
+The contract every plugin meets is documented in ``privaudit.api`` and checked at registration
+(a class that is not a named Plugin of a known kind fails at load, naming its origin) and in
+full by ``privaudit.testing.check_plugin``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Iterable, Iterator
 
-import numpy as np
-import torch
-
+from privaudit.api import (  # noqa: F401 (re-exported: the plugin kinds' historical home)
+    CAPABILITIES, KINDS, THREAT_MODELS, DetectorOutput, declaration_problems, FeatureExtractor, MembershipAttack, Mitigation, Plugin,
+    ReplicationDetector)
 from privaudit.errors import PluginError
 
 ENTRY_POINT_GROUP = "privaudit.plugins"
-KINDS = ("attack", "detector", "mitigation", "feature")
-CAPABILITIES = ("white_box", "sampling", "text")  # text: a text-conditional (latent) target
-THREAT_MODELS = ("white-box", "gray-box", "black-box", "n/a")
-
-
-class Plugin:
-    """Base class: declarative metadata plus scikit-learn style parameters."""
-
-    name: ClassVar[str]
-    id: ClassVar[str]
-    kind: ClassVar[str]
-    requires: ClassVar[tuple[str, ...]] = ()
-    threat_model: ClassVar[str] = "gray-box"
-    references: ClassVar[tuple[str, ...]] = ()
-
-    def get_params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
-
-    def queries_per_image(self) -> float:
-        """Model queries (UNet forward passes) the plugin spends per audited image."""
-        return 0.0
-
-    @classmethod
-    def summary(cls) -> str:
-        return (inspect.getdoc(cls) or "").strip().splitlines()[0] if cls.__doc__ else ""
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
-
-class MembershipAttack(Plugin):
-    """Scores images; higher = more member-like.
-
-    ``fit`` may make choices (a timestep, a classifier) and sees calibration data only.
-    ``score`` is called batch by batch on calibration and evaluation images alike.
-    """
-
-    kind: ClassVar[str] = "attack"
-
-    def fit(self, denoiser, *, members: torch.Tensor, holdout: torch.Tensor, seed: int) -> "MembershipAttack":
-        return self
-
-    def score(self, denoiser, x0: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class DetectorOutput:
-    """What a detector returns; the runner adds severity and provenance."""
-
-    metrics: dict  # name -> privaudit.results.Metric
-    finding: str
-    details: dict
-    table: Any = None  # optional pandas DataFrame, one row per generated sample
-
-
-class ReplicationDetector(Plugin):
-    """Compares generated images with members. ``detect(ctx)`` -> ``DetectorOutput``."""
-
-    kind: ClassVar[str] = "detector"
-    requires: ClassVar[tuple[str, ...]] = ("sampling",)
-    threat_model: ClassVar[str] = "black-box"
-
-    def detect(self, ctx) -> DetectorOutput:
-        raise NotImplementedError
-
-
-class FeatureExtractor(Plugin):
-    """Image -> vector. ``fit(reference=...)`` may train on non-member images."""
-
-    kind: ClassVar[str] = "feature"
-    threat_model: ClassVar[str] = "n/a"
-
-    def fit(self, *, reference=None) -> "FeatureExtractor":
-        return self
-
-    def transform(self, x: torch.Tensor) -> np.ndarray:
-        """Images in [-1, 1], (n, C, H, W) -> float32 (n, d)."""
-        raise NotImplementedError
-
-
-class Mitigation(Plugin):
-    """Produces a protected model folder from a target. See the ``mitigate`` command."""
-
-    kind: ClassVar[str] = "mitigation"
-    threat_model: ClassVar[str] = "n/a"
-
-    def apply(self, ctx) -> Any:
-        raise NotImplementedError
-
 
 @dataclass(frozen=True)
 class Registration:
@@ -148,7 +51,7 @@ class Registry:
             raise PluginError(f"plugin {reg.name!r} from {reg.origin}: unknown kind {reg.kind!r}")
         self._by_name[reg.name] = reg
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Registration]:
         return iter(sorted(self._by_name.values(), key=lambda r: (KINDS.index(r.kind), r.name)))
 
     def __contains__(self, name: str) -> bool:
@@ -165,11 +68,14 @@ class Registry:
         return [r.name for r in self if r.kind == kind]
 
     def create(self, name: str, *, kind: str | None = None, **params) -> Plugin:
+        """An instance of plugin ``name`` with ``params``, validated (``Plugin.validate``) before any work."""
         reg = self.get(name, kind=kind)
         try:
-            return reg.cls(**params)
+            plugin = reg.cls(**params)
         except TypeError as e:
             raise PluginError(f"plugin {name!r}: bad parameters {params}: {e}") from None
+        plugin.validate()
+        return plugin
 
     @classmethod
     def build(cls, *, plugins_dir: str | Path | None = None, blocked: Iterable[str] = ()) -> "Registry":
@@ -192,8 +98,9 @@ class Registry:
 
 
 def _add_class(reg: Registry, plugin_cls: type, origin: str, blocked: set[str]) -> None:
-    if not (isinstance(plugin_cls, type) and issubclass(plugin_cls, Plugin)) or not hasattr(plugin_cls, "name"):
-        raise PluginError(f"{origin}: not a privaudit Plugin class with a name")
+    problems = declaration_problems(plugin_cls)
+    if problems:
+        raise PluginError(f"{origin}: not a valid privaudit plugin: {'; '.join(problems)}")
     if plugin_cls.name not in blocked:
         reg.add(Registration(plugin_cls.name, plugin_cls.kind, plugin_cls, origin))
 

@@ -7,12 +7,11 @@ results; ``scan`` wraps it with loading and writing, which is what ``privaudit s
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,15 @@ import pandas as pd
 import torch
 
 from privaudit import __version__
+from privaudit.api import (  # noqa: F401 (AuditSettings, AuditContext, default_cache_dir: re-exported)
+    AuditContext, AuditSettings, ReplicationDetector, capabilities_of, default_cache_dir)
 from privaudit.checks import run_checks
 from privaudit.data import ImageSet, load_images
-from privaudit.denoiser import Denoiser, sample
+from privaudit.denoiser import Denoiser
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
 from privaudit.io import write_json, write_text
-from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of, latent_of
+from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
@@ -36,91 +37,9 @@ from privaudit.target import ModelInfo, load_target
 from privaudit.verdict import RULES_TEXT, membership_severity, replication_severity, worst
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("PRIVAUDIT_CACHE", Path.home() / ".cache" / "privaudit"))
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """What to run and how. ``plugin_params`` maps a plugin name to its parameters."""
-
-    attacks: tuple[str, ...] = ("loss",)
-    detectors: tuple[str, ...] = ("nn",)
-    plugin_params: dict[str, dict] = field(default_factory=dict)
-    seed: int = 0
-    batch_size: int = 128
-    calibration_fraction: float = 0.5
-    n_boot: int = 1000
-    progress: bool = True
-    cache_dir: Path | None = None
-    prompt: str = "caption"  # text-conditional targets: condition attacks on captions or the empty prompt
-
-
 def denoiser_fingerprint(denoiser: Denoiser) -> str:
-    """Identifies a model for the sample cache: its own fingerprint, else a hash of its weights."""
-    fp = getattr(denoiser, "fingerprint", None)
-    if fp:
-        return fp
-    h = hashlib.sha256()
-    for k, v in sorted(denoiser.white_box.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    h.update(denoiser.alphas_cumprod.numpy().tobytes())
-    return h.hexdigest()
-
-
-class AuditContext:
-    """What detectors see: the model, the data, cached samples and feature extractors."""
-
-    def __init__(self, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry: Registry,
-                 settings: AuditSettings, reference: ImageSet | None = None):
-        self.denoiser, self.members, self.holdout = denoiser, members, holdout
-        self.registry, self.settings, self.reference = registry, settings, reference
-        self.seed, self.progress = settings.seed, settings.progress
-        self.sample_seconds: dict[str, float] = {}
-        self._fingerprint: str | None = None
-
-    def samples(self, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int | None = None) -> torch.Tensor:
-        """``n`` samples in [-1, 1], cached on disk by (model, sampler, steps, seed, n)."""
-        seed = self.seed if seed is None else seed
-        self._fingerprint = self._fingerprint or denoiser_fingerprint(self.denoiser)
-        key = hashlib.sha256(f"{self._fingerprint}|{sampler}|{steps}|{seed}|{n}".encode()).hexdigest()[:24]
-        cache = (self.settings.cache_dir or default_cache_dir()) / "samples" / f"{key}.npy"
-        if cache.exists():
-            return torch.from_numpy(np.load(cache))
-        start = time.perf_counter()
-        # a denoiser may bring its own sampler (e.g. a mitigation's rejection-sampling control)
-        draw = getattr(self.denoiser, "draw_samples", None) or (lambda **kw: sample(self.denoiser, **kw))
-        x = draw(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=self.settings.batch_size * 2,
-                 progress=self.progress)
-        self.sample_seconds[key] = time.perf_counter() - start
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, x.numpy())
-        os.replace(tmp, cache)
-        return x
-
-    def feature(self, name: str, **params):
-        """A fitted extractor, fitted once per process for the same plugin, parameters and reference
-        set (extractors are seeded, so this only saves time: a mitigation audits many variants)."""
-        cls = self.registry.get(name, kind="feature").cls
-        ref = self.reference
-        key = (cls, repr(sorted(params.items())), None if ref is None else (ref.source, hash(ref.ids)))
-        if key not in _FITTED_FEATURES:
-            _FITTED_FEATURES[key] = self.registry.create(name, kind="feature", **params).fit(reference=ref)
-        return _FITTED_FEATURES[key]
-
-
-_FITTED_FEATURES: dict[tuple, Any] = {}
-
-
-def _capabilities(denoiser: Denoiser) -> set[str]:
-    caps = {"sampling"} if hasattr(denoiser, "scheduler") else set()
-    if isinstance(getattr(denoiser, "white_box", None), torch.nn.Module):
-        caps.add("white_box")
-    if latent_of(denoiser) is not None:
-        caps.add("text")
-    return caps
+    """Identifies a model for caches (kept for callers of 0.1; use ``denoiser.fingerprint``)."""
+    return denoiser.fingerprint
 
 
 def _generator(seed: int, *parts: str) -> torch.Generator:
@@ -181,6 +100,9 @@ def _jsonable(v: Any) -> Any:
 
 
 def _result(plugin, status: str, **kw) -> PluginResult:
+    specs = {k: s.to_json() for k, s in plugin.specs().items()}
+    if specs and kw.get("details") is not None:  # declared metric specs travel with the results: reports read them
+        kw["details"] = {**kw["details"], "metric_specs": specs}
     return PluginResult(name=plugin.name, id=plugin.id, kind=plugin.kind, status=status,
                         threat_model=plugin.threat_model, queries_per_image=float(plugin.queries_per_image()),
                         params={k: _jsonable(v) for k, v in plugin.get_params().items()},
@@ -190,7 +112,7 @@ def _result(plugin, status: str, **kw) -> PluginResult:
 def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry: Registry,
           settings: AuditSettings, reference: ImageSet | None = None) -> dict:
     """Run checks, attacks and detectors; returns results (JSON-ready) and tables."""
-    caps = _capabilities(denoiser)
+    caps = capabilities_of(denoiser)
     ctx = AuditContext(denoiser=denoiser, members=members, holdout=holdout, registry=registry,
                        settings=settings, reference=reference)
     checks = run_checks(members, holdout, seed=settings.seed)
@@ -207,7 +129,7 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     plan = [(n, "attack") for n in settings.attacks] + [(n, "detector") for n in settings.detectors]
     plugins = [(registry.create(n, kind=k, **settings.plugin_params.get(n, {})), k) for n, k in plan]
     for plugin, kind in plugins:
-        missing = [r for r in plugin.requires if r not in caps]
+        missing = plugin.missing(caps)
         if missing:
             results.append(_result(plugin, "skipped", reason=f"target lacks {', '.join(missing)}"))
             continue
@@ -217,11 +139,9 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                 res = run_attack(plugin, denoiser=denoiser, members=members, holdout=holdout,
                                  settings=settings, scores=scores)
             else:
+                assert isinstance(plugin, ReplicationDetector)
                 out = plugin.detect(ctx)
-                severity, rules = replication_severity(
-                    out.metrics, false_positive_rate=float(out.details.get("false_positive_rate", 0.0)))
-                if out.details.get("severity_from") == "membership":  # e.g. memorised-prompt detection (AUC)
-                    severity, rules = membership_severity(out.metrics)
+                severity, rules = _detector_severity(plugin, out)
                 res = _result(plugin, "ok", metrics=out.metrics, severity=severity, finding=out.finding,
                               details={"rules": rules, **out.details})
                 if out.table is not None:
@@ -236,6 +156,15 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
             "ensemble": ensemble_view([r.to_json() for r in results]),
             "verdict": verdict(results, checks), "scores": scores, "tables": tables,
             "sampling_seconds": ctx.sample_seconds}
+
+
+def _detector_severity(plugin: ReplicationDetector, out) -> tuple[str, list[str]]:
+    """The rule set the detector declares (``severity_rules``) applied to its metrics."""
+    if plugin.severity_rules == "membership":  # e.g. memorised-prompt detection (AUC)
+        return membership_severity(out.metrics)
+    if plugin.severity_rules == "none":
+        return "info", []
+    return replication_severity(out.metrics, false_positive_rate=float(out.details.get("false_positive_rate", 0.0)))
 
 
 def verdict(results: list[PluginResult], checks) -> dict:
@@ -309,14 +238,24 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
     denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle)
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
-    results = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
-    results = {"schema_version": SCHEMA_VERSION, "kind": "scan",
-               "target": {**info.__dict__, "schedule": info.scheduler_class},
-               **results}
-    data = {"members": mem.fingerprint(), "holdout": hold.fingerprint(),
-            **({"reference": ref.fingerprint()} if ref else {})}
-    results["manifest"] = manifest(argv=argv, device=denoiser.device, settings=settings, info=info, data=data,
-                                   registry=registry, seconds=time.perf_counter() - start)
-    results["data"] = data
+    res = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
+    results = scan_results(res, info=info, data=data_fingerprints(mem, hold, ref), settings=settings,
+                           registry=registry, argv=argv, device=denoiser.device, seconds=time.perf_counter() - start)
     write_run(out, results, redact=redact)
     return results
+
+
+def data_fingerprints(members: ImageSet, holdout: ImageSet, reference: ImageSet | None) -> dict:
+    return {"members": members.fingerprint(), "holdout": holdout.fingerprint(),
+            **({"reference": reference.fingerprint()} if reference is not None else {})}
+
+
+def scan_results(res: dict, *, info: ModelInfo, data: dict, settings: AuditSettings, registry: Registry,
+                 argv: list[str] | None, device: torch.device, seconds: float) -> dict:
+    """An audit's results as a scan run: schema version, target, the results, manifest and data provenance."""
+    body = {"schema_version": SCHEMA_VERSION, "kind": "scan", "target": {**asdict(info), "schedule": info.scheduler_class},
+            **res}
+    body["manifest"] = manifest(argv=argv, device=device, settings=settings, info=info, data=data, registry=registry,
+                                seconds=seconds)
+    body["data"] = data
+    return body

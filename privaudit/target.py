@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from privaudit.denoiser import Denoiser, UNetDenoiser
+from privaudit.denoiser import Denoiser, ProvidesDenoiser, UNetDenoiser, resolve_device
 from privaudit.errors import InputError
 from privaudit.io import sha256_file
 
@@ -27,17 +27,6 @@ class ModelInfo:
     weights_sha256: dict[str, str] = field(default_factory=dict)
     latent_shape: tuple[int, int, int] | None = None  # latent models: (C, H, W) where the UNet works
     text_conditional: bool = False
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" picks CUDA when present; an explicit "cuda" without a GPU is a usage error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available on this machine")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"--device {device}: choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -103,9 +92,8 @@ def _quiet_transformers(model_dir: Path) -> None:
 
 def denoiser_from_pipeline(pipe, *, device: torch.device, model_dir: str | Path) -> Denoiser:
     """The pipeline's own Denoiser hook if it has one (protected pipelines), else its UNet."""
-    hook = getattr(pipe, "as_denoiser", None)
-    if callable(hook):
-        return hook(device=device)
+    if isinstance(pipe, ProvidesDenoiser):
+        return pipe.as_denoiser(device=device)
     unet = getattr(pipe, "unet", None)
     scheduler = getattr(pipe, "scheduler", None)
     if unet is None or scheduler is None or not hasattr(scheduler, "alphas_cumprod"):

@@ -16,14 +16,11 @@ How the pieces fit:
 
 from __future__ import annotations
 
-import base64
-import io
-
-import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from privaudit import __version__
 from privaudit.errors import InputError
+from privaudit.images import png_data_uri
 from privaudit.reports import view
 from privaudit.reports.images import REDACT_MODES, redact_images
 
@@ -35,19 +32,6 @@ def _env() -> Environment:
     return Environment(loader=PackageLoader("privaudit.reports", "templates"),
                        autoescape=select_autoescape(["html", "j2"], default=True),
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-
-
-def png_data_uri(img: np.ndarray, *, scale: int = 1) -> str:
-    """uint8 (C, H, W) or (H, W) -> PNG data URI (nearest-neighbour upscaled)."""
-    from PIL import Image
-
-    a = img[0] if img.ndim == 3 and img.shape[0] == 1 else (img.transpose(1, 2, 0) if img.ndim == 3 else img)
-    im = Image.fromarray(np.ascontiguousarray(a))
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def render_html(results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> str:

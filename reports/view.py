@@ -843,7 +843,8 @@ def mitigation_view(r: dict) -> dict:
     after = r.get("after") if isinstance(r.get("after"), dict) else {}
     controls = [c for c in r.get("controls") or [] if isinstance(c, dict)]
     sweep = [s for s in r.get("sweep") or [] if isinstance(s, dict)]
-    guard = r.get("guard") if isinstance(r.get("guard"), dict) else {}
+    details = r.get("details", r.get("guard"))  # "guard": results written by privaudit 0.1
+    guard = details if isinstance(details, dict) else {}
     recommended = next(((i, s) for i, s in enumerate(sweep, 1) if s.get("recommended")), None)
     sweep_table = _table(sweep)
     if sweep:
@@ -865,6 +866,7 @@ def mitigation_view(r: dict) -> dict:
             "matched": {k.replace("_", " "): fmt_scalar(v) for k, v in matched.items()} if matched else None,
             "white_box": _table(white) if white else None,
             "guard": {k: fmt_scalar(v) for k, v in guard.items()},
+            "details_title": str(r.get("details_title") or "What the mitigation trained"),
             "findings": [str(x) for x in r.get("findings") or []],
             "warnings": [str(x) for x in r.get("warnings") or []],
             "protected": str(r.get("protected") or ""),

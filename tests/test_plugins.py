@@ -100,7 +100,8 @@ def test_dropin_file_and_blocking(tmp_path):
 def test_duplicate_name_names_both_origins(tmp_path):
     (tmp_path / "dup.py").write_text(
         "from privaudit.plugin import MembershipAttack\n"
-        "class Loss2(MembershipAttack):\n    '''Clash.'''\n    name = 'loss'\n    id = 'DUP'\n")
+        "class Loss2(MembershipAttack):\n    '''Clash.'''\n    name = 'loss'\n    id = 'DUP'\n"
+        "    def score(self, denoiser, x0, *, generator):\n        return x0.flatten(1).mean(1)\n")
     with pytest.raises(PluginError) as e:
         Registry.build(plugins_dir=tmp_path)
     msg = str(e.value)

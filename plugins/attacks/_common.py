@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from privaudit.denoiser import scale_t
+from privaudit.denoiser import add_noise, scale_t
 
 
 def randn(shape, *, generator: torch.Generator, device) -> torch.Tensor:
@@ -38,9 +38,8 @@ def eps_at(denoiser, x: torch.Tensor, t: int) -> torch.Tensor:
 
 
 def noise_to(denoiser, x0: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for one timestep, with host scalars."""
-    a = alpha_bar(denoiser, t)
-    return math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+    """x_t = a_t x0 + s_t eps for one timestep (host scalars: no GPU transfer stalls the stream)."""
+    return add_noise(x0, int(t), eps, denoiser.alphas_cumprod)
 
 
 def ddim_step(denoiser, x: torch.Tensor, eps: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:

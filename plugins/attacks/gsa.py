@@ -24,8 +24,8 @@ shadow-model attacker (usually stronger).
 
 Per-sample gradients use ``torch.func`` (``vmap`` of ``grad`` over ``functional_call``), in
 chunks that bound memory at about ``max_grad_floats`` floats of per-sample gradients.
-The network must take ``(x_t, t)`` and return the noise (a tensor or an object with
-``.sample``, as diffusers' ``UNet2DModel`` does). On text-conditional targets the denoiser
+The network is the denoiser's ``white_box``: ``f(x_t, t[, cond])`` returning the noise
+prediction (the model layer converts v / x0 predictions, so the loss is always the eps loss). On text-conditional targets the denoiser
 view has ``conditioning(n)`` (each row's caption embedding) and the network takes it as a
 third argument: gradients are taken at each image's own caption, vmapped with the image. Guidance added by a mitigation (CPSample)
 is bypassed: a white-box attacker uses the raw weights.
@@ -41,8 +41,8 @@ import warnings
 import numpy as np
 import torch
 
-from privaudit.errors import InputError
-from privaudit.plugin import MembershipAttack
+from privaudit.api import InputError, MembershipAttack
+from privaudit.denoiser import signal_noise
 from privaudit.plugins.attacks._common import randn
 
 VARIANTS = ("gsa1", "gsa2")
@@ -96,25 +96,24 @@ class GSAAttack(MembershipAttack):
         buffers = {k: v.detach() for k, v in module.named_buffers()}
         names = list(params)
         ts = torch.tensor(self.timesteps(denoiser), device=x0.device)
-        a = denoiser.alphas_cumprod.to(x0.device, x0.dtype)[ts].view(-1, *[1] * (x0.ndim - 1))
+        sig, noi = signal_noise(denoiser.alphas_cumprod, ts, x0)  # (k, 1, 1, 1) each
         eps = randn((len(x0), len(ts), *x0.shape[1:]), generator=generator, device=x0.device)
 
-        def loss(p, x, e, t, abar, c):  # x (C, H, W); e (k, C, H, W): the mean loss over k timesteps
-            x_t = abar.sqrt() * x + (1 - abar).sqrt() * e
+        def loss(p, x, e, t, a, s, c):  # x (C, H, W); e (k, C, H, W): the mean loss over k timesteps
+            x_t = a * x + s * e
             args = (x_t, t) if c is None else (x_t, t, c.expand(len(x_t), *c.shape))
-            out = functional_call(module, (p, buffers), args)
-            return (getattr(out, "sample", out) - e).pow(2).mean()
+            return (functional_call(module, (p, buffers), args) - e).pow(2).mean()  # white_box returns eps
 
         def norms(g) -> torch.Tensor:
             return torch.stack([g[k].norm() for k in names])
 
         n_params = sum(v.numel() for v in params.values())
         if self.variant == "gsa1":
-            per_image = lambda x, e, c=None: norms(grad(loss)(params, x, e, ts, a, c))
+            per_image = lambda x, e, c=None: norms(grad(loss)(params, x, e, ts, sig, noi, c))
             per_row = n_params
         else:
-            one_t = lambda x, e, t, abar, c: norms(grad(loss)(params, x, e[None], t[None], abar[None], c))
-            per_image = lambda x, e, c=None: vmap(one_t, in_dims=(None, 0, 0, 0, None))(x, e, ts, a, c).mean(0)
+            one_t = lambda x, e, t, a, s, c: norms(grad(loss)(params, x, e[None], t[None], a[None], s[None], c))
+            per_image = lambda x, e, c=None: vmap(one_t, in_dims=(None, 0, 0, 0, 0, None))(x, e, ts, sig, noi, c).mean(0)
             per_row = n_params * len(ts)
         chunk = max(1, int(self.max_grad_floats // per_row))
         was_training = module.training
@@ -149,7 +148,7 @@ class GSAAttack(MembershipAttack):
         bs = max(1, int(self.fit_batch_size))
         feats = []
         for x in (members, holdout):
-            cond = _conditioning(denoiser, len(x))  # per set, before chunking: it is bound by set size
+            cond = denoiser.conditioning(len(x))  # per set, before chunking: it is bound by set size
             feats += [self.features(denoiser, x[i:i + bs], generator=gen, cond=None if cond is None else cond[i:i + bs])
                       for i in range(0, len(x), bs)]
         X = self._log(np.concatenate(feats))
@@ -162,11 +161,5 @@ class GSAAttack(MembershipAttack):
     def score(self, denoiser, x0, *, generator):
         if not hasattr(self, "classifier_"):
             raise InputError("gsa: call fit() on labelled calibration data before score()")
-        X = self._log(self.features(denoiser, x0, generator=generator, cond=_conditioning(denoiser, len(x0))))
+        X = self._log(self.features(denoiser, x0, generator=generator, cond=denoiser.conditioning(len(x0))))
         return torch.from_numpy(np.asarray(self.classifier_.decision_function(X), dtype=np.float64))
-
-
-def _conditioning(denoiser, n: int) -> torch.Tensor | None:
-    """Per-row conditioning of a batch of ``n`` rows where the denoiser binds one (text models)."""
-    get = getattr(denoiser, "conditioning", None)
-    return None if get is None else get(n)

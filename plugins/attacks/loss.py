@@ -13,7 +13,7 @@ Threat model: gray box (noise predictions at chosen timesteps). Queries per imag
 per candidate on calibration images only).
 
 Differences from the literature: Matsumoto et al. evaluate one noise draw per image at each
-of several timesteps and report the best timestep on the evaluation data (DESIGN.md: t = 200
+of several timesteps and report the best timestep on the evaluation data (t = 200 of 1000
 for DDPMs); we average ``k = 4`` draws (less noisy scores) and pick the timestep on the
 calibration split, so the reported numbers are not tuned on themselves.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.denoiser import scale_t
-from privaudit.plugin import MembershipAttack
+from privaudit.api import MembershipAttack
 from privaudit.plugins.attacks._common import calibration_auc, eps_at, noise_to, randn
 
 

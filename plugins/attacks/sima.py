@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.denoiser import scale_t
-from privaudit.errors import InputError
-from privaudit.plugin import MembershipAttack
+from privaudit.api import InputError, MembershipAttack
 from privaudit.plugins.attacks._common import eps_at, lp_distance, sweep_timestep
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privaudit.metrics import proportion_ci
+from privaudit.api import proportion_ci
 
 PERCENTILES = (50, 75, 90, 95, 99)
 

@@ -36,54 +36,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from privaudit.errors import InputError
-from privaudit.metrics import membership_metrics, proportion_ci
-from privaudit.plugin import DetectorOutput, ReplicationDetector
-from privaudit.results import Metric
-
-POSITIVE = {"1", "member", "members", "memorised", "memorized", "true", "yes"}
-NEGATIVE = {"0", "holdout", "unseen", "nonmember", "non-member", "false", "no"}
-
-
-def read_prompt_file(path: str | Path) -> tuple[list[str], np.ndarray | None]:
-    """Prompts and labels (1/0, or None when the file has no label column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: prompt file does not exist")
-    prompts, labels, nos = [], [], []
-    for no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if "\t" in line:
-            text, lab = line.rsplit("\t", 1)
-            key = lab.strip().lower()
-            if key not in POSITIVE | NEGATIVE:
-                raise InputError(f"{path}:{no}: label {lab.strip()!r} is not one of 1/member/memorised or 0/holdout/unseen")
-            labels.append(1 if key in POSITIVE else 0)
-        else:
-            text = line
-            labels.append(None)
-        prompts.append(text.strip())
-        nos.append(no)
-    if not prompts:
-        raise InputError(f"{path}: no prompts (one per line)")
-    have = [lab is not None for lab in labels]
-    if any(have) and not all(have):
-        raise InputError(f"{path}:{nos[have.index(not have[0])]}: either every prompt has a label column or none does")
-    return prompts, (np.asarray(labels, int) if all(have) else None)
-
+from privaudit.api import (DetectorOutput, InputError, Metric, ReplicationDetector, membership_metrics, proportion_ci,
+                           read_prompt_file)
 
 @torch.no_grad()
 def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps: int, guidance_scale: float,
                             n_seeds: int, seed: int, batch_size: int = 256) -> np.ndarray:
     """Per prompt, ||eps(x_t, prompt) - eps(x_t, "")|| over the first ``n_steps`` of ``steps`` DDIM steps."""
-    from diffusers import DDIMScheduler
-
+    from privaudit.denoiser import denoise, sampling_scheduler
     from privaudit.latent import latent_of
 
     lat = latent_of(denoiser)
-    sched = DDIMScheduler.from_config(denoiser.scheduler.config)
-    sched.set_timesteps(steps)
+    sched = sampling_scheduler(denoiser, "ddim", steps)
     ts = sched.timesteps[:n_steps]
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((n_seeds, *lat.sample_shape), generator=gen)  # shared by all prompts
@@ -95,10 +59,12 @@ def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps
         cond = lat.prompt_embeddings([p for p in chunk for _ in range(n_seeds)])
         empty = lat.prompt_embeddings([""]).expand(len(z), -1, -1)
         total = torch.zeros(len(z), device=denoiser.device)
-        for t in ts:
-            eu, ec = denoiser.eps(torch.cat([z, z]), int(t), torch.cat([empty, cond])).chunk(2)
+
+        def add(t, eu, ec, total=total):
             total += (ec - eu).flatten(1).norm(dim=1)
-            z = sched.step(eu + guidance_scale * (ec - eu), t, z).prev_sample
+
+        denoise(denoiser, z, scheduler=sched, cond=cond, uncond=empty, guidance_scale=guidance_scale, timesteps=ts,
+                on_eps=add)
         out[s:s + len(chunk)] = (total / len(ts)).view(len(chunk), n_seeds).mean(1).cpu().numpy()
     return out
 
@@ -110,6 +76,7 @@ class MemorisedPromptDetector(ReplicationDetector):
     id = "PA-TXT-001"
     requires = ("sampling", "text")
     threat_model = "gray-box"
+    severity_rules = "membership"  # member vs unseen prompts: an AUC, judged like an attack
     references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_steps: int = 10,
@@ -148,7 +115,7 @@ class MemorisedPromptDetector(ReplicationDetector):
         rng = np.random.default_rng(ctx.seed)
         out, labels = [], []
         for images, label in ((ctx.members, 1), (ctx.holdout, 0)):
-            caps = list(getattr(images, "captions", ()))
+            caps = list(images.captions)
             if len(caps) > self.max_prompts:
                 caps = [caps[i] for i in np.sort(rng.choice(len(caps), self.max_prompts, replace=False))]
             out += caps
@@ -166,7 +133,7 @@ class MemorisedPromptDetector(ReplicationDetector):
                                     guidance_scale=self.guidance_scale, n_seeds=self.n_seeds, seed=ctx.seed,
                                     batch_size=self.batch_size)
         metrics: dict[str, Metric] = {}
-        details: dict = {"source": source, "n_prompts": len(prompts), "severity_from": "membership"}
+        details: dict = {"source": source, "n_prompts": len(prompts)}
         flagged = np.zeros(len(s), bool)
         labelled = y is not None and (y == 1).sum() >= 2 and (y == 0).sum() >= 2
         if labelled:

@@ -12,7 +12,7 @@ Criteria, each reported side by side with its own false-positive rate on the hol
 (real images the model never saw: the null). Holdout rates of calibrated criteria are
 measured out of sample (2-fold cross-fitting).
 
-- ``copy_fraction`` (headline, calibrated; DESIGN.md section 5): a sample is a copy when
+- ``copy_fraction`` (headline, calibrated; ARCHITECTURE.md, "Replication"): a sample is a copy when
   its nearest-member distance is below the ``quantile`` (default 1%) of the holdout's
   nearest-member distances. Its false-positive rate is known (about ``quantile``) whatever
   the dimension or data; ``details["false_positive_rate"]`` is the larger of the nominal
@@ -60,12 +60,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from privaudit.errors import InputError
-from privaudit.metrics import proportion_ci
-from privaudit.plugin import DetectorOutput, ReplicationDetector
+from privaudit.api import (DetectorOutput, InputError, KnnStream, Metric, ReplicationDetector, choose_method,
+                           default_nlist, l2_normalize, png_data_uri, proportion_ci, to_uint8, train_ivf)
 from privaudit.plugins.detectors import _replication as R
-from privaudit.results import Metric
-from privaudit.search import KnnStream, choose_method, default_nlist, l2_normalize, train_ivf
 
 
 class NearestNeighbourDetector(ReplicationDetector):
@@ -193,8 +190,6 @@ class NearestNeighbourDetector(ReplicationDetector):
         return self._report(ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method)
 
     def _report(self, ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method) -> DetectorOutput:
-        from privaudit.data import to_uint8
-
         members = ctx.members
         n_s, n_h, n_mem = len(samples), len(hold_idx), len(members)
         k_eff = min(self.k, n_mem)
@@ -209,7 +204,7 @@ class NearestNeighbourDetector(ReplicationDetector):
 
         crit = {"copy": R.calibrated("calibrated", "copy_fraction", d[:, 0], dh[:, 0], q=q, seed=seed,
                                      what="nearest-member distance",
-                                     reference="DESIGN.md section 5 (holdout-calibrated nearest-member distance)")}
+                                     reference="privaudit: holdout-calibrated nearest-member distance (the nn detector's documentation)")}
         cr, crh = R.carlini_ratio(d, self.alpha), R.carlini_ratio(dh, self.alpha)
         crit["carlini"] = R.Criterion(
             "carlini", "carlini_fraction",
@@ -336,8 +331,6 @@ class NearestNeighbourDetector(ReplicationDetector):
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    from privaudit.data import to_uint8
-
     return to_uint8(x)
 
 
@@ -348,8 +341,6 @@ def _absdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _png(img: np.ndarray, *, target: int = 64) -> str:
     """uint8 (C, H, W) -> PNG data URI about ``target`` px wide (small images upscaled, large ones shrunk)."""
     from PIL import Image
-
-    from privaudit.reports.html import png_data_uri
 
     h = img.shape[-2]
     if h > 2 * target:
@@ -362,5 +353,4 @@ def _png(img: np.ndarray, *, target: int = 64) -> str:
 
 
 def _describe(extractor, name: str) -> str:
-    describe = getattr(extractor, "describe", None)
-    return describe() if callable(describe) else f"{name} features ({type(extractor).__name__})"
+    return extractor.describe()

@@ -36,10 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from privaudit.errors import InputError
-from privaudit.metrics import proportion_ci
-from privaudit.plugin import DetectorOutput, ReplicationDetector
-from privaudit.results import Metric
+from privaudit.api import (DetectorOutput, InputError, Metric, ReplicationDetector, png_data_uri, proportion_ci,
+                           read_prompt_file, to_uint8)
 
 
 def max_clique(adj: np.ndarray) -> int:
@@ -114,22 +112,20 @@ class PromptReplicationDetector(ReplicationDetector):
 
     def _prompts(self, ctx) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(prompts, labels 1/0/-1, index of the member each member caption belongs to or -1)."""
-        from privaudit.plugins.detectors.memprompt import read_prompt_file
-
         if self.prompts is not None:
             if isinstance(self.prompts, str):
                 p, y = read_prompt_file(self.prompts)
             else:
                 p, y = [str(x) for x in self.prompts], None
             y = np.full(len(p), -1) if y is None else y
-            caps = list(getattr(ctx.members, "captions", ()))
+            caps = list(ctx.members.captions)
             owner = np.array([caps.index(x) if x in caps else -1 for x in p])
             return p, y, owner
         rng = np.random.default_rng(ctx.seed)
         out, labels, owner = [], [], []
         sets = ((ctx.members, 1), (ctx.holdout, 0)) if self.unseen_prompts else ((ctx.members, 1),)
         for images, label in sets:
-            caps = list(getattr(images, "captions", ()))
+            caps = list(images.captions)
             idx = np.arange(len(caps))
             if len(caps) > self.n_prompts:
                 idx = np.sort(rng.choice(len(caps), self.n_prompts, replace=False))
@@ -142,9 +138,7 @@ class PromptReplicationDetector(ReplicationDetector):
         import faiss
         from scipy.spatial.distance import cdist, pdist
 
-        from privaudit.data import to_uint8
         from privaudit.latent import generate
-        from privaudit.reports.html import png_data_uri
 
         self._check()
         prompts, y, owner = self._prompts(ctx)

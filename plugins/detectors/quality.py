@@ -39,10 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privaudit.metrics import proportion_ci
-from privaudit.plugin import DetectorOutput, ReplicationDetector
-from privaudit.results import Metric
-from privaudit.search import search
+from privaudit.api import DetectorOutput, Metric, ReplicationDetector, proportion_ci, search
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,6 +85,7 @@ class QualityDetector(ReplicationDetector):
 
     name = "quality"
     id = "PA-QUAL-001"
+    severity_rules = "none"  # quality is reported beside the risk, never a risk level itself
     references = (
         "Heusel et al., GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium, NeurIPS 2017",
         "Kynkäänniemi et al., Improved Precision and Recall Metric for Assessing Generative Models, NeurIPS 2019",
@@ -147,8 +145,7 @@ class QualityDetector(ReplicationDetector):
             hold_idx = np.sort(rng.choice(len(hold_idx), self.holdout_limit, replace=False))
         fake = self._embed_tensor(extractor, samples)
         real = self._embed(extractor, ctx.holdout, hold_idx)
-        describe = getattr(extractor, "describe", None)
-        space = describe() if callable(describe) else f"{fname} features ({type(extractor).__name__}), {real.shape[1]}-d"
+        space = extractor.describe()
 
         fd = frechet_distance(fake, real)
         prec, rec = precision_recall(real, fake, k=self.k)

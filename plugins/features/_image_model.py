@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from privaudit.errors import InputError
+from privaudit.api import InputError
+from privaudit.denoiser import resolve_device  # noqa: F401 (the extractors' device option: one rule for all)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,12 +25,6 @@ def existing_file(path: str | Path | None, *, plugin: str, param: str, what: str
     if not p.is_file():
         raise InputError(f"{p}: {plugin}.{param} ({what}) is not a file")
     return p
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def preprocess(x: torch.Tensor, *, size: int | Sequence[int] | None, channels: int | None,

@@ -35,8 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privaudit.errors import InputError
-from privaudit.plugin import FeatureExtractor
+from privaudit.api import FeatureExtractor, InputError
 from privaudit.plugins.features._image_model import embed, resolve_device
 
 MODES = ("auto", "classifier", "autoencoder")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privaudit.plugin import FeatureExtractor
+from privaudit.api import FeatureExtractor
 
 
 class PixelFeatures(FeatureExtractor):

@@ -22,8 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.errors import InputError
-from privaudit.plugin import FeatureExtractor
+from privaudit.api import FeatureExtractor, InputError
 from privaudit.plugins.features._image_model import (IMAGENET_MEAN, IMAGENET_STD, embed, existing_file, preprocess,
                                                      resolve_device)
 

@@ -1,7 +1,7 @@
 """The ``cpsample`` mitigation: train a guard, save a protected pipeline, build the controls.
 
 CPSample (Kazdan et al., "CPSample: Classifier Protected Sampling for Guarding Training
-Data During Diffusion", ICLR 2025, arXiv 2409.07025; DESIGN.md section 6):
+Data During Diffusion", ICLR 2025, arXiv 2409.07025; ARCHITECTURE.md, "CPSample"):
 
 1. every member gets a fixed random label (seeded; ``DIR/guard/labels.csv``);
 2. a small time-conditioned classifier (``guard.py``) learns the labels from noised
@@ -79,10 +79,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privaudit.errors import InputError, PrivauditError
-from privaudit.io import atomic_dir, write_json, write_text
+from privaudit.api import (InputError, Mitigation, MitigationOutput, PrivauditError, Variant, atomic_dir, write_json,
+                           write_text)
+from privaudit.denoiser import add_noise
 from privaudit.latent import latent_of, to_model_space
-from privaudit.plugin import Mitigation
 
 RECIPE_VERSION = 2  # bump when training changes, so cached guards are not reused
 
@@ -172,8 +172,6 @@ class CPSample(Mitigation):
         """Train (or load from cache) a guard on ``images`` with seeded random labels."""
         from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier, guard_for
         from privaudit.plugins.mitigations.cpsample.train import TrainStats, random_labels, train_guard
-        from privaudit.runner import denoiser_fingerprint
-
         labels = random_labels(len(images), seed=seed)
         train_params = {k: v for k, v in self.get_params().items()
                         if k in ("nonmember_weight", "lipschitz", "block_out_channels", "layers_per_block", "max_steps",
@@ -181,7 +179,7 @@ class CPSample(Mitigation):
         digest = hashlib.sha256()
         digest.update(json.dumps({"recipe": RECIPE_VERSION, "seed": seed, **train_params}, sort_keys=True,
                                  default=list).encode())
-        digest.update(denoiser_fingerprint(ctx.denoiser).encode())
+        digest.update(ctx.denoiser.fingerprint.encode())
         for s in (images, nonmembers):
             digest.update(("|".join(s.content_hashes()) if s is not None else "none").encode())
         key = digest.hexdigest()[:32]
@@ -231,7 +229,6 @@ class CPSample(Mitigation):
     # ------------------------------------------------------------------ the mitigation
 
     def apply(self, ctx):
-        from privaudit.mitigate import MitigationOutput, Variant
         from privaudit.plugins.mitigations.cpsample.pipeline import CPSamplePipeline
         from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
         from privaudit.plugins.mitigations.cpsample.rejection import RejectionSampledDenoiser
@@ -289,7 +286,7 @@ class CPSample(Mitigation):
             placebo = ProtectedDenoiser(base=denoiser.base, guard=pguard, alpha=self.alpha, scale=self.scale,
                                         base_fingerprint=denoiser.base_fingerprint)
             controls.append(Variant(
-                name="placebo guard", family="placebo", params={"alpha": self.alpha, "scale": self.scale},
+                name="placebo guard", family="placebo", role="placebo", params={"alpha": self.alpha, "scale": self.scale},
                 description=("the same guard recipe, size and settings, trained with random labels on as many holdout "
                              "images as there are members, instead of the members: protection it also gives is not "
                              "specific to the training set"),
@@ -302,7 +299,7 @@ class CPSample(Mitigation):
                                            extractor=extractor, max_factor=self.rejection_max_factor,
                                            base_fingerprint=denoiser.base_fingerprint, features=self.rejection_features)
             controls.append(Variant(
-                name="rejection sampling", family="rejection", params={"max_factor": self.rejection_max_factor},
+                name="rejection sampling", family="rejection", role="control", params={"max_factor": self.rejection_max_factor},
                 description=("post-hoc: generate with the raw model, drop samples closer to a member than 99% of real "
                              "unseen images are (the audit's own copy criterion, so its copy fraction is 0 by "
                              "construction unless the budget runs out), resample; the served noise prediction is the raw "
@@ -311,7 +308,8 @@ class CPSample(Mitigation):
                                                      "rejection_draws": list(r.draws_)}))
         self.guard_ = guard
         return MitigationOutput(
-            protected_dir=protected_dir, denoiser=denoiser, params=self.get_params(), guard=report,
+            protected_dir=protected_dir, denoiser=denoiser, params=self.get_params(), details=report,
+            details_title="Guard classifier",
             controls=controls, warnings=warnings, probe=_confidence_probe(denoiser),
             limits=[
                 "The guard classifier recognises members (that is how it works): its confidence alone separates members "
@@ -320,7 +318,7 @@ class CPSample(Mitigation):
                 "The guard needs the training set to be trained, and retraining when the training set changes.",
                 f"alpha and scale trade privacy for quality; this run used alpha={self.alpha:g}, scale={self.scale:g} "
                 "(--sweep shows the frontier).",
-                "The guidance term is privaudit's reconstruction of CPSample's rule (DESIGN.md section 6), not the "
+                "The guidance term is privaudit's reconstruction of CPSample's rule from the paper, not the "
                 "authors' code; guard recipe: " + self.recipe() + ".",
             ])
 
@@ -371,14 +369,13 @@ class CPSample(Mitigation):
 
     def sweep(self, ctx, output) -> list:
         """alpha x scale with the trained guard, and the placebo on the same grid (the matched-quality check)."""
-        from privaudit.mitigate import Variant
 
         den = output.denoiser
         out = []
         for a in self.sweep_alphas:
             for s in self.sweep_scales:
                 v = den.with_params(alpha=a, scale=s)
-                out.append(Variant(name=f"cpsample alpha={a:g} scale={s:g}", family="cpsample",
+                out.append(Variant(name=f"cpsample alpha={a:g} scale={s:g}", family="cpsample", role="main",
                                    params={"alpha": a, "scale": s}, denoiser=v, probe=_confidence_probe(v),
                                    description="CPSample with the trained guard at this setting"))
         pguard = getattr(self, "placebo_guard_", None)
@@ -389,7 +386,7 @@ class CPSample(Mitigation):
                 for s in self.sweep_scales:
                     v = ProtectedDenoiser(base=den.base, guard=pguard, alpha=a, scale=s,
                                           base_fingerprint=den.base_fingerprint)
-                    out.append(Variant(name=f"placebo alpha={a:g} scale={s:g}", family="placebo",
+                    out.append(Variant(name=f"placebo alpha={a:g} scale={s:g}", family="placebo", role="placebo",
                                        params={"alpha": a, "scale": s}, denoiser=v, probe=_confidence_probe(v),
                                        description="placebo guard (random labels on holdout) at this setting"))
         return out
@@ -420,8 +417,7 @@ def _per_image_confidence(guard, x: torch.Tensor, acp: torch.Tensor, seed: int, 
     for _ in range(draws):
         t = torch.randint(0, hi, (len(x),), generator=gen)
         eps = torch.randn(x.shape, generator=gen)
-        a = acp[t].view(-1, *[1] * (x.ndim - 1))
-        xt = (a.sqrt() * x + (1 - a).sqrt() * eps).to(device)
+        xt = add_noise(x, t, eps, acp).to(device)
         out += (torch.sigmoid(guard(xt, t.to(device))) - 0.5).abs().cpu()
     return (out / draws).numpy()
 

@@ -41,12 +41,12 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from privaudit.denoiser import UNetDenoiser
+from privaudit.denoiser import ProvidesDenoiser, UNetDenoiser, denoise
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
 
-class CPSamplePipeline(DiffusionPipeline):
+class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
     """Unconditional image generation with CPSample classifier protection.
 
     Parameters: ``unet`` (``UNet2DModel``), ``scheduler`` (``DDPMScheduler``,
@@ -92,9 +92,9 @@ class CPSamplePipeline(DiffusionPipeline):
         step_kwargs = {"generator": generator}
         if "eta" in inspect.signature(self.scheduler.step).parameters:
             step_kwargs["eta"] = eta
-        for t in self.progress_bar(self.scheduler.timesteps):
-            eps = den.eps(image, t)  # eps_theta plus the guard's guidance where it is confident
-            image = self.scheduler.step(eps, t, image, **step_kwargs).prev_sample
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            # eps_theta plus the guard's guidance where it is confident, converted to the UNet's own output type
+            image = denoise(den, image, scheduler=self.scheduler, step_kwargs=step_kwargs, on_step=lambda _: bar.update())
         return finish_output(self, (image / 2 + 0.5).clamp(0, 1), output_type=output_type, return_dict=return_dict)
 
 

@@ -11,7 +11,7 @@ For x_t at timestep t, with guard probability p = sigmoid(c_phi(x_t, t)):
 - elsewhere eps_hat = eps_theta(x_t, t), bit for bit.
 
 (Kazdan et al., ICLR 2025, arXiv 2409.07025; this exact form is privaudit's
-reconstruction, see DESIGN.md section 6.)
+reconstruction from the paper's description: keep the guard uncertain, near 1/2.)
 
 Only the guard is differentiated, never the UNet (its output is computed without a graph),
 and only the gated rows' log-probabilities enter the backward pass; rows where the gate is
@@ -34,19 +34,15 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from privaudit.denoiser import Denoiser
+from privaudit.denoiser import Denoiser, state_sha256
 
 
 def module_sha256(module: torch.nn.Module) -> str:
     """sha256 over a module's state dict (names and float32 bytes), device independent."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return state_sha256({"": module})
 
 
-class ProtectedDenoiser:
+class ProtectedDenoiser(Denoiser):
     """A Denoiser serving eps_hat: the base model's noise prediction plus guard guidance.
 
     ``calls_`` / ``guided_`` count rows seen and rows guided, ``steps_`` / ``steps_guided_``
@@ -63,7 +59,8 @@ class ProtectedDenoiser:
         self.scheduler = base.scheduler
         self.alphas_cumprod = base.alphas_cumprod
         self.sample_shape = base.sample_shape
-        self.white_box = getattr(base, "white_box", None)  # the raw UNet: the stated limit
+        self.prediction_type = base.prediction_type  # eps is converted back to it for the scheduler's step
+        self.white_box = base.white_box  # the raw UNet: the stated limit
         self._acp = self.alphas_cumprod.to(self.device)
         self._base_fingerprint = base_fingerprint
         self._guard_sha256 = guard_sha256
@@ -78,9 +75,7 @@ class ProtectedDenoiser:
     @property
     def base_fingerprint(self) -> str:
         if self._base_fingerprint is None:
-            from privaudit.runner import denoiser_fingerprint
-
-            self._base_fingerprint = denoiser_fingerprint(self.base)
+            self._base_fingerprint = self.base.fingerprint
         return self._base_fingerprint
 
     @property
@@ -89,9 +84,8 @@ class ProtectedDenoiser:
         return hashlib.sha256(f"cpsample|{self.base_fingerprint}|{self.guard_sha256}|alpha={self.alpha!r}|"
                               f"scale={self.scale!r}".encode()).hexdigest()
 
-    @property
-    def num_train_timesteps(self) -> int:
-        return len(self.alphas_cumprod)
+    def inner(self) -> Denoiser:
+        return self.base
 
     def reset_counts(self) -> None:
         self.calls_ = 0  # rows seen

@@ -1,8 +1,8 @@
-"""Post-hoc rejection sampling: the baseline CPSample must beat (DESIGN.md section 6).
+"""Post-hoc rejection sampling: the baseline CPSample must beat.
 
 Generate, drop every sample that is a copy of a member, generate more, until ``n``
 non-copies are collected or ``max_factor * n`` samples have been drawn. The copy
-criterion is the calibrated one the ``nn`` detector uses (DESIGN.md section 5): a sample is
+criterion is the calibrated one the ``nn`` detector uses: a sample is
 a copy when its nearest member (in the given feature space) is closer than the ``quantile``
 of the nearest-member distances of real holdout images. Because the filter and the audit
 use the same criterion, the copy fraction of accepted samples is zero by construction:
@@ -25,7 +25,7 @@ import torch
 from privaudit.denoiser import Denoiser, sample
 
 
-class RejectionSampledDenoiser:
+class RejectionSampledDenoiser(Denoiser):
     """A Denoiser whose ``eps`` is the base model's and whose samples are rejection-filtered.
 
     ``draw_samples`` is the hook ``AuditContext.samples`` uses; ``stats_`` describes the
@@ -41,7 +41,8 @@ class RejectionSampledDenoiser:
         self.scheduler = base.scheduler
         self.alphas_cumprod = base.alphas_cumprod
         self.sample_shape = base.sample_shape
-        self.white_box = getattr(base, "white_box", None)
+        self.white_box = base.white_box
+        self.prediction_type = base.prediction_type
         self._base_fp = base_fingerprint
         self._member_feats: np.ndarray | None = None
         self.threshold_: float | None = None
@@ -51,9 +52,7 @@ class RejectionSampledDenoiser:
     @property
     def fingerprint(self) -> str:
         if self._base_fp is None:
-            from privaudit.runner import denoiser_fingerprint
-
-            self._base_fp = denoiser_fingerprint(self.base)
+            self._base_fp = self.base.fingerprint
         ids = hashlib.sha256("\n".join(self.members.ids).encode()).hexdigest()
         return hashlib.sha256(f"rejection|{self._base_fp}|{ids}|{self.features}|q={self.quantile!r}|"
                               f"max={self.max_factor!r}".encode()).hexdigest()
@@ -61,11 +60,14 @@ class RejectionSampledDenoiser:
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
         return self.base.eps(x_t, t, cond)
 
+    def inner(self) -> Denoiser:
+        return self.base
+
     def _feats(self, x: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(self.extractor.transform(x), dtype=np.float32)
 
     def nearest_member_distance(self, x: torch.Tensor) -> np.ndarray:
-        from privaudit.search import search
+        from privaudit.api import search
 
         if self._member_feats is None:
             self._member_feats = np.concatenate([self._feats(b) for _, b in self.members.batches(1024)])

@@ -31,12 +31,13 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from privaudit.denoiser import ProvidesDenoiser, denoise
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.pipeline import finish_output, register_with_diffusers
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
 
-class CPSampleTextPipeline(DiffusionPipeline):
+class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
     """Text-to-image generation with CPSample guidance in latent space.
 
     Parameters: ``vae`` (``AutoencoderKL``), ``text_encoder`` (``CLIPTextModel``), ``tokenizer``
@@ -80,7 +81,7 @@ class CPSampleTextPipeline(DiffusionPipeline):
         is classifier-free guidance (1 turns it off); ``output_type``: "pil", "np", "pt" or "latent".
         """
         den = self.as_denoiser(alpha=alpha, scale=scale)
-        lat = den.base
+        lat = den.inner()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         rows = [p for p in prompts for _ in range(num_images_per_prompt)]
         cond = lat.prompt_embeddings(rows)
@@ -92,14 +93,9 @@ class CPSampleTextPipeline(DiffusionPipeline):
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         if "eta" in inspect.signature(self.scheduler.step).parameters:
             step_kwargs["eta"] = eta
-        for t in self.progress_bar(self.scheduler.timesteps):
-            if guidance_scale == 1.0:
-                e = den.eps(self.scheduler.scale_model_input(latents, t), t, cond)
-            else:
-                inp = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                eu, ec = den.eps(inp, t, torch.cat([empty, cond])).chunk(2)
-                e = eu + guidance_scale * (ec - eu)
-            latents = self.scheduler.step(e, t, latents, **step_kwargs).prev_sample
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            latents = denoise(den, latents, scheduler=self.scheduler, cond=cond, uncond=empty,
+                              guidance_scale=guidance_scale, step_kwargs=step_kwargs, on_step=lambda _: bar.update())
         image = latents if output_type == "latent" else (lat.decode(latents) / 2 + 0.5).clamp(0, 1)
         return finish_output(self, image, output_type=output_type, return_dict=return_dict)
 

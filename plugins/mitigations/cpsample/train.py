@@ -1,6 +1,6 @@
 """Training the CPSample guard on noised members with fixed random labels.
 
-Step 1-2 of CPSample (Kazdan et al., ICLR 2025, arXiv 2409.07025; DESIGN.md section 6):
+Step 1-2 of CPSample (Kazdan et al., ICLR 2025, arXiv 2409.07025):
 every member gets a fixed label y_i ~ Bernoulli(1/2) (seeded, saved beside the guard);
 the guard minimises binary cross-entropy on x_t = sqrt(abar_t) x_i + sqrt(1 - abar_t) eps
 with t uniform over the training schedule, until its accuracy on members in the
@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from privaudit.denoiser import add_noise
+
 BAND_EDGES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # fractions of the training schedule
 
 
@@ -73,8 +75,7 @@ class GuardEval:
 
 
 def _noised(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
-    a = acp[t].view(-1, *[1] * (x0.ndim - 1))
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+    return add_noise(x0, t, eps, acp)
 
 
 @torch.no_grad()
