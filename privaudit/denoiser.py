@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -73,9 +73,9 @@ def signal_noise(alphas_cumprod: torch.Tensor, t: torch.Tensor | int, like: torc
     if isinstance(t, (int, np.integer)) or (isinstance(t, torch.Tensor) and t.ndim == 0):
         abar = float(alphas_cumprod[int(t)])
         return math.sqrt(abar), math.sqrt(1 - abar)
-    abar = alphas_cumprod.to(like.device)[t.to(like.device).long()].to(like.dtype)
-    abar = abar.view(-1, *[1] * (like.ndim - 1))
-    return abar.sqrt(), (1 - abar).sqrt()
+    assert isinstance(t, torch.Tensor)
+    ab = alphas_cumprod.to(like.device)[t.to(like.device).long()].to(like.dtype).view(-1, *[1] * (like.ndim - 1))
+    return ab.sqrt(), (1 - ab).sqrt()
 
 
 def add_noise(x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ class Denoiser:
     device: torch.device
     sample_shape: tuple[int, int, int]
     alphas_cumprod: torch.Tensor
-    scheduler: object
+    scheduler: Any
     white_box: torch.nn.Module | None = None
     prediction_type: str = "epsilon"
     _fingerprint: str | None = None
@@ -222,9 +222,9 @@ class UNetDenoiser(Denoiser):
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().cpu()
         self.prediction_type = prediction_type_of(scheduler)
-        cfg = unet.config
+        cfg: Any = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        self.sample_shape = (cfg.in_channels, size, size)
+        self.sample_shape = (int(cfg.in_channels), int(size), int(size))
         self.white_box = EpsNetwork(self.unet, alphas_cumprod=self.alphas_cumprod, prediction_type=self.prediction_type)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
@@ -269,7 +269,7 @@ def sampling_scheduler(denoiser: Denoiser, sampler: str, steps: int):
     return sched
 
 
-def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: object = None, uncond: object = None,
+def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: Any = None, uncond: Any = None,
             guidance_scale: float = 1.0, timesteps=None, step_kwargs: dict | None = None,
             on_eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
             on_step: Callable[[int], None] | None = None) -> torch.Tensor:

@@ -43,8 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from privaudit.api import (  # noqa: F401 (MitigationContext, Variant, MitigationOutput: re-exported)
-    AuditSettings, Mitigation, MitigationContext, MitigationOutput, Variant, default_cache_dir)
+from privaudit.api import AuditSettings, Mitigation, MitigationContext, MitigationOutput, Variant, default_cache_dir  # noqa: F401 (MitigationContext, Variant, MitigationOutput: re-exported)
 from privaudit.data import load_images
 from privaudit.denoiser import Denoiser, ProvidesDenoiser
 from privaudit.errors import InputError

@@ -21,8 +21,17 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from privaudit.api import (  # noqa: F401 (re-exported: the plugin kinds' historical home)
-    CAPABILITIES, KINDS, THREAT_MODELS, DetectorOutput, declaration_problems, FeatureExtractor, MembershipAttack, Mitigation, Plugin,
-    ReplicationDetector)
+    CAPABILITIES,
+    KINDS,
+    THREAT_MODELS,
+    DetectorOutput,
+    FeatureExtractor,
+    MembershipAttack,
+    Mitigation,
+    Plugin,
+    ReplicationDetector,
+    declaration_problems,
+)
 from privaudit.errors import PluginError
 
 ENTRY_POINT_GROUP = "privaudit.plugins"
@@ -101,6 +110,7 @@ def _add_class(reg: Registry, plugin_cls: type, origin: str, blocked: set[str]) 
     problems = declaration_problems(plugin_cls)
     if problems:
         raise PluginError(f"{origin}: not a valid privaudit plugin: {'; '.join(problems)}")
+    assert issubclass(plugin_cls, Plugin)
     if plugin_cls.name not in blocked:
         reg.add(Registration(plugin_cls.name, plugin_cls.kind, plugin_cls, origin))
 
@@ -110,6 +120,8 @@ def _classes_in_file(path: Path) -> list[type]:
 
     mod_name = f"privaudit_dropin_{path.stem}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"{path}: not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:

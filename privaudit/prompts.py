@@ -22,7 +22,9 @@ def read_prompt_file(path: str | Path) -> tuple[list[str], np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: prompt file does not exist")
-    prompts, labels, nos = [], [], []
+    prompts: list[str] = []
+    labels: list[int | None] = []
+    nos: list[int] = []
     for no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -21,8 +21,7 @@ import pandas as pd
 import torch
 
 from privaudit import __version__
-from privaudit.api import (  # noqa: F401 (AuditSettings, AuditContext, default_cache_dir: re-exported)
-    AuditContext, AuditSettings, ReplicationDetector, capabilities_of, default_cache_dir)
+from privaudit.api import AuditContext, AuditSettings, ReplicationDetector, capabilities_of, default_cache_dir  # noqa: F401 (AuditSettings, AuditContext, default_cache_dir: re-exported)
 from privaudit.checks import run_checks
 from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser

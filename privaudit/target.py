@@ -62,7 +62,6 @@ def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) 
 def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: bool = False):
     """``DiffusionPipeline.from_pretrained`` offline; safetensors unless pickles are allowed."""
     from diffusers import DiffusionPipeline
-
     from diffusers.utils import logging as dlogging
 
     spec = check_pipeline_folder(model_dir, allow_pickle=allow_pickle)

@@ -866,7 +866,8 @@ def mitigation_view(r: dict) -> dict:
             "matched": {k.replace("_", " "): fmt_scalar(v) for k, v in matched.items()} if matched else None,
             "white_box": _table(white) if white else None,
             "guard": {k: fmt_scalar(v) for k, v in guard.items()},
-            "details_title": str(r.get("details_title") or "What the mitigation trained"),
+            "details_title": str(r.get("details_title") or ("Guard classifier" if "guard" in r
+                                                             else "What the mitigation trained")),
             "findings": [str(x) for x in r.get("findings") or []],
             "warnings": [str(x) for x in r.get("warnings") or []],
             "protected": str(r.get("protected") or ""),

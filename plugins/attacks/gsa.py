@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 import torch
 
-from privaudit.api import InputError, MembershipAttack
+from privaudit.api import InputError, MembershipAttack, store_params
 from privaudit.denoiser import signal_noise
 from privaudit.plugins.attacks._common import randn
 
@@ -60,11 +60,7 @@ class GSAAttack(MembershipAttack):
 
     def __init__(self, *, n_timesteps: int = 10, variant: str = "gsa1", classifier: str = "logistic",
                  max_grad_floats: int = 1 << 27, fit_batch_size: int = 128):
-        self.n_timesteps = n_timesteps
-        self.variant = variant
-        self.classifier = classifier
-        self.max_grad_floats = max_grad_floats
-        self.fit_batch_size = fit_batch_size
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return float(self.n_timesteps)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from privaudit.api import MembershipAttack, store_params
 from privaudit.denoiser import scale_t
-from privaudit.api import MembershipAttack
 from privaudit.plugins.attacks._common import calibration_auc, eps_at, noise_to, randn
 
 
@@ -36,8 +36,7 @@ class LossAttack(MembershipAttack):
     references = ("Matsumoto et al., Membership Inference Attacks against Diffusion Models, SPW 2023",)
 
     def __init__(self, *, timesteps: tuple[int, ...] = (50, 100, 200, 300, 500), k: int = 4):
-        self.timesteps = timesteps
-        self.k = k
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return float(self.k)

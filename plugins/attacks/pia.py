@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from privaudit.api import InputError, MembershipAttack, store_params
 from privaudit.denoiser import scale_t
-from privaudit.api import InputError, MembershipAttack
 from privaudit.plugins.attacks._common import eps_at, lp_distance, noise_to
 
 
@@ -36,8 +36,7 @@ class PIAAttack(MembershipAttack):
                   "Proximal Initialization, ICLR 2024",)
 
     def __init__(self, *, t: int = 200, p: float = 4.0):
-        self.t = t
-        self.p = p
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return 2.0

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from privaudit.api import InputError, MembershipAttack, store_params
 from privaudit.denoiser import scale_t
-from privaudit.api import InputError, MembershipAttack
 from privaudit.plugins.attacks._common import ddim_step, eps_at, lp_distance
 
 
@@ -39,8 +39,7 @@ class SecMIAttack(MembershipAttack):
     references = ("Duan et al., Are Diffusion Models Vulnerable to Membership Inference Attacks?, ICML 2023",)
 
     def __init__(self, *, t_sec: int = 100, k: int = 10):
-        self.t_sec = t_sec
-        self.k = k
+        store_params(self, locals())
 
     def _grid(self, denoiser) -> tuple[list[int], int]:
         """(inversion timesteps 0, k, ... < t_sec, the step k) on the denoiser's schedule."""

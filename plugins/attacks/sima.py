@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from privaudit.api import InputError, MembershipAttack, store_params
 from privaudit.denoiser import scale_t
-from privaudit.api import InputError, MembershipAttack
 from privaudit.plugins.attacks._common import eps_at, lp_distance, sweep_timestep
 
 
@@ -35,8 +35,7 @@ class SimAAttack(MembershipAttack):
     references = ("Rao, Qu & Moyer, Score-based Membership Inference on Diffusion Models, arXiv 2509.25003, 2025",)
 
     def __init__(self, *, timesteps: tuple[int, ...] = (0, 20, 40, 60, 80, 100), p: float = 4.0):
-        self.timesteps = timesteps
-        self.p = p
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return 1.0

@@ -36,8 +36,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from privaudit.api import (DetectorOutput, InputError, Metric, ReplicationDetector, membership_metrics, proportion_ci,
-                           read_prompt_file)
+from privaudit.api import (
+    DetectorOutput,
+    InputError,
+    Metric,
+    ReplicationDetector,
+    membership_metrics,
+    proportion_ci,
+    read_prompt_file,
+    store_params,
+)
+
 
 @torch.no_grad()
 def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps: int, guidance_scale: float,
@@ -82,16 +91,7 @@ class MemorisedPromptDetector(ReplicationDetector):
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_steps: int = 10,
                  guidance_scale: float = 7.5, n_seeds: int = 4, max_prompts: int = 256, quantile: float = 0.01,
                  threshold: float | None = None, n_top: int = 10, batch_size: int = 256):
-        self.prompts = prompts
-        self.steps = steps
-        self.n_steps = n_steps
-        self.guidance_scale = guidance_scale
-        self.n_seeds = n_seeds
-        self.max_prompts = max_prompts
-        self.quantile = quantile
-        self.threshold = threshold
-        self.n_top = n_top
-        self.batch_size = batch_size
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return float(2 * self.n_steps * self.n_seeds)  # per prompt

@@ -60,8 +60,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from privaudit.api import (DetectorOutput, InputError, KnnStream, Metric, ReplicationDetector, choose_method,
-                           default_nlist, l2_normalize, png_data_uri, proportion_ci, to_uint8, train_ivf)
+from privaudit.api import (
+    DetectorOutput,
+    InputError,
+    KnnStream,
+    Metric,
+    ReplicationDetector,
+    choose_method,
+    default_nlist,
+    l2_normalize,
+    png_data_uri,
+    proportion_ci,
+    store_params,
+    to_uint8,
+    train_ivf,
+)
 from privaudit.plugins.detectors import _replication as R
 
 
@@ -83,28 +96,7 @@ class NearestNeighbourDetector(ReplicationDetector):
                  background_sample: int = 5000, holdout_limit: int = 10_000, search: str = "auto",
                  ivf_threshold: int = 10_000_000, nlist: int | None = None, nprobe: int | None = None,
                  search_device: str = "auto", batch_size: int = 512, n_pairs: int = 12):
-        self.n_samples = n_samples
-        self.steps = steps
-        self.sampler = sampler
-        self.features = features
-        self.feature_params = feature_params
-        self.quantile = quantile
-        self.alpha = alpha
-        self.k = k
-        self.ratio = ratio
-        self.cosine_threshold = cosine_threshold
-        self.tiles = tiles
-        self.tile_match = tile_match
-        self.tile_resolution = tile_resolution
-        self.background_sample = background_sample
-        self.holdout_limit = holdout_limit
-        self.search = search
-        self.ivf_threshold = ivf_threshold
-        self.nlist = nlist
-        self.nprobe = nprobe
-        self.search_device = search_device
-        self.batch_size = batch_size
-        self.n_pairs = n_pairs
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return float(self.steps)  # per generated image

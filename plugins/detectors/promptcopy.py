@@ -36,8 +36,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from privaudit.api import (DetectorOutput, InputError, Metric, ReplicationDetector, png_data_uri, proportion_ci,
-                           read_prompt_file, to_uint8)
+from privaudit.api import (
+    DetectorOutput,
+    InputError,
+    Metric,
+    ReplicationDetector,
+    png_data_uri,
+    proportion_ci,
+    read_prompt_file,
+    store_params,
+    to_uint8,
+)
 
 
 def max_clique(adj: np.ndarray) -> int:
@@ -82,17 +91,7 @@ class PromptReplicationDetector(ReplicationDetector):
                  unseen_prompts: bool = True, n_per_prompt: int = 8, steps: int = 25, guidance_scale: float = 7.5,
                  features: str = "pixels", quantile: float = 0.01, clique_size: int = 4, n_examples: int = 6,
                  batch_size: int = 256):
-        self.prompts = prompts
-        self.n_prompts = n_prompts
-        self.unseen_prompts = unseen_prompts
-        self.n_per_prompt = n_per_prompt
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.features = features
-        self.quantile = quantile
-        self.clique_size = clique_size
-        self.n_examples = n_examples
-        self.batch_size = batch_size
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return float(2 * self.steps)  # per generated image

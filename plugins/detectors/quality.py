@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privaudit.api import DetectorOutput, Metric, ReplicationDetector, proportion_ci, search
+from privaudit.api import DetectorOutput, Metric, ReplicationDetector, proportion_ci, search, store_params
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,16 +94,7 @@ class QualityDetector(ReplicationDetector):
     def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", features: str = "auto",
                  feature_params: dict | None = None, k: int = 3, jackknife_groups: int = 20, max_ci_dim: int = 512,
                  holdout_limit: int = 10_000, batch_size: int = 512):
-        self.n_samples = n_samples
-        self.steps = steps
-        self.sampler = sampler
-        self.features = features
-        self.feature_params = feature_params
-        self.k = k
-        self.jackknife_groups = jackknife_groups
-        self.max_ci_dim = max_ci_dim
-        self.holdout_limit = holdout_limit
-        self.batch_size = batch_size
+        store_params(self, locals())
 
     def queries_per_image(self) -> float:
         return float(self.steps)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privaudit.api import FeatureExtractor, InputError
+from privaudit.api import FeatureExtractor, InputError, store_params
 from privaudit.plugins.features._image_model import embed, resolve_device
 
 MODES = ("auto", "classifier", "autoencoder")
@@ -81,13 +81,7 @@ class DigitsFeatures(FeatureExtractor):
 
     def __init__(self, *, dim: int = 64, mode: str = "auto", epochs: int = 20, batch_size: int = 128,
                  lr: float = 2e-3, seed: int = 0, device: str = "cpu"):
-        self.dim = dim
-        self.mode = mode
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        store_params(self, locals())
 
     def fit(self, *, reference=None) -> "DigitsFeatures":
         threads = torch.get_num_threads()

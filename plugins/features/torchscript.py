@@ -24,9 +24,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.api import FeatureExtractor, InputError
-from privaudit.plugins.features._image_model import (IMAGENET_MEAN, IMAGENET_STD, embed, existing_file, preprocess,
-                                                     resolve_device)
+from privaudit.api import FeatureExtractor, InputError, store_params
+from privaudit.plugins.features._image_model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    embed,
+    existing_file,
+    preprocess,
+    resolve_device,
+)
 
 
 class TorchScriptFeatures(FeatureExtractor):
@@ -39,13 +45,7 @@ class TorchScriptFeatures(FeatureExtractor):
     def __init__(self, *, path: str | None = None, size: int | None = None, channels: int | None = 3,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  batch_size: int = 128, device: str = "auto"):
-        self.path = path
-        self.size = size
-        self.channels = channels
-        self.mean = mean
-        self.std = std
-        self.batch_size = batch_size
-        self.device = device
+        store_params(self, locals())
 
     def fit(self, *, reference=None) -> "TorchScriptFeatures":
         path = existing_file(self.path, plugin=self.name, param="path", what="a TorchScript model file")

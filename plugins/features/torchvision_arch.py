@@ -22,9 +22,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.api import FeatureExtractor, InputError
-from privaudit.plugins.features._image_model import (IMAGENET_MEAN, IMAGENET_STD, embed, existing_file, preprocess,
-                                                     resolve_device)
+from privaudit.api import FeatureExtractor, InputError, store_params
+from privaudit.plugins.features._image_model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    embed,
+    existing_file,
+    preprocess,
+    resolve_device,
+)
 
 HEADS = ("fc", "classifier", "heads", "head")
 
@@ -55,15 +61,7 @@ class TorchvisionFeatures(FeatureExtractor):
     def __init__(self, *, arch: str = "resnet50", weights: str | None = None, size: int | None = 224,
                  head: bool = False, channels: int = 3, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, batch_size: int = 128, device: str = "auto"):
-        self.arch = arch
-        self.weights = weights
-        self.size = size
-        self.head = head
-        self.channels = channels
-        self.mean = mean
-        self.std = std
-        self.batch_size = batch_size
-        self.device = device
+        store_params(self, locals())
 
     def fit(self, *, reference=None) -> "TorchvisionFeatures":
         path = existing_file(self.weights, plugin=self.name, param="weights", what="a .safetensors or state-dict file")

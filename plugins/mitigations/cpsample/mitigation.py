@@ -79,8 +79,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privaudit.api import (InputError, Mitigation, MitigationOutput, PrivauditError, Variant, atomic_dir, write_json,
-                           write_text)
+from privaudit.api import (
+    InputError,
+    Mitigation,
+    MitigationOutput,
+    PrivauditError,
+    Variant,
+    atomic_dir,
+    store_params,
+    write_json,
+    write_text,
+)
 from privaudit.denoiser import add_noise
 from privaudit.latent import latent_of, to_model_space
 
@@ -108,26 +117,7 @@ class CPSample(Mitigation):
                  rejection: bool = True, rejection_max_factor: float = 10.0, rejection_features: str = "pixels",
                  sweep_alphas: tuple[float, ...] = (0.1, 0.25, 0.4, 0.5),
                  sweep_scales: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0)):
-        self.alpha = alpha
-        self.scale = scale
-        self.nonmember_weight = nonmember_weight
-        self.lipschitz = lipschitz
-        self.block_out_channels = block_out_channels
-        self.layers_per_block = layers_per_block
-        self.max_steps = max_steps
-        self.batch_size = batch_size
-        self.lr = lr
-        self.target_accuracy = target_accuracy
-        self.fit_t = fit_t
-        self.max_unseen_gate = max_unseen_gate
-        self.on_shortfall = on_shortfall
-        self.seed = seed
-        self.placebo = placebo
-        self.rejection = rejection
-        self.rejection_max_factor = rejection_max_factor
-        self.rejection_features = rejection_features
-        self.sweep_alphas = sweep_alphas
-        self.sweep_scales = sweep_scales
+        store_params(self, locals())
 
     # ------------------------------------------------------------------ validation
 

@@ -5,14 +5,18 @@ A real package declares, in its pyproject.toml::
     [project.entry-points."privaudit.plugins"]
     brightness = "privaudit_example:BrightnessAttack"
 
-The tests install it by writing that entry point into a ``.dist-info`` folder on sys.path.
+The tests install it by writing that entry point into a ``.dist-info`` folder on sys.path, and
+check it against the plugin contract the way a third-party package would in its own tests::
+
+    from privaudit.testing import check_plugin
+    check_plugin(BrightnessAttack)
 """
 
 from __future__ import annotations
 
 import torch
 
-from privaudit.plugin import MembershipAttack
+from privaudit.api import MembershipAttack
 
 
 class BrightnessAttack(MembershipAttack):
