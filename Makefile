@@ -1,7 +1,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
+
+# The plugin API and the model layer are type-checked; ruff checks every Python folder.
+TYPED := privaudit/api.py privaudit/plugin.py privaudit/testing.py privaudit/denoiser.py privaudit/images.py \
+	privaudit/prompts.py privaudit/errors.py privaudit/results.py privaudit/io.py
 
 setup: $(VENV)/.installed
 
@@ -11,7 +15,11 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 demo: setup
 	$(VENV)/bin/privaudit demo
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check privaudit plugins reports tests benchmarks
+	$(VENV)/bin/mypy $(TYPED)
+
+test: setup lint
 	bash scripts/install-chromium.sh
 	$(PY) -m pytest -q
 
