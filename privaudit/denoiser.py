@@ -242,9 +242,24 @@ def num_train_timesteps(denoiser: Denoiser) -> int:
     return len(denoiser.alphas_cumprod)
 
 
+def reference_alphas_cumprod() -> torch.Tensor:
+    """The schedule the literature's timestep defaults are given on: DDPM's linear betas
+    (1e-4 to 0.02, T = 1000; Ho et al. 2020). t = 200 there: abar 0.656, SNR 1.91."""
+    return torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+
+
 def scale_t(denoiser: Denoiser, t: int, reference: int = 1000) -> int:
-    """A timestep given for a 1000-step schedule, mapped onto the denoiser's schedule."""
-    return max(0, min(num_train_timesteps(denoiser) - 1, round(t * num_train_timesteps(denoiser) / reference)))
+    """A literature timestep ``t`` (given on DDPM's 1000-step linear schedule) mapped onto the
+    denoiser's schedule by equal signal-to-noise ratio abar / (1 - abar), not by index: t = 200
+    means the noise level SNR 1.91 on any schedule (a cosine, scaled-linear or flow schedule
+    reaches it at another index). On the reference schedule itself this is the identity.
+    ``reference`` (the number of steps ``t`` is given for) is kept for callers of 0.1."""
+    ref = reference_alphas_cumprod()
+    t_ref = max(0, min(len(ref) - 1, round(t * len(ref) / reference)))
+    target = math.log(float(ref[t_ref] / (1 - ref[t_ref])))
+    acp = denoiser.alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
+    log_snr = (acp / (1 - acp)).log()
+    return int((log_snr - target).abs().argmin())
 
 
 def noised(denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:

@@ -93,18 +93,51 @@ def denoiser_from_pipeline(pipe, *, device: torch.device, model_dir: str | Path)
     """The pipeline's own Denoiser hook if it has one (protected pipelines), else its UNet."""
     if isinstance(pipe, ProvidesDenoiser):
         return pipe.as_denoiser(device=device)
-    unet = getattr(pipe, "unet", None)
+    net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     scheduler = getattr(pipe, "scheduler", None)
-    if unet is None or scheduler is None or not hasattr(scheduler, "alphas_cumprod"):
-        raise InputError(f"{model_dir}: pipeline {type(pipe).__name__} has no unet + noise scheduler to audit")
-    if type(unet).__name__ == "UNet2DConditionModel":  # Stable Diffusion class: latent, text-conditional
-        from privaudit.latent import LatentTextDenoiser
+    name = type(net).__name__
+    if net is None or scheduler is None:
+        raise InputError(f"{model_dir}: pipeline {type(pipe).__name__} has no denoising network + scheduler to audit")
+    if name not in ADAPTERS:
+        raise InputError(f"{model_dir}: denoiser {name} is not supported; supported families: "
+                         + "; ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
+    if not hasattr(scheduler, "alphas_cumprod") and not is_flow(scheduler):
+        raise InputError(f"{model_dir}: scheduler {type(scheduler).__name__} has neither a noise schedule "
+                         "(alphas_cumprod) nor flow matching sigmas")
+    return ADAPTERS[name](pipe, net, scheduler, device, str(model_dir))
 
-        return LatentTextDenoiser.from_pipeline(pipe, device=device, model_dir=str(model_dir))
-    if type(unet).__name__ != "UNet2DModel":
-        raise InputError(f"{model_dir}: denoiser is {type(unet).__name__}; this version audits UNet2DModel "
-                         "and UNet2DConditionModel pipelines")
-    return UNetDenoiser(unet=unet, scheduler=scheduler, device=device)
+
+def is_flow(scheduler) -> bool:
+    """Flow-matching schedulers (SD3, Flux, ...): no alphas_cumprod, sigmas from 1 to 0."""
+    return "FlowMatch" in type(scheduler).__name__
+
+
+def pixel_denoiser(net, scheduler, *, device: torch.device | str) -> Denoiser:
+    """A pixel-space network (``UNet2DModel``): DDPM/DDIM-family or flow-matching schedule."""
+    if is_flow(scheduler):
+        from privaudit.flow import FlowDenoiser
+
+        return FlowDenoiser(net=net, flow_scheduler=scheduler, device=device)
+    return UNetDenoiser(unet=net, scheduler=scheduler, device=device)
+
+
+def _latent_text(pipe, net, scheduler, device, model_dir: str) -> Denoiser:
+    from privaudit.latent import LatentTextDenoiser
+
+    if is_flow(scheduler):
+        raise InputError(f"{model_dir}: a text-conditional UNet with a flow-matching scheduler is not supported")
+    return LatentTextDenoiser.from_pipeline(pipe, device=device, model_dir=model_dir)
+
+
+# The adapter for each diffusers denoising network class: (pipeline, network, scheduler, device, folder) -> Denoiser.
+ADAPTERS = {
+    "UNet2DModel": lambda pipe, net, sched, device, folder: pixel_denoiser(net, sched, device=device),
+    "UNet2DConditionModel": _latent_text,
+}
+FAMILIES = {
+    "UNet2DModel": "pixel DDPM/DDIM-family (epsilon, v_prediction, sample) or flow matching",
+    "UNet2DConditionModel": "Stable Diffusion 1.x/2.x class: VAE latents, CLIP text encoder (epsilon, v_prediction)",
+}
 
 
 def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bool = False) -> tuple[Denoiser, ModelInfo, object]:

@@ -163,9 +163,16 @@ def test_sima_timestep_is_chosen_on_calibration_data():
 # ---------------------------------------------------------------- cost and schedules
 
 
+def _same_snr(den, t: int) -> int:
+    """The index of ``den``'s schedule with the signal-to-noise ratio DDPM's linear schedule has at t."""
+    ref = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    acp = den.alphas_cumprod.double()
+    return int(((acp / (1 - acp)).log() - math.log(ref[t] / (1 - ref[t]))).abs().argmin())
+
+
 @pytest.mark.parametrize("name", GRAY_BOX)
 def test_scoring_cost_is_the_minimum_and_timesteps_follow_the_schedule(name):
-    den = ToyDenoiser(num_train_timesteps=500)  # timesteps given for T = 1000 are halved
+    den = ToyDenoiser(num_train_timesteps=500)  # literature timesteps map by equal SNR, not by index
     attack = CLASSES[name]()
     attack.fit(den, members=X0, holdout=X0 * 2, seed=0)
     den.calls.clear()
@@ -173,7 +180,8 @@ def test_scoring_cost_is_the_minimum_and_timesteps_follow_the_schedule(name):
     rows = sum(n for _, n in den.calls)
     assert rows == attack.queries_per_image() * len(X0)
     ts = [t for ts, _ in den.calls for t in ts]
-    expected = {"pia": [0, 100], "pian": [0, 100], "secmi": [*range(0, 50, 5), 50],
+    snr = lambda t: _same_snr(den, t)
+    expected = {"pia": [0, snr(200)], "pian": [0, snr(200)], "secmi": [*(snr(t) for t in range(0, 100, 10)), snr(100)],
                 "sima": [getattr(attack, "timestep_", None)], "loss": [getattr(attack, "timestep_", None)]}[name]
     assert ts == expected
     assert all(t < 500 for t in ts)

@@ -42,18 +42,19 @@ class SecMIAttack(MembershipAttack):
         store_params(self, locals())
 
     def _grid(self, denoiser) -> tuple[list[int], int]:
-        """(inversion timesteps 0, k, ... < t_sec, the step k) on the denoiser's schedule."""
+        """(inversion timesteps 0, k, ... < t_sec, then t_sec), each literature timestep mapped onto
+        the denoiser's schedule by equal signal-to-noise ratio (``scale_t``)."""
         if not (isinstance(self.k, int) and isinstance(self.t_sec, int) and 1 <= self.k <= self.t_sec):
             raise InputError(f"secmi: need integers 1 <= k <= t_sec, got k={self.k!r}, t_sec={self.t_sec!r}")
-        t_sec, k = scale_t(denoiser, self.t_sec), max(1, scale_t(denoiser, self.k))
-        return list(range(0, max(t_sec, 1), k)), k
+        grid = sorted({scale_t(denoiser, s) for s in range(0, self.t_sec, self.k)})
+        top = max(scale_t(denoiser, self.t_sec), grid[-1] + 1)
+        return grid, min(top, len(denoiser.alphas_cumprod) - 1)
 
     def queries_per_image(self) -> float:
         return float(len(range(0, self.t_sec, self.k)) + 1)
 
     def score(self, denoiser, x0, *, generator):
-        grid, k = self._grid(denoiser)
-        top = min(grid[-1] + k, len(denoiser.alphas_cumprod) - 1)
+        grid, top = self._grid(denoiser)
         with torch.no_grad():
             x = x0
             for s, s_next in zip(grid[:-1], grid[1:]):  # DDIM inversion to t_sec - k

@@ -41,9 +41,10 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from privaudit.denoiser import ProvidesDenoiser, UNetDenoiser, denoise
+from privaudit.denoiser import ProvidesDenoiser, denoise, sampling_scheduler
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+from privaudit.target import pixel_denoiser
 
 
 class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
@@ -65,7 +66,7 @@ class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
                     scale: float | None = None) -> ProtectedDenoiser:
         """The protected noise prediction as a privaudit ``Denoiser`` (what ``privaudit scan`` audits)."""
         dev = torch.device(device) if device is not None else self._execution_device
-        base = UNetDenoiser(unet=self.unet, scheduler=self.scheduler, device=dev)
+        base = pixel_denoiser(self.unet, self.scheduler, device=dev)
         return ProtectedDenoiser(base=base, guard=self.guard,
                                  alpha=self.config.alpha if alpha is None else alpha,
                                  scale=self.config.scale if scale is None else scale)
@@ -88,13 +89,17 @@ class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
             image = randn_tensor(shape, generator=generator, dtype=self.unet.dtype).to(device)
         else:
             image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        self.scheduler.set_timesteps(num_inference_steps)
+        if hasattr(self.scheduler, "alphas_cumprod"):
+            sched = self.scheduler
+            sched.set_timesteps(num_inference_steps)
+        else:  # flow matching: DDIM in the model's VP-equivalent view is its Euler sampler (privaudit.flow)
+            sched = sampling_scheduler(den, "ddim", num_inference_steps)
         step_kwargs = {"generator": generator}
-        if "eta" in inspect.signature(self.scheduler.step).parameters:
+        if "eta" in inspect.signature(sched.step).parameters:
             step_kwargs["eta"] = eta
-        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+        with self.progress_bar(total=len(sched.timesteps)) as bar:
             # eps_theta plus the guard's guidance where it is confident, converted to the UNet's own output type
-            image = denoise(den, image, scheduler=self.scheduler, step_kwargs=step_kwargs, on_step=lambda _: bar.update())
+            image = denoise(den, image, scheduler=sched, step_kwargs=step_kwargs, on_step=lambda _: bar.update())
         return finish_output(self, (image / 2 + 0.5).clamp(0, 1), output_type=output_type, return_dict=return_dict)
 
 
