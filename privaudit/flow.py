@@ -37,6 +37,15 @@ def flow_grid(num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return sig.float(), acp.float()
 
 
+def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The flow sigma with the same signal-to-noise ratio as each abar: (1 - sigma) / sigma = sqrt(SNR).
+
+    Used so the sigma fed to the network matches the float32 ``alphas_cumprod`` the attacks and
+    samplers use exactly (near sigma = 0, 1 - abar ~ sigma^2 is only resolved to a few percent)."""
+    acp = alphas_cumprod.double()
+    return (1 / (1 + (acp / (1 - acp)).sqrt())).float()
+
+
 def vp_scheduler(alphas_cumprod: torch.Tensor):
     """A DDPM scheduler whose ``alphas_cumprod`` are the given ones (the VP-equivalent schedule):
     the config source ``sample`` builds DDIM / DDPM samplers from."""
@@ -86,8 +95,10 @@ class FlowDenoiser(Denoiser):
         self.device = torch.device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
         self.flow_scheduler = flow_scheduler
-        self.sigmas, self.alphas_cumprod = flow_grid(flow_scheduler.config.num_train_timesteps)
-        self.scheduler = vp_scheduler(self.alphas_cumprod)
+        self.scheduler = vp_scheduler(flow_grid(flow_scheduler.config.num_train_timesteps)[1])
+        # the schedule as the sampler's scheduler computes it (float32), and the sigmas that match it
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.detach().float().cpu()
+        self.sigmas = sigmas_of(self.alphas_cumprod)
         cfg: Any = net.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         self.sample_shape = (int(cfg.in_channels), int(size), int(size))

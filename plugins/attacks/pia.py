@@ -49,6 +49,6 @@ class PIAAttack(MembershipAttack):
             raise InputError(f"{self.name}: p must be a positive number, got {self.p!r}")
         t = scale_t(denoiser, self.t)
         with torch.no_grad():
-            eps0 = self._initial_noise(eps_at(denoiser, x0, 0))
+            eps0 = self._initial_noise(eps_at(denoiser, x0, scale_t(denoiser, 0)))  # the clean end, by SNR
             eps_t = eps_at(denoiser, noise_to(denoiser, x0, t, eps0), t)
         return -lp_distance(eps0, eps_t, p=self.p)

@@ -1,0 +1,118 @@
+"""Model families where the noise convention can go wrong: v-prediction and flow matching.
+
+Memorising fixtures (``privaudit.fixtures.digits_variants``: the digits target retrained to
+predict v, or a flow-matching velocity) must be flagged by every gray-box attack, their null
+controls must stay quiet, and a flow model built from a closed-form oracle must give every
+attack exactly the oracle's own scores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO, plugin, run_scan
+
+FLAGGING = ("loss", "secmi", "pia", "sima")
+
+
+def _variant(name: str) -> Path:
+    from privaudit.fixtures import digits_variants
+
+    cache = Path(os.environ.get("PRIVAUDIT_TEST_CACHE", REPO / ".pytest_cache" / "privaudit"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny UNet: extra threads only synchronise on a busy machine
+    try:
+        return digits_variants.build(out=cache / name, name=name, progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session", params=["digits-v", "digits-flow"])
+def variant_target(request) -> Path:
+    return _variant(request.param)
+
+
+@pytest.mark.slow
+def test_variant_models_load_with_their_convention(variant_target):
+    from privaudit.flow import FlowDenoiser
+    from privaudit.target import load_target
+
+    den, info, pipe = load_target(variant_target / "model", device="cpu")
+    if variant_target.name == "digits-flow":
+        assert isinstance(den, FlowDenoiser) and "FlowMatch" in info.scheduler_class
+    else:
+        assert den.prediction_type == "v_prediction"
+    # diffusers' own pipeline samples the folder too (its loop steps the folder's scheduler)
+    img = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (2, 8, 8, 1)
+
+
+@pytest.mark.slow
+def test_memorising_variants_are_flagged_and_their_nulls_are_quiet(variant_target, tmp_path):
+    res = run_scan(variant_target, tmp_path / "scan", attacks=FLAGGING, detectors=("nn",))
+    for name in FLAGGING:
+        auc = plugin(res, name)["metrics"]["auc"]["value"]
+        assert auc >= 0.95, (variant_target.name, name, auc)
+    assert plugin(res, "nn")["metrics"]["copy_fraction"]["value"] >= 0.5
+    null = run_scan(variant_target, tmp_path / "null", members="null", attacks=FLAGGING, detectors=())
+    for name in FLAGGING:
+        auc = plugin(null, name)["metrics"]["auc"]["value"]
+        assert abs(auc - 0.5) <= 0.1, (variant_target.name, "null", name, auc)
+
+
+class _OracleVelocity(torch.nn.Module):
+    """The flow-matching velocity u = eps - x0 of a closed-form oracle, fed (x_flow, sigma * T)."""
+
+    def __init__(self, oracle, sigmas: torch.Tensor):
+        super().__init__()
+        self.oracle, self.sigmas = oracle, sigmas.double()
+        c, h, w = oracle.sample_shape
+        self.config = SimpleNamespace(in_channels=c, sample_size=h)
+
+    def forward(self, x_flow, timestep):
+        T = len(self.sigmas)
+        sig = torch.as_tensor(timestep, dtype=torch.float64) / T
+        t = (self.sigmas[None] - sig[:, None]).abs().argmin(1)  # the grid index of this sigma
+        s, x = sig.view(-1, 1, 1, 1), x_flow.double()  # float64: eps divides by sigma (1e-3 at t = 0)
+        c = ((1 - s) ** 2 + s ** 2).sqrt()
+        x0 = self.oracle.posterior_mean(x / c, t).double()  # the oracle in its VP view at the same SNR
+        eps = (x - (1 - s) * x0) / s
+        return SimpleNamespace(sample=(eps - x0).to(x_flow.dtype))
+
+
+def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from privaudit.data import load_images
+    from privaudit.denoiser import sample
+    from privaudit.flow import FlowDenoiser, flow_grid, sigmas_of, vp_scheduler
+    from privaudit.oracles import GaussianOracle
+    from privaudit.plugin import Registry
+
+    # float64 throughout: this checks the conversions, not float32 conditioning (eps of a flow model at
+    # sigma = 1e-3 is a small difference of O(1) terms, which float32 resolves to about 1e-4)
+    members = load_images(digits_target / "members", name="members").tensor(range(16)).double()
+    holdout = load_images(digits_target / "holdout", name="holdout").tensor(range(16)).double()
+    sigmas, acp = flow_grid(1000)
+    acp = vp_scheduler(acp).alphas_cumprod  # the schedule as a sampler computes it, and its sigmas:
+    sigmas = sigmas_of(acp)  # what the flow adapter uses
+    # a smooth closed-form model (the memorising oracle's posterior switches sharply between members,
+    # where float32 rounding of the two views decides which member wins)
+    reference = load_images(digits_target / "reference", name="reference").tensor(range(300))
+    vp = GaussianOracle(reference, scheduler=vp_scheduler(acp))
+    flow = FlowDenoiser(net=_OracleVelocity(vp, sigmas), flow_scheduler=FlowMatchEulerDiscreteScheduler())
+    assert torch.allclose(flow.alphas_cumprod, vp.alphas_cumprod)
+    reg = Registry.build()
+    for name in ("loss", "secmi", "pia", "pian", "sima"):  # gray-box: all of them, through eps
+        scores = []
+        for den in (vp, flow):
+            attack = reg.create(name, kind="attack")
+            attack.fit(den, members=members[:8], holdout=holdout[:8], seed=0)
+            scores.append(attack.score(den, torch.cat([members, holdout]), generator=torch.Generator().manual_seed(5)))
+        assert torch.allclose(scores[0].double(), scores[1].double(), rtol=1e-4, atol=1e-6), name
+    a, b = sample(vp, n=4, steps=10, seed=3), sample(flow, n=4, steps=10, seed=3)
+    assert torch.allclose(a, b, atol=1e-3)
