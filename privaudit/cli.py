@@ -45,6 +45,9 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", type=_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="a plugin parameter, e.g. nn.n_samples=512 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                   help="the networks' dtype (auto: float32 on the CPU, float16 for latent models on CUDA); "
+                        "attack statistics stay float32")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights: they can run code")
     p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files")
     p.add_argument("--reference", type=Path, help="never-trained-on images for feature extractors (optional)")
@@ -120,7 +123,7 @@ def cmd_scan(a: argparse.Namespace) -> int:
     out = a.out or _default_out("scan")
     results = scan(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, settings=settings,
                    device=a.device, allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, reference=a.reference,
-                   argv=sys.argv, redact=a.redact)
+                   argv=sys.argv, redact=a.redact, dtype=a.dtype)
     _summary(results, Path(out))
     return _exit_for(results, a.fail_on)
 
@@ -219,7 +222,8 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
     out = a.out or _default_out("mitigate")
     results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
                        params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,
-                       allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact)
+                       allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact,
+                       dtype=a.dtype)
     _mitigation_summary(results, Path(out))
     return _exit_for(results["after"], a.fail_on)
 

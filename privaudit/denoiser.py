@@ -50,6 +50,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, *, device: torch.device, latent: bool) -> torch.dtype:
+    """--dtype: "auto" is float32 on the CPU and for pixel models, float16 for latent models on CUDA.
+
+    Networks run in this dtype; inputs are cast to it and outputs back to the caller's dtype, so
+    attacks' statistics are accumulated in float32 whatever the network computes in."""
+    from privaudit.errors import InputError
+
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" and latent else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def run_in(net: torch.nn.Module, x: torch.Tensor, *args, **kwargs):
+    """``net(x, ...)`` with ``x`` (and tensor keyword arguments) cast to the network's dtype; the output's
+    ``.sample`` (or the output) cast back to ``x``'s dtype. No casts when the dtypes agree."""
+    dt = next(net.parameters()).dtype
+    if dt == x.dtype:
+        out = net(x, *args, **kwargs)
+        return getattr(out, "sample", out)
+    kwargs = {k: v.to(dt) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
+    out = net(x.to(dt), *args, **kwargs)
+    return getattr(out, "sample", out).to(x.dtype)
+
+
 def state_sha256(modules: Mapping[str, torch.nn.Module | None], *extra: torch.Tensor | np.ndarray) -> str:
     """sha256 over modules' state dicts (names and float32 bytes) and extra arrays; device independent."""
     h = hashlib.sha256()
@@ -132,7 +161,7 @@ class EpsNetwork(torch.nn.Module):
         self.net = net
         self.prediction_type = prediction_type
         self._acp = alphas_cumprod.detach().float()  # plain attribute: not a parameter or buffer
-        self._call = call or (lambda net, x, t, cond: net(x, t))
+        self._call = call or (lambda net, x, t, cond: run_in(net, x, t))
 
     def forward(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
         out = self._call(self.net, x_t, t, cond)
@@ -231,7 +260,7 @@ class UNetDenoiser(Denoiser):
         tt = torch.as_tensor(t, device=self.device)
         if tt.ndim == 0:
             tt = tt.expand(len(x_t))
-        out = self.unet(x_t, tt).sample
+        out = run_in(self.unet, x_t, tt)
         if self.prediction_type == "epsilon" and out.shape[1] == x_t.shape[1]:
             return out
         a, s = signal_noise(self.alphas_cumprod, t if not isinstance(t, torch.Tensor) or t.ndim == 0 else tt, x_t)

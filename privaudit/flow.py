@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from privaudit.denoiser import Denoiser, signal_noise
+from privaudit.denoiser import Denoiser, run_in, signal_noise
 
 
 def flow_grid(num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,7 @@ class FlowEpsNetwork(torch.nn.Module):
         super().__init__()
         self.net = net
         self._sig, self._acp = sigmas, alphas_cumprod  # plain attributes: not parameters
-        self._call = call or (lambda net, x, t, cond: net(x, t))
+        self._call = call or (lambda net, x, t, cond: run_in(net, x, t))
 
     def forward(self, x_vp: torch.Tensor, t, cond=None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_vp.device)
@@ -108,4 +108,4 @@ class FlowDenoiser(Denoiser):
         tt = torch.as_tensor(t, device=self.device)
         tt = tt.expand(len(x_t)) if tt.ndim == 0 else tt
         return flow_eps(self.net, x_t, tt, cond, sigmas=self.sigmas, alphas_cumprod=self.alphas_cumprod,
-                        call=lambda net, x, ts, c: net(x, ts))
+                        call=lambda net, x, ts, c: run_in(net, x, ts))

@@ -35,7 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.denoiser import Denoiser, EpsNetwork, denoise, prediction_type_of, signal_noise, state_sha256, to_eps
+from privaudit.denoiser import (Denoiser, EpsNetwork, denoise, prediction_type_of, run_in, signal_noise, state_sha256,
+                                to_eps)
 from privaudit.errors import InputError
 
 PROMPT_MODES = ("caption", "empty")
@@ -120,8 +121,8 @@ class LatentTextDenoiser(Denoiser):
         t = torch.as_tensor(t, device=self.device)
         if t.ndim == 0:
             t = t.expand(len(x_t))
-        emb = self.condition(cond, len(x_t)).to(x_t.dtype)
-        out = self.unet(x_t, t, encoder_hidden_states=emb).sample
+        emb = self.condition(cond, len(x_t))
+        out = run_in(self.unet, x_t, t, encoder_hidden_states=emb)
         if self.prediction_type == "epsilon" and out.shape[1] == x_t.shape[1]:
             return out
         a, s = signal_noise(self.alphas_cumprod, t, x_t)
@@ -133,7 +134,8 @@ class LatentTextDenoiser(Denoiser):
         """Images in [-1, 1] (n, C, H, W) -> scaled latents (posterior mode; deterministic)."""
         if tuple(x.shape[1:]) != self.image_shape:
             raise InputError(f"images are {tuple(x.shape[1:])}, the VAE expects {self.image_shape}")
-        out = [self.vae.encode(x[s:s + batch_size].to(self.device)).latent_dist.mode()
+        dt = self.vae.dtype
+        out = [self.vae.encode(x[s:s + batch_size].to(self.device, dt)).latent_dist.mode().float()
                for s in range(0, len(x), batch_size)]
         z = torch.cat(out) if out else torch.zeros((0, *self.sample_shape), device=self.device)
         return (z - self.shift_factor) * self.scaling_factor
@@ -141,8 +143,9 @@ class LatentTextDenoiser(Denoiser):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
         """Scaled latents -> images clamped to [-1, 1]."""
-        out = [self.vae.decode(z[s:s + batch_size].to(self.device) / self.scaling_factor + self.shift_factor).sample
-               for s in range(0, len(z), batch_size)]
+        dt = self.vae.dtype
+        out = [self.vae.decode((z[s:s + batch_size].to(self.device) / self.scaling_factor + self.shift_factor).to(dt))
+               .sample.float() for s in range(0, len(z), batch_size)]
         return torch.cat(out).clamp(-1, 1) if out else torch.zeros((0, *self.image_shape), device=self.device)
 
 
@@ -187,8 +190,8 @@ def conditional_network(unet: torch.nn.Module, empty: torch.Tensor, *, alphas_cu
     value the attack does not differentiate)."""
 
     def call(net, sample, timestep, cond):
-        emb = (empty if cond is None else cond).to(sample.dtype).expand(sample.shape[0], -1, -1)
-        return net(sample, timestep, encoder_hidden_states=emb)
+        emb = (empty if cond is None else cond).expand(sample.shape[0], -1, -1)
+        return run_in(net, sample, timestep, encoder_hidden_states=emb)
 
     return EpsNetwork(unet, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type, call=call)
 

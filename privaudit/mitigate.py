@@ -262,7 +262,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
              params: dict | None = None, settings: AuditSettings, device: str = "auto",
              reference: str | Path | None = None, sweep: bool = False, allow_pickle: bool = False,
              plugins_dir: str | Path | None = None, argv: list[str] | None = None, redact: str = "thumbnails",
-             log: Callable[[str], None] | None = None) -> dict:
+             log: Callable[[str], None] | None = None, dtype: str = "auto") -> dict:
     """``privaudit mitigate``: returns the mitigation results written to ``out``."""
     say = log or (lambda msg: print(msg, file=sys.stderr) if settings.progress else None)
     start = time.perf_counter()
@@ -274,7 +274,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         registry.get(n, kind="detector")
     mitigation = registry.create(method, kind="mitigation", **(params or {}))  # validated: fails before any work
     assert isinstance(mitigation, Mitigation)
-    raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle)
+    raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     if isinstance(pipe, ProvidesDenoiser):
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
     mem, hold = load_data(members, holdout, shape=image_shape_of(raw))

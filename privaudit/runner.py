@@ -226,7 +226,7 @@ def load_data(members: str | Path, holdout: str | Path, *, shape: tuple[int, int
 def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out: str | Path,
          settings: AuditSettings, device: str = "auto", allow_pickle: bool = False,
          plugins_dir: str | Path | None = None, reference: str | Path | None = None,
-         argv: list[str] | None = None, redact: str = "thumbnails") -> dict:
+         argv: list[str] | None = None, redact: str = "thumbnails", dtype: str = "auto") -> dict:
     """``privaudit scan``: returns the results written to ``out``."""
     start = time.perf_counter()
     registry = Registry.build(plugins_dir=plugins_dir)
@@ -234,7 +234,7 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
         registry.get(n, kind="attack")
     for n in settings.detectors:
         registry.get(n, kind="detector")
-    denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle)
+    denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     res = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from privaudit.denoiser import Denoiser, ProvidesDenoiser, UNetDenoiser, resolve_device
+from privaudit.denoiser import Denoiser, ProvidesDenoiser, UNetDenoiser, resolve_device, resolve_dtype
 from privaudit.errors import InputError
 from privaudit.io import sha256_file
 
@@ -27,6 +27,8 @@ class ModelInfo:
     weights_sha256: dict[str, str] = field(default_factory=dict)
     latent_shape: tuple[int, int, int] | None = None  # latent models: (C, H, W) where the UNet works
     text_conditional: bool = False
+    prediction_type: str = "epsilon"  # what the network answers: epsilon, v_prediction, sample or flow
+    dtype: str = ""  # the networks' dtype
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -59,8 +61,9 @@ def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) 
     return spec
 
 
-def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: bool = False):
-    """``DiffusionPipeline.from_pretrained`` offline; safetensors unless pickles are allowed."""
+def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: bool = False, dtype: str = "auto"):
+    """``DiffusionPipeline.from_pretrained`` offline; safetensors unless pickles are allowed; networks in
+    ``dtype`` (``resolve_dtype``)."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
@@ -75,7 +78,7 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
     except (OSError, ValueError, KeyError, AttributeError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
-    return pipe.to(device)
+    return pipe.to(device, resolve_dtype(dtype, device=device, latent="vae" in spec))
 
 
 def _quiet_transformers(model_dir: Path) -> None:
@@ -140,11 +143,12 @@ FAMILIES = {
 }
 
 
-def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bool = False) -> tuple[Denoiser, ModelInfo, object]:
-    """Returns (denoiser, info, pipeline)."""
+def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bool = False,
+                dtype: str = "auto") -> tuple[Denoiser, ModelInfo, object]:
+    """Returns (denoiser, info, pipeline); ``dtype`` as ``--dtype`` (``resolve_dtype``)."""
     dev = resolve_device(device)
     model_dir = Path(model_dir)
-    pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle)
+    pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle, dtype=dtype)
     den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
     from privaudit.latent import image_shape_of, latent_of
 
@@ -156,9 +160,11 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
         resolution=h,
         channels=c,
         num_train_timesteps=len(den.alphas_cumprod),
-        scheduler_class=type(den.scheduler).__name__,
+        scheduler_class=type(getattr(pipe, "scheduler", den.scheduler)).__name__,
         weights_sha256={str(p.relative_to(model_dir)): sha256_file(p) for p in weight_files(model_dir)},
         latent_shape=tuple(den.sample_shape) if image_shape != den.sample_shape else None,
         text_conditional=latent_of(den) is not None,
+        prediction_type="flow" if is_flow(getattr(pipe, "scheduler", None)) else den.prediction_type,
+        dtype=str(next(den.white_box.parameters()).dtype).removeprefix("torch.") if den.white_box is not None else "",
     )
     return den, info, pipe

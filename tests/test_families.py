@@ -116,3 +116,86 @@ def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
         assert torch.allclose(scores[0].double(), scores[1].double(), rtol=1e-4, atol=1e-6), name
     a, b = sample(vp, n=4, steps=10, seed=3), sample(flow, n=4, steps=10, seed=3)
     assert torch.allclose(a, b, atol=1e-3)
+
+
+def _as_prediction(src: Path, dst: Path, kind: str) -> Path:
+    """A copy of a pipeline folder whose scheduler declares another prediction type (weights unchanged)."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg_file = dst / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["prediction_type"] = kind
+    cfg_file.write_text(json.dumps(cfg))
+    return dst
+
+
+ALL_ATTACKS = ("loss", "secmi", "pia", "pian", "sima", "gsa")
+
+
+@pytest.mark.slow
+def test_sd_class_v_prediction_scans_mitigates_and_ships(digits_text_target, tmp_path):
+    """SD 2.x-style (v-prediction) latent text model: every attack and nn run, cpsample protects it,
+    and the protected folder loads with diffusers and samples with the v convention."""
+    import subprocess
+    import sys
+
+    from privaudit.mitigate import mitigate
+    from privaudit.runner import AuditSettings, scan
+    from privaudit.target import load_target
+
+    model = _as_prediction(digits_text_target / "model", tmp_path / "model-v", "v_prediction")
+    den, _, _ = load_target(model, device="cpu")
+    assert den.prediction_type == "v_prediction"
+    settings = AuditSettings(attacks=ALL_ATTACKS, detectors=("nn",), progress=False, n_boot=20,
+                             plugin_params={"nn": {"n_samples": 16, "steps": 5}, "gsa": {"n_timesteps": 2}})
+    res = scan(model_dir=model, members=digits_text_target / "members", holdout=digits_text_target / "holdout",
+               out=tmp_path / "scan", settings=settings, device="cpu")
+    assert {p["name"]: p["status"] for p in res["plugins"]} == {n: "ok" for n in (*ALL_ATTACKS, "nn")}
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mitigate(model_dir=model, members=digits_text_target / "members", holdout=digits_text_target / "holdout",
+                 out=tmp_path / "mit", method="cpsample", params={"placebo": False, "rejection": False, "max_steps": 20},
+                 settings=AuditSettings(attacks=("loss",), detectors=("nn",), progress=False, n_boot=20,
+                                        plugin_params={"nn": {"n_samples": 16, "steps": 5}}),
+                 device="cpu", log=lambda msg: None)
+    finally:
+        torch.set_num_threads(n)
+    code = ("import privaudit.plugins.mitigations.cpsample\nfrom diffusers import DiffusionPipeline\n"
+            f"p = DiffusionPipeline.from_pretrained({str(tmp_path / 'mit' / 'protected')!r})\n"
+            "d = p.as_denoiser(device='cpu')\n"
+            "print(d.prediction_type, len(p(['a handwritten digit one'], num_inference_steps=2).images))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split()[-2:] == ["v_prediction", "1"], done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_flow_model_mitigates_and_its_protected_pipeline_samples(tmp_path):
+    """A flow-matching pixel model through cpsample: the protected folder loads and samples in the
+    VP-equivalent view (its Euler sampler)."""
+    import numpy as np
+    from diffusers import DiffusionPipeline
+
+    from privaudit.flow import FlowDenoiser
+    from privaudit.mitigate import mitigate
+    from privaudit.runner import AuditSettings
+
+    target = _variant("digits-flow")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = mitigate(model_dir=target / "model", members=target / "members", holdout=target / "holdout",
+                       out=tmp_path / "mit", method="cpsample", params={"placebo": False, "rejection": False,
+                                                                        "max_steps": 200},
+                       settings=AuditSettings(attacks=("loss",), detectors=("nn",), progress=False, n_boot=20,
+                                              plugin_params={"nn": {"n_samples": 32, "steps": 10}}),
+                       device="cpu", reference=target / "reference", log=lambda msg: None)
+    finally:
+        torch.set_num_threads(n)
+    assert plugin(res["after"], "loss")["status"] == "ok"
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "mit" / "protected"))
+    assert isinstance(pipe.as_denoiser(device="cpu").inner(), FlowDenoiser)
+    img = pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (2, 8, 8, 1) and np.isfinite(img).all()

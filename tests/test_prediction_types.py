@@ -91,3 +91,22 @@ def test_samples_and_protected_samples_match_the_eps_model(digits_denoiser, kind
     a, b = sample(pa, n=4, steps=10, seed=2), sample(pb, n=4, steps=10, seed=2)
     assert not torch.allclose(a, sample(digits_denoiser, n=4, steps=10, seed=2), atol=1e-2)  # guidance did act
     assert torch.allclose(a, b, atol=2e-3), (kind, (a - b).abs().max())
+
+
+@pytest.mark.slow
+def test_bfloat16_networks_give_the_float32_aucs(digits_target, tmp_path):
+    """--dtype bfloat16: the network runs in bf16, statistics stay float32; AUCs within 0.02."""
+    from privaudit.runner import AuditSettings, scan
+    from privaudit.target import load_target
+
+    den, info, _ = load_target(digits_target / "model", device="cpu", dtype="bfloat16")
+    assert info.dtype == "bfloat16" and den.eps(torch.zeros(2, 1, 8, 8), 10).dtype == torch.float32
+    aucs = {}
+    for dtype in ("float32", "bfloat16"):
+        settings = AuditSettings(attacks=("loss", "secmi", "pia", "sima"), detectors=(), progress=False, n_boot=20)
+        res = scan(model_dir=digits_target / "model", members=digits_target / "members",
+                   holdout=digits_target / "holdout", out=tmp_path / dtype, settings=settings, device="cpu", dtype=dtype)
+        aucs[dtype] = {p["name"]: p["metrics"]["auc"]["value"] for p in res["plugins"]}
+        assert res["manifest"]["model"]["dtype"] == dtype
+    for name, auc in aucs["float32"].items():
+        assert abs(auc - aucs["bfloat16"][name]) <= 0.02, (name, auc, aucs["bfloat16"][name])

@@ -53,7 +53,7 @@ class ProtectedDenoiser(Denoiser):
                  base_fingerprint: str | None = None, guard_sha256: str | None = None):
         self.base = base
         self.device = base.device
-        self.guard = guard.to(self.device).eval().requires_grad_(False)
+        self.guard = guard.to(self.device).float().eval().requires_grad_(False)  # float32 whatever the UNet runs in
         self.alpha = float(alpha)
         self.scale = float(scale)
         self.scheduler = base.scheduler
