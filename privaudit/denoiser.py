@@ -70,7 +70,7 @@ def resolve_dtype(dtype: str, *, device: torch.device, latent: bool) -> torch.dt
 def run_in(net: torch.nn.Module, x: torch.Tensor, *args, **kwargs):
     """``net(x, ...)`` with ``x`` (and tensor keyword arguments) cast to the network's dtype; the output's
     ``.sample`` (or the output) cast back to ``x``'s dtype. No casts when the dtypes agree."""
-    dt = next(net.parameters()).dtype
+    dt = next((p.dtype for p in net.parameters()), x.dtype)  # a parameter-free (closed-form) net: as given
     if dt == x.dtype:
         out = net(x, *args, **kwargs)
         return getattr(out, "sample", out)
