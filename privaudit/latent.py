@@ -35,8 +35,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.denoiser import (Denoiser, EpsNetwork, denoise, prediction_type_of, run_in, signal_noise, state_sha256,
-                                to_eps)
+from privaudit.denoiser import (
+    Denoiser,
+    EpsNetwork,
+    denoise,
+    prediction_type_of,
+    run_in,
+    signal_noise,
+    state_sha256,
+    to_eps,
+)
 from privaudit.errors import InputError
 
 PROMPT_MODES = ("caption", "empty")

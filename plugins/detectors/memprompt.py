@@ -37,9 +37,11 @@ import pandas as pd
 import torch
 
 from privaudit.api import (
+    MEMBERSHIP_SPECS,
     DetectorOutput,
     InputError,
     Metric,
+    MetricSpec,
     ReplicationDetector,
     membership_metrics,
     proportion_ci,
@@ -86,6 +88,9 @@ class MemorisedPromptDetector(ReplicationDetector):
     requires = ("sampling", "text")
     threat_model = "gray-box"
     severity_rules = "membership"  # member vs unseen prompts: an AUC, judged like an attack
+    metric_specs = (*MEMBERSHIP_SPECS, MetricSpec(
+        "memorised_fraction", "memorised prompts", "membership", "low", "rate",
+        "training captions scoring above the 1 - q quantile of unseen captions (q = the false-positive rate)"))
     references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_steps: int = 10,

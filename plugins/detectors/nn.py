@@ -65,6 +65,7 @@ from privaudit.api import (
     InputError,
     KnnStream,
     Metric,
+    MetricSpec,
     ReplicationDetector,
     choose_method,
     default_nlist,
@@ -83,6 +84,33 @@ class NearestNeighbourDetector(ReplicationDetector):
 
     name = "nn"
     id = "PA-REP-001"
+    metric_specs = (
+        MetricSpec("copy_fraction", "copies (calibrated)", "replication", "low", "rate",
+                   "samples closer to a member than all but a fraction q of real unseen images are (q = the criterion's "
+                   "false-positive rate)"),
+        MetricSpec("copy_holdout_fpr", "calibrated copy criterion on unseen images", "replication", None, "rate",
+                   "share of real holdout images the criterion flags: its false-positive rate"),
+        MetricSpec("carlini_fraction", "Carlini ratio <= 1", "replication", "low", "rate",
+                   "nearest-member distance over alpha x mean distance to the k nearest members (Carlini et al. 2023)"),
+        MetricSpec("carlini_holdout_fpr", "Carlini ratio on unseen images", "replication", None, "rate",
+                   "share of real holdout images the criterion flags: its false-positive rate"),
+        MetricSpec("ratio_fraction", "1st/2nd neighbour ratio < 1/3", "replication", "low", "rate",
+                   "nearest member much closer than the second nearest"),
+        MetricSpec("ratio_holdout_fpr", "1st/2nd neighbour ratio on unseen images", "replication", None, "rate",
+                   "share of real holdout images the criterion flags: its false-positive rate"),
+        MetricSpec("tiled_fraction", "tiled L2 copies", "replication", "low", "rate",
+                   "partial copies: the closest tile of a 4x4 grid"),
+        MetricSpec("tiled_holdout_fpr", "tiled L2 on unseen images", "replication", None, "rate",
+                   "share of real holdout images the criterion flags: its false-positive rate"),
+        MetricSpec("cosine_fraction", "cosine similarity copies", "replication", "low", "rate",
+                   "similarity to the nearest member above the threshold"),
+        MetricSpec("cosine_holdout_fpr", "cosine similarity on unseen images", "replication", None, "rate",
+                   "share of real holdout images the criterion flags: its false-positive rate"),
+        MetricSpec("copied_members", "distinct members copied", "replication", "low", "count",
+                   "training images with at least one near-copy among the samples"),
+        MetricSpec("search_recall_at_1", "search recall@1", "replication", "high", "rate",
+                   "approximate nearest-neighbour search against exact search"),
+    )
     references = (
         "Carlini et al., Extracting Training Data from Diffusion Models, USENIX Security 2023",
         "Somepalli et al., Diffusion Art or Digital Forgery?, CVPR 2023",

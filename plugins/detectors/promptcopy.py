@@ -40,6 +40,7 @@ from privaudit.api import (
     DetectorOutput,
     InputError,
     Metric,
+    MetricSpec,
     ReplicationDetector,
     png_data_uri,
     proportion_ci,
@@ -83,6 +84,24 @@ class PromptReplicationDetector(ReplicationDetector):
     name = "promptcopy"
     id = "PA-TXT-002"
     requires = ("sampling", "text")
+    metric_specs = (
+        MetricSpec("copy_fraction", "per-prompt copies (calibrated)", "replication", "low", "rate",
+                   "generations for training captions closer to a member than all but q of real unseen images"),
+        MetricSpec("copied_prompt_fraction", "prompts with a copy", "replication", "low", "rate",
+                   "training captions with at least one generation that copies a member"),
+        MetricSpec("collapsed_prompt_fraction", "collapsed prompts", "replication", "low", "rate",
+                   "prompts whose generations form a clique of near-identical images"),
+        MetricSpec("mean_diversity", "within-prompt diversity", "replication", "high", "number",
+                   "mean pairwise distance between a prompt's generations (near 0: collapse)"),
+        MetricSpec("holdout_diversity", "diversity of real images", "replication", None, "number",
+                   "mean pairwise distance between real holdout images"),
+        MetricSpec("own_copy_fraction", "copies of the caption's own image", "replication", "low", "rate",
+                   "generations whose nearest member is the image the caption belongs to"),
+        MetricSpec("unseen_copy_fraction", "copies for unseen captions", "replication", None, "rate",
+                   "the copy fraction for holdout captions (prompts never trained on)"),
+        MetricSpec("unseen_mean_diversity", "diversity for unseen captions", "replication", None, "number",
+                   "within-prompt diversity for holdout captions"),
+    )
     references = ("Carlini et al., Extracting Training Data from Diffusion Models, USENIX Security 2023",
                   "Kazdan et al., CPSample: Classifier Protected Sampling for Guarding Training Data During "
                   "Diffusion, ICLR 2025",)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privaudit.api import DetectorOutput, Metric, ReplicationDetector, proportion_ci, search, store_params
+from privaudit.api import DetectorOutput, Metric, MetricSpec, ReplicationDetector, proportion_ci, search, store_params
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -86,6 +86,17 @@ class QualityDetector(ReplicationDetector):
     name = "quality"
     id = "PA-QUAL-001"
     severity_rules = "none"  # quality is reported beside the risk, never a risk level itself
+    metric_specs = (
+        MetricSpec("frechet_distance", "Frechet distance", "quality", "low", "number",
+                   "between generated and held-out images in the stated feature space (not FID unless the features "
+                   "are Inception's); lower is closer"),
+        MetricSpec("frechet_distance_real_baseline", "Frechet distance, real vs real", "quality", None, "number",
+                   "two sets of real images at the same size: the floor a model cannot be expected to beat"),
+        MetricSpec("precision", "precision", "quality", "high", "rate",
+                   "share of generated images inside the real-image manifold (k-NN estimate)"),
+        MetricSpec("recall", "recall", "quality", "high", "rate",
+                   "share of real images inside the generated-image manifold (k-NN estimate)"),
+    )
     references = (
         "Heusel et al., GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium, NeurIPS 2017",
         "Kynkäänniemi et al., Improved Precision and Recall Metric for Assessing Generative Models, NeurIPS 2019",
