@@ -16,7 +16,7 @@ its decoded pixels, which the duplicate check uses.
 Captions (text-conditional models): an image folder may hold ``metadata.jsonl`` or
 ``metadata.csv`` files, the layout of the ``datasets`` image folder: one row per image,
 ``file_name`` relative to the metadata file's folder, and the caption in a ``text`` column
-(else ``caption`` or ``prompt``). Then every image needs a caption; ``ImageSet.captions``
+(else ``caption``, ``prompt``, or ``label``: the class of a class-conditional model). Then every image needs a caption; ``ImageSet.captions``
 holds them in image order (empty for uncaptioned sets).
 """
 
@@ -236,7 +236,7 @@ def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> Image
                     shape=tuple(first_shape), _read=read, captions=captions)
 
 
-CAPTION_COLUMNS = ("text", "caption", "prompt")
+CAPTION_COLUMNS = ("text", "caption", "prompt", "label")  # label: class-conditional models (DiT)
 
 
 def read_captions(folder: Path, files: Sequence[Path]) -> tuple[str, ...]:

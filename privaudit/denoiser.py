@@ -74,7 +74,8 @@ def run_in(net: torch.nn.Module, x: torch.Tensor, *args, **kwargs):
     if dt == x.dtype:
         out = net(x, *args, **kwargs)
         return getattr(out, "sample", out)
-    kwargs = {k: v.to(dt) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
+    cast = lambda v: v.to(dt) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    kwargs = {k: ({kk: cast(vv) for kk, vv in v.items()} if isinstance(v, dict) else cast(v)) for k, v in kwargs.items()}
     out = net(x.to(dt), *args, **kwargs)
     return getattr(out, "sample", out).to(x.dtype)
 
@@ -92,6 +93,43 @@ def state_sha256(modules: Mapping[str, torch.nn.Module | None], *extra: torch.Te
         a = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- per-row conditioning
+# Conditioning is a tensor with one row per image (SD's prompt embeddings) or a dict of such tensors
+# (SDXL: embeddings, pooled embeddings, size ids; DiT: class labels; ...): every helper maps over it.
+
+def cond_map(fn: Callable[[torch.Tensor], torch.Tensor], cond: Any) -> Any:
+    return {k: fn(v) for k, v in cond.items()} if isinstance(cond, dict) else fn(cond)
+
+
+def cond_rows(cond: Any) -> int:
+    return len(next(iter(cond.values()))) if isinstance(cond, dict) else len(cond)
+
+
+def cond_cat(conds: list) -> Any:
+    if isinstance(conds[0], dict):
+        return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+    return torch.cat(conds)
+
+
+def cond_stack(rows: list) -> Any:
+    if isinstance(rows[0], dict):
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    return torch.stack(rows)
+
+
+def cond_tile(cond: Any, n: int) -> Any:
+    """Conditioning for B rows tiled to ``n`` = k * B rows in block order (as ``x.repeat(k, ...)``)."""
+    b = cond_rows(cond)
+    if b == n:
+        return cond
+    if b == 1:
+        return cond_map(lambda e: e.expand(n, *e.shape[1:]), cond)
+    if b and n % b == 0:
+        return cond_map(lambda e: e.repeat(n // b, *[1] * (e.ndim - 1)), cond)
+    raise ValueError(f"conditioning for {b} rows cannot be tiled to a batch of {n} rows "
+                     "(attacks must stack repeats of a batch in block order, x.repeat(k, ...))")
 
 
 # ---------------------------------------------------------------------------- the noise convention
@@ -332,7 +370,7 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: Any = None,
             e = denoiser.eps(scheduler.scale_model_input(x, t), int(t), cond)
         else:
             inp = scheduler.scale_model_input(torch.cat([x, x]), t)
-            eu, ec = denoiser.eps(inp, int(t), torch.cat([uncond, cond])).chunk(2)
+            eu, ec = denoiser.eps(inp, int(t), cond_cat([uncond, cond])).chunk(2)
             if on_eps is not None:
                 on_eps(t, eu, ec)
             e = eu + guidance_scale * (ec - eu)

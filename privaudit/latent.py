@@ -38,6 +38,9 @@ import torch
 from privaudit.denoiser import (
     Denoiser,
     EpsNetwork,
+    cond_map,
+    cond_stack,
+    cond_tile,
     denoise,
     prediction_type_of,
     run_in,
@@ -51,30 +54,55 @@ PROMPT_MODES = ("caption", "empty")
 
 
 class LatentTextDenoiser(Denoiser):
-    """A Stable-Diffusion-style pipeline (conditional UNet in a VAE's latent space) as a Denoiser."""
+    """A Stable-Diffusion-style pipeline (conditional UNet in a VAE's latent space) as a Denoiser.
+
+    The base of every latent, conditional family (``privaudit.families``): a family sets up its
+    network and encoders (``_setup``), turns prompts into per-row conditioning (``_encode``: a
+    tensor or a dict of tensors, one row per prompt) and calls its network (``_forward``).
+    """
 
     text_conditional = True
 
     def __init__(self, *, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer,
                  scheduler, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-        self.unet = unet.to(self.device).eval().requires_grad_(False)
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
-        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        self._setup(net=unet, vae=vae, scheduler=scheduler, device=device, encoders={"text_encoder": text_encoder})
         self.tokenizer = tokenizer
-        self.scheduler = scheduler
-        self.alphas_cumprod = scheduler.alphas_cumprod.detach().float().cpu()
-        self.prediction_type = prediction_type_of(scheduler)
-        cfg = unet.config
+        self.max_length = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
+
+    def _setup(self, *, net: torch.nn.Module, vae: torch.nn.Module, scheduler, device: torch.device | str,
+               encoders: dict[str, torch.nn.Module | None], alphas_cumprod: torch.Tensor | None = None,
+               prediction_type: str | None = None) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval().requires_grad_(False)
+        self.unet = self.net  # the name SD-class code and 0.1 callers use
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.encoders = {k: (m.to(self.device).eval().requires_grad_(False) if m is not None else None)
+                         for k, m in encoders.items()}
+        for k, m in self.encoders.items():
+            setattr(self, k, m)
+        self.flow = "FlowMatch" in type(scheduler).__name__  # flow matching: audited in its VP-equivalent view
+        if self.flow:
+            from privaudit.flow import flow_grid, sigmas_of, vp_scheduler
+
+            self.flow_scheduler = scheduler
+            self.scheduler = vp_scheduler(flow_grid(scheduler.config.num_train_timesteps)[1])
+            self.alphas_cumprod = self.scheduler.alphas_cumprod.detach().float().cpu()
+            self.sigmas = sigmas_of(self.alphas_cumprod)
+            self.prediction_type = "epsilon"  # of the VP view; the velocity is converted in eps
+        else:
+            self.scheduler = scheduler
+            acp = scheduler.alphas_cumprod if alphas_cumprod is None else alphas_cumprod
+            self.alphas_cumprod = acp.detach().float().cpu()
+            self.prediction_type = prediction_type or prediction_type_of(scheduler)
+        cfg = net.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        self.sample_shape = (cfg.in_channels, size, size)
+        self.sample_shape = (int(cfg.in_channels), int(size), int(size))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_shape = (vae.config.in_channels, size * self.vae_scale_factor, size * self.vae_scale_factor)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        self.max_length = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
-        self.white_box = self.unet  # raw: ConditionedDenoiser wraps it as f(x_t, t, cond) -> eps
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.white_box = self.net  # raw: ConditionedDenoiser wraps it as f(x_t, t, cond) -> eps
+        self._prompt_cache: dict[str, object] = {}
 
     @classmethod
     def from_pipeline(cls, pipe, *, device: torch.device | str, model_dir: str = "") -> "LatentTextDenoiser":
@@ -88,49 +116,71 @@ class LatentTextDenoiser(Denoiser):
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over all weights (UNet, VAE, text encoder) and the schedule."""
+        """sha256 over all weights (network, VAE, encoders) and the schedule."""
         if self._fingerprint is None:
-            self._fingerprint = state_sha256({"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder},
-                                             self.alphas_cumprod)
+            self._fingerprint = state_sha256({"unet": self.net, "vae": self.vae, **self.encoders}, self.alphas_cumprod)
         return self._fingerprint
+
+    # ------------------------------------------------------------------ family hooks
+    def _encode(self, prompts: list[str]):
+        """Conditioning rows for ``prompts``: SD's CLIP last hidden states (B, L, D)."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def _forward(self, net: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The network's raw output for a batch and its conditioning rows."""
+        return run_in(net, x_t, t, encoder_hidden_states=cond)
+
+    def eps_network(self, net: torch.nn.Module, call) -> torch.nn.Module:
+        """``net`` as ``f(x_t, t, cond) -> eps`` (``call(net, x, t, cond)`` gives its raw output)."""
+        if self.flow:
+            from privaudit.flow import FlowEpsNetwork
+
+            return FlowEpsNetwork(net, sigmas=self.sigmas, alphas_cumprod=self.alphas_cumprod, call=call)
+        return EpsNetwork(net, alphas_cumprod=self.alphas_cumprod, prediction_type=self.prediction_type, call=call)
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
-    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """CLIP hidden states (B, L, D) for ``prompts``, cached per prompt."""
+    def prompt_embeddings(self, prompts: Sequence[str]):
+        """Conditioning for ``prompts`` (one row each; a tensor, or a dict of tensors), cached per prompt."""
         prompts = [str(p) for p in prompts]
         todo = sorted({p for p in prompts if p not in self._prompt_cache})
         for s in range(0, len(todo), 256):
             chunk = todo[s:s + 256]
-            ids = self.tokenizer(chunk, padding="max_length", max_length=self.max_length, truncation=True,
-                                 return_tensors="pt").input_ids.to(self.device)
-            for p, e in zip(chunk, self.text_encoder(ids)[0]):
-                self._prompt_cache[p] = e
-        if not prompts:
-            return torch.zeros((0, self.max_length, self.text_encoder.config.hidden_size), device=self.device)
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+            enc = self._encode(chunk)
+            for i, p in enumerate(chunk):
+                self._prompt_cache[p] = cond_map(lambda e, i=i: e[i], enc)
+        if not prompts:  # zero rows shaped like the empty prompt's
+            self.prompt_embeddings([""])
+            return cond_map(lambda e: e[None][:0], self._prompt_cache[""])
+        return cond_stack([self._prompt_cache[p] for p in prompts])
 
-    def condition(self, cond: object, n: int) -> torch.Tensor:
-        """Embeddings for a batch of ``n`` rows from ``cond`` (see the module docstring)."""
+    def condition(self, cond: object, n: int):
+        """Conditioning for a batch of ``n`` rows from ``cond`` (see the module docstring)."""
         if cond is None:
             cond = ""
         if isinstance(cond, str):
-            return self.prompt_embeddings([cond]).expand(n, -1, -1)
-        if isinstance(cond, torch.Tensor):
-            emb = cond.to(self.device)
+            return cond_tile(self.prompt_embeddings([cond]), n)
+        if isinstance(cond, (torch.Tensor, dict)):
+            emb = cond_map(lambda e: e.to(self.device), cond)
         elif isinstance(cond, (list, tuple)) and all(isinstance(c, str) for c in cond):
             emb = self.prompt_embeddings(cond)
         else:
             raise TypeError(f"conditioning must be None, a prompt, a list of prompts or embeddings, got {type(cond).__name__}")
-        return tile(emb, n)
+        return cond_tile(emb, n)
 
     # ------------------------------------------------------------------ denoiser
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device)
         if t.ndim == 0:
             t = t.expand(len(x_t))
-        emb = self.condition(cond, len(x_t))
-        out = run_in(self.unet, x_t, t, encoder_hidden_states=emb)
+        if self.flow:
+            from privaudit.flow import flow_eps
+
+            return flow_eps(self.net, x_t, t, self.condition(cond, len(x_t)), sigmas=self.sigmas,
+                            alphas_cumprod=self.alphas_cumprod, call=self._forward)
+        out = self._forward(self.net, x_t, t, self.condition(cond, len(x_t)))
         if self.prediction_type == "epsilon" and out.shape[1] == x_t.shape[1]:
             return out
         a, s = signal_noise(self.alphas_cumprod, t, x_t)
@@ -169,17 +219,7 @@ def to_model_space(denoiser, x: torch.Tensor) -> torch.Tensor:
     return x if lat is None else lat.encode(x.to(lat.device))
 
 
-def tile(emb: torch.Tensor, n: int) -> torch.Tensor:
-    """Conditioning for B rows tiled to ``n`` = k * B rows in block order (as ``x.repeat(k, ...)``)."""
-    b = len(emb)
-    if b == n:
-        return emb
-    if b == 1:
-        return emb.expand(n, *emb.shape[1:])
-    if b and n % b == 0:
-        return emb.repeat(n // b, *[1] * (emb.ndim - 1))
-    raise ValueError(f"conditioning for {b} rows cannot be tiled to a batch of {n} rows "
-                     "(attacks must stack repeats of a batch in block order, x.repeat(k, ...))")
+tile = cond_tile  # conditioning for B rows tiled to k * B rows (kept under its 0.1 name)
 
 
 def latent_of(denoiser, depth: int = 8) -> LatentTextDenoiser | None:
@@ -191,17 +231,15 @@ def latent_of(denoiser, depth: int = 8) -> LatentTextDenoiser | None:
     return None
 
 
-def conditional_network(unet: torch.nn.Module, empty: torch.Tensor, *, alphas_cumprod: torch.Tensor,
-                        prediction_type: str) -> EpsNetwork:
-    """The conditional UNet as ``f(x_t, t, cond=None) -> eps`` for white-box attacks: ``cond`` is the
-    rows' prompt embeddings (B, L, D); without it, the empty prompt (``empty``, (1, L, D), a plain
-    value the attack does not differentiate)."""
+def conditional_network(lat: LatentTextDenoiser, net: torch.nn.Module, empty) -> torch.nn.Module:
+    """The conditional network as ``f(x_t, t, cond=None) -> eps`` for white-box attacks: ``cond`` is the
+    rows' conditioning; without it, the empty prompt (``empty``, one row, a plain value the attack does
+    not differentiate)."""
 
     def call(net, sample, timestep, cond):
-        emb = (empty if cond is None else cond).expand(sample.shape[0], -1, -1)
-        return run_in(net, sample, timestep, encoder_hidden_states=emb)
+        return lat._forward(net, sample, timestep, cond_tile(empty if cond is None else cond, sample.shape[0]))
 
-    return EpsNetwork(unet, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type, call=call)
+    return lat.eps_network(net, call)
 
 
 class ConditionedDenoiser(Denoiser):
@@ -228,8 +266,7 @@ class ConditionedDenoiser(Denoiser):
         self.scheduler = denoiser.scheduler
         self.prediction_type = denoiser.prediction_type
         wb = denoiser.white_box
-        self.white_box = None if wb is None else conditional_network(
-            wb, lat.prompt_embeddings([""]), alphas_cumprod=self.alphas_cumprod, prediction_type=lat.prediction_type)
+        self.white_box = None if wb is None else conditional_network(lat, wb, lat.prompt_embeddings([""]))
 
     def __getattr__(self, name: str):  # only called for attributes not set above
         return getattr(self.__dict__["denoiser"], name)
@@ -343,7 +380,7 @@ def generate(denoiser, prompts: Sequence[str], *, n_per_prompt: int = 1, steps: 
         z = torch.stack([torch.randn(lat.sample_shape, generator=torch.Generator().manual_seed(
             seed * 1_000_003 + i * 9_973 + j)) for i, j in chunk]).to(denoiser.device)
         cond = lat.prompt_embeddings([prompts[i] for i, _ in chunk])
-        empty = lat.prompt_embeddings([""]).expand(len(chunk), -1, -1)
+        empty = cond_tile(lat.prompt_embeddings([""]), len(chunk))
         z = denoise(denoiser, z, scheduler=sched, cond=cond, uncond=empty, guidance_scale=guidance_scale,
                     on_step=bar.update)
         out.append(lat.decode(z).cpu())

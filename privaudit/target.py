@@ -72,9 +72,11 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
     dlogging.disable_progress_bar()
     if any(isinstance(v, list) and v and v[0] == "transformers" for v in spec.values()):
         _quiet_transformers(model_dir)
+    # components saved as absent ([null, null], e.g. SD3 without its T5 encoder) are passed as None
+    absent = {k: None for k, v in spec.items() if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            str(model_dir), local_files_only=True, use_safetensors=None if allow_pickle else True)
+            str(model_dir), local_files_only=True, use_safetensors=None if allow_pickle else True, **absent)
     except (OSError, ValueError, KeyError, AttributeError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
@@ -124,22 +126,41 @@ def pixel_denoiser(net, scheduler, *, device: torch.device | str) -> Denoiser:
     return UNetDenoiser(unet=net, scheduler=scheduler, device=device)
 
 
-def _latent_text(pipe, net, scheduler, device, model_dir: str) -> Denoiser:
+def _conditional_unet(pipe, net, scheduler, device, model_dir: str) -> Denoiser:
+    """SD 1.x/2.x, or SDXL when the UNet takes added text/time conditions."""
+    from privaudit.families import SDXLDenoiser
     from privaudit.latent import LatentTextDenoiser
 
     if is_flow(scheduler):
         raise InputError(f"{model_dir}: a text-conditional UNet with a flow-matching scheduler is not supported")
+    if getattr(net.config, "addition_embed_type", None) == "text_time":
+        return SDXLDenoiser.from_pipeline(pipe, device=device, model_dir=model_dir)
     return LatentTextDenoiser.from_pipeline(pipe, device=device, model_dir=model_dir)
+
+
+def _family(name: str):
+    def adapter(pipe, net, scheduler, device, model_dir: str) -> Denoiser:
+        import privaudit.families as F
+
+        return getattr(F, name).from_pipeline(pipe, device=device, model_dir=model_dir)
+
+    return adapter
 
 
 # The adapter for each diffusers denoising network class: (pipeline, network, scheduler, device, folder) -> Denoiser.
 ADAPTERS = {
     "UNet2DModel": lambda pipe, net, sched, device, folder: pixel_denoiser(net, sched, device=device),
-    "UNet2DConditionModel": _latent_text,
+    "UNet2DConditionModel": _conditional_unet,
+    "DiTTransformer2DModel": _family("DiTDenoiser"),
+    "PixArtTransformer2DModel": _family("PixArtDenoiser"),
+    "SD3Transformer2DModel": _family("SD3Denoiser"),
 }
 FAMILIES = {
     "UNet2DModel": "pixel DDPM/DDIM-family (epsilon, v_prediction, sample) or flow matching",
-    "UNet2DConditionModel": "Stable Diffusion 1.x/2.x class: VAE latents, CLIP text encoder (epsilon, v_prediction)",
+    "UNet2DConditionModel": "Stable Diffusion 1.x/2.x and SDXL: VAE latents, CLIP text encoders (epsilon, v_prediction)",
+    "DiTTransformer2DModel": "DiT: class labels, learned variance",
+    "PixArtTransformer2DModel": "PixArt: T5 text encoder with attention mask, learned variance",
+    "SD3Transformer2DModel": "Stable Diffusion 3: CLIP-L, CLIP-G and optional T5, flow matching",
 }
 
 

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import REPO, plugin, run_scan
 
 FLAGGING = ("loss", "secmi", "pia", "sima")

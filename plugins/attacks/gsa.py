@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from privaudit.api import InputError, MembershipAttack, store_params
-from privaudit.denoiser import signal_noise
+from privaudit.denoiser import cond_map, signal_noise
 from privaudit.plugins.attacks._common import randn
 
 VARIANTS = ("gsa1", "gsa2")
@@ -97,7 +97,7 @@ class GSAAttack(MembershipAttack):
 
         def loss(p, x, e, t, a, s, c):  # x (C, H, W); e (k, C, H, W): the mean loss over k timesteps
             x_t = a * x + s * e
-            args = (x_t, t) if c is None else (x_t, t, c.expand(len(x_t), *c.shape))
+            args = (x_t, t) if c is None else (x_t, t, cond_map(lambda e: e.expand(len(x_t), *e.shape), c))
             return (functional_call(module, (p, buffers), args) - e).pow(2).mean()  # white_box returns eps
 
         def norms(g) -> torch.Tensor:
@@ -118,7 +118,7 @@ class GSAAttack(MembershipAttack):
             with torch.enable_grad(), warnings.catch_warnings():
                 # vmap falls back to a per-sample loop for attention on CPU; correct, just says so
                 warnings.filterwarnings("ignore", message="There is a performance drop")
-                inputs = (x0, eps) if cond is None else (x0, eps, cond.to(x0.device))
+                inputs = (x0, eps) if cond is None else (x0, eps, cond_map(lambda e: e.to(x0.device), cond))
                 out = vmap(per_image, in_dims=(0,) * len(inputs), chunk_size=chunk)(*inputs)
         finally:
             module.train(was_training)
@@ -145,7 +145,8 @@ class GSAAttack(MembershipAttack):
         feats = []
         for x in (members, holdout):
             cond = denoiser.conditioning(len(x))  # per set, before chunking: it is bound by set size
-            feats += [self.features(denoiser, x[i:i + bs], generator=gen, cond=None if cond is None else cond[i:i + bs])
+            feats += [self.features(denoiser, x[i:i + bs], generator=gen,
+                                    cond=None if cond is None else cond_map(lambda e, i=i: e[i:i + bs], cond))
                       for i in range(0, len(x), bs)]
         X = self._log(np.concatenate(feats))
         y = np.r_[np.ones(len(members)), np.zeros(len(holdout))]

@@ -54,7 +54,7 @@ from privaudit.api import (
 def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps: int, guidance_scale: float,
                             n_seeds: int, seed: int, batch_size: int = 256) -> np.ndarray:
     """Per prompt, ||eps(x_t, prompt) - eps(x_t, "")|| over the first ``n_steps`` of ``steps`` DDIM steps."""
-    from privaudit.denoiser import denoise, sampling_scheduler
+    from privaudit.denoiser import cond_tile, denoise, sampling_scheduler
     from privaudit.latent import latent_of
 
     lat = latent_of(denoiser)
@@ -68,7 +68,7 @@ def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps
         chunk = prompts[s:s + per_chunk]
         z = noise.repeat(len(chunk), 1, 1, 1).to(denoiser.device)
         cond = lat.prompt_embeddings([p for p in chunk for _ in range(n_seeds)])
-        empty = lat.prompt_embeddings([""]).expand(len(z), -1, -1)
+        empty = cond_tile(lat.prompt_embeddings([""]), len(z))
         total = torch.zeros(len(z), device=denoiser.device)
 
         def add(t, eu, ec, total=total):

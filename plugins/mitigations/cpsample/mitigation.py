@@ -180,7 +180,7 @@ class CPSample(Mitigation):
             cached = True
         else:
             torch.manual_seed(seed)
-            guard = guard_for(ctx.pipeline.unet.config, block_out_channels=tuple(self.block_out_channels),
+            guard = guard_for(_network(ctx.pipeline).config, block_out_channels=tuple(self.block_out_channels),
                               layers_per_block=self.layers_per_block, num_train_timesteps=len(ctx.denoiser.alphas_cumprod),
                               lipschitz=self.lipschitz).to(ctx.device)
             # latent models (privaudit.latent): the guard learns the members' VAE latents
@@ -225,8 +225,8 @@ class CPSample(Mitigation):
         from privaudit.target import load_target
 
         self.validate()
-        unet, scheduler = getattr(ctx.pipeline, "unet", None), getattr(ctx.pipeline, "scheduler", None)
-        text = latent_of(ctx.denoiser) is not None and type(unet).__name__ == "UNet2DConditionModel"
+        unet, scheduler = _network(ctx.pipeline), getattr(ctx.pipeline, "scheduler", None)
+        text = latent_of(ctx.denoiser) is not None
         if unet is None or (type(unet).__name__ != "UNet2DModel" and not text):
             raise InputError(f"{ctx.model_dir}: cpsample protects UNet2DModel and text-to-image latent pipelines; "
                              f"this one's denoiser is {type(unet).__name__}")
@@ -330,7 +330,7 @@ class CPSample(Mitigation):
         conf_h = _per_image_confidence(guard, space(ctx.holdout), acp, seed)
         oracle = float(roc_auc_score(np.r_[np.ones(len(conf_m)), np.zeros(len(conf_h))], np.r_[conf_m, conf_h]))
         n_guard = sum(p.numel() for p in guard.parameters())
-        n_unet = sum(p.numel() for p in ctx.pipeline.unet.parameters())
+        n_unet = sum(p.numel() for p in _network(ctx.pipeline).parameters())
         return {
             "recipe": self.recipe(),
             "architecture": f"time-conditioned CNN, channels {tuple(self.block_out_channels)}, "
@@ -380,6 +380,12 @@ class CPSample(Mitigation):
                                        params={"alpha": a, "scale": s}, denoiser=v, probe=_confidence_probe(v),
                                        description="placebo guard (random labels on holdout) at this setting"))
         return out
+
+
+def _network(pipe):
+    """The pipeline's denoising network: its ``unet`` or (DiT, PixArt, SD3) its ``transformer``."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)
 
 
 def check_alpha(alpha: float, name: str) -> None:

@@ -31,42 +31,53 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from privaudit.denoiser import ProvidesDenoiser, denoise
+from privaudit.denoiser import ProvidesDenoiser, cond_tile, denoise, sampling_scheduler
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.pipeline import finish_output, register_with_diffusers
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
+# every latent family's components (privaudit.families); those a family lacks are None
+COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+              "tokenizer_3")
+
 
 class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
-    """Text-to-image generation with CPSample guidance in latent space.
+    """Conditional latent generation (text prompts, or class labels for DiT) with CPSample guidance.
 
-    Parameters: ``vae`` (``AutoencoderKL``), ``text_encoder`` (``CLIPTextModel``), ``tokenizer``
-    (``CLIPTokenizer``), ``unet`` (``UNet2DConditionModel``), ``scheduler``, ``guard``
-    (``GuardClassifier`` on latents), ``alpha`` (gate), ``scale`` (guidance scale s).
+    Parameters: ``vae`` (``AutoencoderKL``), ``scheduler``, ``guard`` (``GuardClassifier`` on latents),
+    the raw model's own network and encoders (``unet`` or ``transformer``, ``text_encoder``,
+    ``tokenizer``, ... as its family has them; the others None), ``alpha`` (gate), ``scale``
+    (guidance scale s) and, for DiT, ``labels`` (class name -> id).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = list(COMPONENTS)
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, guard, alpha: float = 0.25, scale: float = 30.0):
+    def __init__(self, vae, scheduler, guard, unet=None, text_encoder=None, tokenizer=None, transformer=None,
+                 text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None, alpha: float = 0.25,
+                 scale: float = 30.0, labels: dict | None = None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              guard=guard)
-        self.register_to_config(alpha=float(alpha), scale=float(scale))
+                              guard=guard, transformer=transformer, text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+        self.register_to_config(alpha=float(alpha), scale=float(scale), labels=dict(labels or {}))
+        self.labels = dict(labels or {})
 
     @classmethod
     def from_text_pipeline(cls, pipe, *, guard, alpha: float, scale: float) -> "CPSampleTextPipeline":
-        """Protect a loaded ``StableDiffusionPipeline``-style pipeline with a trained latent guard."""
-        return cls(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
-                   scheduler=pipe.scheduler, guard=guard, alpha=alpha, scale=scale)
+        """Protect a loaded latent pipeline (Stable Diffusion, SDXL, DiT, PixArt, SD3) with a trained latent guard."""
+        parts = {c: getattr(pipe, c, None) for c in COMPONENTS}
+        return cls(vae=pipe.vae, scheduler=pipe.scheduler, guard=guard, alpha=alpha, scale=scale,
+                   labels=getattr(pipe, "labels", None), **parts)
 
     def as_denoiser(self, *, device: torch.device | str | None = None, alpha: float | None = None,
                     scale: float | None = None) -> ProtectedDenoiser:
         """The protected latent noise prediction as a privaudit ``Denoiser`` (what ``privaudit scan`` audits)."""
-        from privaudit.latent import LatentTextDenoiser
+        from privaudit.target import ADAPTERS
 
         dev = torch.device(device) if device is not None else self._execution_device
-        base = LatentTextDenoiser(unet=self.unet, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                  scheduler=self.scheduler, device=dev)
+        net = self.unet if self.unet is not None else self.transformer
+        base = ADAPTERS[type(net).__name__](self, net, self.scheduler, dev, "protected pipeline")
         return ProtectedDenoiser(base=base, guard=self.guard, alpha=self.config.alpha if alpha is None else alpha,
                                  scale=self.config.scale if scale is None else scale)
 
@@ -85,16 +96,20 @@ class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         rows = [p for p in prompts for _ in range(num_images_per_prompt)]
         cond = lat.prompt_embeddings(rows)
-        empty = lat.prompt_embeddings([""]).expand(len(rows), -1, -1)
+        empty = cond_tile(lat.prompt_embeddings([""]), len(rows))
         shape = (len(rows), *lat.sample_shape)
-        latents = randn_tensor(shape, generator=generator, device=den.device, dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps, device=den.device)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        if "eta" in inspect.signature(self.scheduler.step).parameters:
+        latents = randn_tensor(shape, generator=generator, device=den.device, dtype=torch.float32)
+        if lat.flow:  # flow matching: DDIM in the model's VP-equivalent view is its Euler sampler (privaudit.flow)
+            sched = sampling_scheduler(lat, "ddim", num_inference_steps)
+        else:
+            sched = self.scheduler
+            sched.set_timesteps(num_inference_steps, device=den.device)
+        latents = latents * sched.init_noise_sigma
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
+        if "eta" in inspect.signature(sched.step).parameters:
             step_kwargs["eta"] = eta
-        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
-            latents = denoise(den, latents, scheduler=self.scheduler, cond=cond, uncond=empty,
+        with self.progress_bar(total=len(sched.timesteps)) as bar:
+            latents = denoise(den, latents, scheduler=sched, cond=cond, uncond=empty,
                               guidance_scale=guidance_scale, step_kwargs=step_kwargs, on_step=lambda _: bar.update())
         image = latents if output_type == "latent" else (lat.decode(latents) / 2 + 0.5).clamp(0, 1)
         return finish_output(self, image, output_type=output_type, return_dict=return_dict)
