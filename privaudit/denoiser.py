@@ -237,6 +237,11 @@ class Denoiser:
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
+    def scales(self, t: int) -> tuple[float, float]:
+        """(a_t, s_t) of the noise convention x_t = a_t x0 + s_t eps at timestep ``t``, as host floats."""
+        a, s = signal_noise(self.alphas_cumprod, int(t), self.alphas_cumprod)
+        return float(a), float(s)
+
     def native(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """A noise prediction converted to the network's own output type (for its scheduler's ``step``)."""
         if self.prediction_type == "epsilon":

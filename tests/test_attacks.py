@@ -8,9 +8,10 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 import torch
-
 from conftest import ALL_ATTACKS, plugin
+
 from privaudit.data import ImageSet
+from privaudit.denoiser import Denoiser
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError
 from privaudit.oracles import EmpiricalOracle, GaussianOracle
@@ -27,7 +28,7 @@ CLASSES = {c.name: c for c in (LossAttack, SecMIAttack, PIAAttack, PIANAttack, S
 GRAY_BOX = tuple(n for n in ALL_ATTACKS if n != "gsa")
 
 
-class ToyDenoiser:
+class ToyDenoiser(Denoiser):
     """eps(x, t) = c_t x with c_t = 0.5 + t / 2000: a known function; records every call."""
 
     white_box = None

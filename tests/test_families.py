@@ -115,6 +115,16 @@ def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
         assert torch.allclose(scores[0].double(), scores[1].double(), rtol=1e-4, atol=1e-6), name
     a, b = sample(vp, n=4, steps=10, seed=3), sample(flow, n=4, steps=10, seed=3)
     assert torch.allclose(a, b, atol=1e-3)
+    # CPSample's guidance is added in eps: the same guard steers both views to the same samples
+    from privaudit.plugins.mitigations.cpsample.guard import guard_for
+    from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+
+    torch.manual_seed(0)
+    guard = guard_for(SimpleNamespace(sample_size=8, in_channels=1), block_out_channels=(8, 8))
+    pa = ProtectedDenoiser(base=vp, guard=guard, alpha=0.5, scale=30.0)
+    pb = ProtectedDenoiser(base=flow, guard=guard, alpha=0.5, scale=30.0)
+    ga, gb = sample(pa, n=4, steps=10, seed=3), sample(pb, n=4, steps=10, seed=3)
+    assert not torch.allclose(ga, a, atol=1e-2) and torch.allclose(ga, gb, atol=1e-3)
 
 
 def _as_prediction(src: Path, dst: Path, kind: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
 import numpy as np
@@ -20,11 +19,6 @@ def randn(shape, *, generator: torch.Generator, device) -> torch.Tensor:
 def calibration_auc(member_scores: torch.Tensor, holdout_scores: torch.Tensor) -> float:
     m, h = member_scores.detach().cpu().numpy(), holdout_scores.detach().cpu().numpy()
     return float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(h))], np.r_[m, h]))
-
-
-def alpha_bar(denoiser, t: int) -> float:
-    """abar_t as a Python float: scalars stay on the host, so no GPU transfer stalls the stream."""
-    return float(denoiser.alphas_cumprod[int(t)])
 
 
 def timesteps_like(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -45,14 +39,14 @@ def noise_to(denoiser, x0: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Ten
 def ddim_step(denoiser, x: torch.Tensor, eps: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) move of ``x`` from ``t_from`` to ``t_to`` given the noise ``eps``.
 
-    x0_hat = (x - sqrt(1 - abar_from) eps) / sqrt(abar_from);
-    x_to   = sqrt(abar_to) x0_hat + sqrt(1 - abar_to) eps.
-    Forward in time (t_to > t_from) this is DDIM inversion, backward it is DDIM denoising.
+    x0_hat = (x - s_from eps) / a_from;  x_to = a_to x0_hat + s_to eps  (the model layer's scales a_t, s_t).
+    Forward in time (t_to > t_from) this is DDIM inversion, backward it is DDIM denoising; for a flow
+    model (seen in its VP-equivalent view) it is the Euler step.
     """
-    a_from, a_to = alpha_bar(denoiser, t_from), alpha_bar(denoiser, t_to)
+    (a_from, s_from), (a_to, s_to) = denoiser.scales(t_from), denoiser.scales(t_to)
     # the same, folded into x_to = c_x x + c_eps eps (two kernels instead of six)
-    c_x = math.sqrt(a_to / a_from)
-    c_eps = math.sqrt(1 - a_to) - c_x * math.sqrt(1 - a_from)
+    c_x = a_to / a_from
+    c_eps = s_to - c_x * s_from
     return torch.add(c_x * x, eps, alpha=c_eps)
 
 
