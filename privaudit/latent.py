@@ -1,12 +1,17 @@
-"""Latent, text-conditional models (Stable Diffusion class) as Denoisers, and conditioned views.
+"""Latent, conditional models (Stable Diffusion class and the families built on it) as Denoisers,
+and conditioned views.
 
 ``LatentTextDenoiser`` adapts a ``StableDiffusionPipeline``-style pipeline
-(``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder and tokenizer + scheduler):
+(``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder and tokenizer + scheduler),
+and is the base of SDXL, DiT, PixArt and SD3 (``privaudit.families``):
 
-- ``eps(z_t, t, cond)`` is the UNet's noise prediction in latent space; ``cond`` is
-  ``None`` or ``""`` (the empty prompt), a prompt, a list of prompts, or prompt embeddings
-  (B, L, D). Conditioning for B rows is tiled to a batch of k * B rows in block order
-  (``repeat``), which is how attacks stack k noise draws of a batch (``x0.repeat(k, ...)``).
+- ``eps(z_t, t, cond)`` is the network's noise prediction in latent space (converted from its
+  prediction type; flow-matching families in their VP-equivalent view, ``privaudit.flow``);
+  ``cond`` is ``None`` or ``""`` (the empty prompt), a prompt, a list of prompts, or
+  conditioning rows: prompt embeddings (B, L, D), or a dict of such per-row tensors for
+  families with several inputs (pooled embeddings, masks, size ids, class labels).
+  Conditioning for B rows is tiled to a batch of k * B rows in block order (``repeat``),
+  which is how attacks stack k noise draws of a batch (``x0.repeat(k, ...)``).
 - ``sample_shape`` is the latent shape, ``image_shape`` the pixel shape;
   ``encode(x)`` maps images in [-1, 1] to scaled latents (the VAE posterior mode times
   ``scaling_factor``, deterministic), ``decode(z)`` maps back.
@@ -22,7 +27,7 @@ White-box attacks see the view's ``white_box(x_t, t, cond)``: the UNet with the 
 prompt embeddings, which ``conditioning(n)`` gives for a batch of n rows (GSA vmaps
 per-sample gradients over images and their captions); without ``cond``, the empty prompt.
 
-Wrappers such as a CPSample ``ProtectedDenoiser`` keep the latent model as ``.base``;
+Wrappers such as a CPSample ``ProtectedDenoiser`` return the latent model from ``inner()``;
 ``latent_of`` finds it, so encoding, decoding and prompt embedding work through them while
 ``eps`` goes through the wrapper (guidance included).
 """
