@@ -73,7 +73,8 @@ def test_mitigate_writes_runs_and_comparison(mitigation_run):
     assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     saved = json.loads((out / "results.json").read_text())
     assert saved["kind"] == "mitigation" and saved["method"] == "cpsample"
-    assert {"before", "after", "controls", "sweep", "guard", "limits", "manifest", "params"} <= set(saved)
+    assert {"before", "after", "controls", "sweep", "details", "limits", "manifest", "params"} <= set(saved)
+    assert saved["details_title"] == "Guard classifier"  # the mitigation names what it trained; core does not
     names = [c["name"] for c in r["controls"]]
     assert names == ["no mitigation", "cpsample", "placebo guard", "rejection sampling"]
     for c in r["controls"]:
@@ -93,7 +94,7 @@ def test_protection_reduces_copies_and_reports_guard(mitigation_run):
     by = {c["name"]: c["metrics"] for c in r["controls"]}
     assert by["no mitigation"]["copy_fraction"] >= 0.5
     assert by["cpsample"]["copy_fraction"] < by["no mitigation"]["copy_fraction"] - 0.2
-    g = r["guard"]
+    g = r["details"]
     assert g["reached_target"] and g["fit_accuracy"] >= 0.97
     assert g["train_accuracy_by_band"]["t0-99"] >= 0.95
     # member-specific: far more confident on members than on unseen images at low noise
@@ -191,7 +192,7 @@ def test_protected_denoiser_contract(protected, digits_denoiser):
 
     den, _, _ = protected
     assert isinstance(den, Denoiser)
-    assert den.white_box is den.base.unet  # a white-box attacker sees the raw UNet: the stated limit
+    assert den.white_box.net is den.base.unet  # a white-box attacker sees the raw UNet: the stated limit
     assert den.fingerprint != den.with_params(scale=31.0).fingerprint != den.with_params(alpha=0.2).fingerprint
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.full((16,), 40)

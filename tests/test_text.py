@@ -97,7 +97,7 @@ def test_captions_from_metadata_csv_subset_and_errors(tmp_path):
     (tmp_path / "metadata.csv").write_text("file_name,text\nim0.png,zero\nim1.png,one\n")
     with pytest.raises(InputError, match="im2.png: no caption"):
         load_images(tmp_path, name="members")
-    (tmp_path / "metadata.csv").write_text("file_name,label\nim0.png,0\n")
+    (tmp_path / "metadata.csv").write_text("file_name,class\nim0.png,0\n")
     with pytest.raises(InputError, match="needs a file_name column and one of text"):
         load_images(tmp_path, name="members")
     (tmp_path / "metadata.csv").unlink()
