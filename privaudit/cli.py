@@ -94,7 +94,9 @@ def _exit_for(results: dict, fail_on: str) -> int:
             if p["status"] == "error":
                 print(f"privaudit: plugin {p['name']} failed: {p['reason']}", file=sys.stderr)
         return EXIT_RUNTIME
-    if fail_on != "never" and SEVERITIES.index(results["verdict"]["level"]) >= SEVERITIES.index(fail_on):
+    from privaudit.verdict import fails
+
+    if fails(results["verdict"]["level"], fail_on):
         return EXIT_FINDINGS
     return EXIT_OK
 

@@ -33,7 +33,8 @@ from privaudit.metrics import calibration_split, membership_metrics, roc_points,
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
 from privaudit.target import ModelInfo, load_target
-from privaudit.verdict import RULES_TEXT, membership_severity, replication_severity, worst
+from privaudit.verdict import (RULES_TEXT, Inconclusive, membership_severity, metrics_problem, overall,
+                               replication_severity)
 
 
 def default_cache_dir() -> Path:
@@ -93,6 +94,9 @@ class AuditContext:
         draw = getattr(self.denoiser, "draw_samples", None) or (lambda **kw: sample(self.denoiser, **kw))
         x = draw(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=self.settings.batch_size * 2,
                  progress=self.progress)
+        if not torch.isfinite(x).all():  # never cache or measure broken samples: distances would be inf/NaN
+            raise Inconclusive(f"the model generated {int((~torch.isfinite(x)).flatten(1).any(1).sum())} of {n} "
+                               "samples with NaN or infinite pixels")
         self.sample_seconds[key] = time.perf_counter() - start
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -147,8 +151,13 @@ def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageS
     attack.fit(fit_den, members=fit_m, holdout=fit_h, seed=s.seed)
     sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members", prompt=s.prompt)
     sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout", prompt=s.prompt)
+    bad = int((~np.isfinite(sm)).sum() + (~np.isfinite(sh)).sum())
+    if bad:
+        raise Inconclusive(f"{bad} of {len(sm) + len(sh)} membership scores are NaN or infinite")
     threshold = threshold_at_balanced(np.r_[np.ones(len(cal_m)), np.zeros(len(cal_h))], np.r_[sm[cal_m], sh[cal_h]])
     metrics = membership_metrics(sm[ev_m], sh[ev_h], threshold=threshold, n_boot=s.n_boot, seed=s.seed)
+    if problem := metrics_problem(metrics):
+        raise Inconclusive(problem)
     scores[attack.name] = np.r_[sm, sh]
     severity, rules = membership_severity(metrics)
     auc, tpr = metrics["auc"], metrics["tpr_at_fpr_0.01"]
@@ -194,6 +203,10 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     ctx = AuditContext(denoiser=denoiser, members=members, holdout=holdout, registry=registry,
                        settings=settings, reference=reference)
     checks = run_checks(members, holdout, seed=settings.seed)
+    dups = next((c for c in checks if c.name == "exact_duplicates"), None)
+    if dups is not None and dups.details["count"] >= len(holdout):  # nothing left to compare members against
+        raise InputError(f"{holdout.source}: every holdout image is also a member ({members.source}); "
+                         "the holdout must hold images the model never saw")
     scores = pd.DataFrame({"image_id": list(members.ids) + list(holdout.ids),
                            "set": ["member"] * len(members) + ["holdout"] * len(holdout)})
     cal_m, _ = calibration_split(len(members), fraction=settings.calibration_fraction, seed=settings.seed)
@@ -218,6 +231,8 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                                  settings=settings, scores=scores)
             else:
                 out = plugin.detect(ctx)
+                if problem := metrics_problem(out.metrics):
+                    raise Inconclusive(problem)
                 severity, rules = replication_severity(
                     out.metrics, false_positive_rate=float(out.details.get("false_positive_rate", 0.0)))
                 if out.details.get("severity_from") == "membership":  # e.g. memorised-prompt detection (AUC)
@@ -228,6 +243,9 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                     tables[plugin.name] = out.table
         except (InputError, PluginError):
             raise
+        except Inconclusive as e:  # unusable evidence: this plugin cannot say "low"
+            res = _result(plugin, "ok", severity="info", finding=f"{plugin.name} could not judge this model: {e}",
+                          details={"inconclusive": str(e)})
         except Exception as e:  # one broken plugin must not lose the others' results
             res = _result(plugin, "error", reason=f"{e.__class__.__name__}: {e}",
                           details={"traceback": traceback.format_exc(limit=8)})
@@ -240,8 +258,9 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
 
 def verdict(results: list[PluginResult], checks) -> dict:
     ok = [r for r in results if r.status == "ok"]
-    level = worst(r.severity for r in ok) if ok else "info"
-    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])]
+    unusable = [f"{r.name}: {r.details['inconclusive']}" for r in ok if r.details.get("inconclusive")]
+    level = overall([r.severity for r in ok], unusable) if ok else "info"
+    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])] + unusable
     warnings = [c.message for c in checks if not c.ok]
     return {"level": level, "reasons": reasons, "warnings": warnings, "rules": RULES_TEXT}
 
@@ -287,7 +306,15 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
     return out
 
 
+def check_distinct_sets(members: str | Path, holdout: str | Path) -> None:
+    """Members and holdout given as the same path would make every attack look like chance."""
+    if Path(members).exists() and Path(members).resolve() == Path(holdout).resolve():
+        raise InputError(f"{holdout}: --holdout is the same as --members; the holdout must hold images "
+                         "the model never saw")
+
+
 def load_data(members: str | Path, holdout: str | Path, *, shape: tuple[int, int, int]) -> tuple[ImageSet, ImageSet]:
+    check_distinct_sets(members, holdout)
     c, h, w = shape
     m = load_images(members, name="members", channels=c, size=(h, w))
     ho = load_images(holdout, name="holdout", channels=c, size=(h, w))

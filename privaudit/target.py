@@ -90,6 +90,18 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
     return pipe.to(device)
 
 
+def check_finite_weights(pipe, *, model_dir: Path) -> None:
+    """NaN/inf weights make every score and distance NaN/inf, which must never read as "no leakage"."""
+    for name, component in getattr(pipe, "components", {}).items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for pname, t in component.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                files = [p for p in weight_files(model_dir / name)] if (model_dir / name).is_dir() else []
+                where = files[0] if len(files) == 1 else model_dir / name
+                raise InputError(f"{where}: weights contain NaN or infinite values (tensor {pname})")
+
+
 def _quiet_transformers(model_dir: Path) -> None:
     """Text-conditional pipelines load transformers components: it must be installed; its notices are muted."""
     try:
@@ -125,6 +137,7 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle)
+    check_finite_weights(pipe, model_dir=model_dir)
     den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
     from privaudit.latent import image_shape_of, latent_of
 
