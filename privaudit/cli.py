@@ -285,7 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def raise_on_signals() -> None:
+    """SIGTERM/SIGHUP raise KeyboardInterrupt like Ctrl-C, so every ``finally`` and cleanup runs
+    (temporary run and fixture folders are removed, locks released)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command (not a caller embedding main, e.g. a test session)
+        raise_on_signals()
     parser = build_parser()
     try:
         a = parser.parse_args(argv)

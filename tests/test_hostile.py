@@ -1,0 +1,218 @@
+"""Hostile and broken inputs, built here: user files are never lost, broken evidence never reads "low"."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from privaudit.cli import main
+from privaudit.data import load_images
+from privaudit.fixtures import build_fixture, digits
+
+
+def _one_line_usage_error(code: int, capsys, *needles) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("privaudit: error: "), err
+    for n in needles:
+        assert str(n) in err, err
+    return err
+
+
+def _scan(model, members, holdout, out, *extra) -> int:
+    return main(["scan", str(model), "--members", str(members), "--holdout", str(holdout), "--out", str(out),
+                 "--device", "cpu", "--quiet", "--bootstrap", "20", "--detectors", "", *map(str, extra)])
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+def test_fixture_never_deletes_user_files(tmp_path, capsys):
+    (tmp_path / "u" / "thesis").mkdir(parents=True)
+    (tmp_path / "u" / "thesis" / "c1.txt").write_text("x")
+    _one_line_usage_error(main(["fixture", "digits", "--out", str(tmp_path / "u"), "--quiet"]), capsys,
+                          tmp_path / "u", "not a complete digits fixture")
+    assert (tmp_path / "u" / "thesis" / "c1.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u"]  # no lock or partial beside it
+
+
+def test_fixture_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("keep")
+    _one_line_usage_error(main(["fixture", "digits", "--out", str(tmp_path / "f"), "--quiet"]), capsys, tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "keep"
+
+
+def test_fixture_reuses_the_same_complete_fixture(digits_target, monkeypatch, capsys):
+    monkeypatch.setattr(digits, "train_ddpm", lambda *a, **k: pytest.fail("retrained a complete fixture"))
+    before = (digits_target / "fixture.json").stat().st_mtime_ns
+    assert main(["fixture", "digits", "--out", str(digits_target), "--quiet"]) == 0
+    assert (digits_target / "fixture.json").stat().st_mtime_ns == before
+
+
+def test_fixture_is_copied_from_the_cached_target(digits_target, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    (cache / "fixtures").mkdir(parents=True)
+    (cache / "fixtures" / "digits").symlink_to(digits_target, target_is_directory=True)
+    monkeypatch.setenv("PRIVAUDIT_CACHE", str(cache))
+    monkeypatch.setattr(digits, "train_ddpm", lambda *a, **k: pytest.fail("retrained a cached fixture"))
+    out = digits.build(out=tmp_path / "new", progress=False)
+    assert json.loads((out / "fixture.json").read_text()) == json.loads((digits_target / "fixture.json").read_text())
+    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".new.lock", "cache", "new"])
+
+
+META = {"fixture": "toy", "version": 1, "config": {"n": 1}}
+
+
+def test_stale_partial_is_replaced_and_a_stale_build_of_ours_is_upgraded(tmp_path):
+    stale = tmp_path / ".toy.abc.partial"
+    stale.mkdir()
+    (stale / "junk").write_text("half")
+    make = lambda tmp: (tmp / "data.txt").write_text("v1") and {}
+    out = build_fixture(tmp_path / "toy", meta=META, entries=frozenset({"data.txt", "fixture.json"}), make=make)
+    assert (out / "data.txt").read_text() == "v1" and not stale.exists()
+    # an older version of the same fixture, holding nothing else, is replaced
+    newer = {**META, "version": 2}
+    build_fixture(out, meta=newer, entries=frozenset({"data.txt", "fixture.json"}), make=make)
+    assert json.loads((out / "fixture.json").read_text())["version"] == 2
+    # ... but not once a user has put a file in it
+    (out / "notes.txt").write_text("mine")
+    from privaudit.errors import InputError
+
+    with pytest.raises(InputError, match="notes.txt"):
+        build_fixture(out, meta={**META, "version": 3}, entries=frozenset({"data.txt", "fixture.json"}), make=make)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_killed_fixture_build_leaves_no_temporaries(tmp_path):
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from privaudit.cli import raise_on_signals; raise_on_signals()\n"
+        "from privaudit.fixtures import build_fixture\n"
+        "def make(tmp):\n"
+        "    (tmp / 'data.txt').write_text('x'); print('building', flush=True); time.sleep(60)\n"
+        f"build_fixture(Path({str(tmp_path / 'toy')!r}), meta={META!r}, entries=frozenset(), make=make)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "building"
+    assert list(tmp_path.glob(".toy.*.partial"))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.partial"))
+    assert not (tmp_path / "toy").exists() and not (tmp_path / "toy.lock").exists()
+
+
+# ------------------------------------------------------------------------------ broken evidence
+
+def test_nan_weights_are_an_input_error_naming_the_file(digits_target, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(digits_target / "model", model)
+    wfile = model / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(wfile)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone().fill_(float("nan"))
+    save_file(state, wfile)
+    out = tmp_path / "out"
+    _one_line_usage_error(_scan(model, digits_target / "members", digits_target / "holdout", out, "--fail-on", "medium"),
+                          capsys, wfile, "NaN")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_float_arrays_are_refused(digits_target, tmp_path, capsys, bad):
+    arr = np.full((16, 8, 8), 0.5, dtype=np.float32)
+    arr[3, 2, 2] = bad
+    np.save(tmp_path / "m.npy", arr)
+    out = tmp_path / "out"
+    _one_line_usage_error(_scan(digits_target / "model", tmp_path / "m.npy", digits_target / "holdout", out),
+                          capsys, tmp_path / "m.npy", "NaN or infinite")
+    assert not out.exists()
+
+
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
+    (tmp_path / "s").mkdir()
+    Image.fromarray(np.full((8, 8), 12336, np.uint16)).save(tmp_path / "s" / "a.png")  # mode I;16
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "s" / "b.png")
+    with Image.open(tmp_path / "s" / "a.png") as im:
+        assert im.mode.startswith("I")
+    x = load_images(tmp_path / "s", name="members").uint8()
+    assert x[0].max() == 48 and x[0].min() == 48
+    assert x[1].max() == 255
+
+
+def test_out_of_range_32_bit_image_is_refused():
+    from privaudit.data import _pil_to_array
+    from privaudit.errors import InputError
+
+    assert _pil_to_array(Image.fromarray(np.full((8, 8), 12336, np.int32)), source="a.png", channels=1).max() == 48
+    with pytest.raises(InputError, match="70000"):
+        _pil_to_array(Image.fromarray(np.full((8, 8), 70000, np.int32)), source="a.png", channels=1)
+
+
+def test_members_and_holdout_the_same_folder(digits_target, tmp_path, capsys):
+    out = tmp_path / "out"
+    _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", digits_target / "members", out),
+                          capsys, "same as --members")
+    assert not out.exists()
+
+
+def test_holdout_with_identical_content(digits_target, tmp_path, capsys):
+    shutil.copytree(digits_target / "members", tmp_path / "copy")
+    out = tmp_path / "out"
+    _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", tmp_path / "copy", out),
+                          capsys, tmp_path / "copy", "every holdout image is also a member")
+    assert not out.exists()
+
+
+NAN_ATTACK = '''
+import torch
+from privaudit.plugin import MembershipAttack
+
+
+class NanAttack(MembershipAttack):
+    """Scores every image NaN (a broken attack)."""
+
+    name = "nanattack"
+    id = "test.nanattack"
+
+    def score(self, denoiser, x0, *, generator):
+        return torch.full((len(x0),), float("nan"))
+'''
+
+
+def test_unusable_evidence_is_inconclusive_and_fails(digits_target, tmp_path, capsys):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "nan_attack.py").write_text(NAN_ATTACK)
+    out = tmp_path / "out"
+    code = main(["scan", str(digits_target / "model"), "--members", str(digits_target / "members"),
+                 "--holdout", str(digits_target / "holdout"), "--out", str(out), "--device", "cpu", "--quiet",
+                 "--bootstrap", "20", "--detectors", "", "--attacks", "nanattack",
+                 "--plugins-dir", str(tmp_path / "plugins"), "--fail-on", "critical"])
+    assert code == 1, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["verdict"]["level"] == "inconclusive"
+    assert any("NaN or infinite" in r for r in results["verdict"]["reasons"])
+    html = (out / "report.html").read_text()
+    assert "Inconclusive: the tests could not judge this model" in html and "nanattack could not judge" in html
+
+
+def test_inconclusive_rules():
+    from privaudit.verdict import fails, overall
+
+    assert overall(["low", "info"], ["x: NaN"]) == "inconclusive"
+    assert overall(["high", "low"], ["x: NaN"]) == "high"  # real evidence of leakage stands
+    assert overall(["low"], []) == "low"
+    assert all(fails("inconclusive", f) for f in ("low", "medium", "high", "critical"))
+    assert not fails("inconclusive", "never")
