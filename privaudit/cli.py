@@ -211,6 +211,7 @@ def _mitigation_summary(results: dict, out: Path) -> None:
 
 def cmd_mitigate(a: argparse.Namespace) -> int:
     from privaudit.mitigate import mitigate
+    from privaudit.runner import run_folder
 
     settings = _settings(a)
     params = dict(settings.plugin_params.get(a.method, {}))  # --param METHOD.key=value
@@ -219,9 +220,10 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
     if a.scale is not None:
         params["scale"] = a.scale
     out = a.out or _default_out("mitigate")
-    results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
-                       params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,
-                       allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact)
+    with run_folder(out):  # checked and locked before any work
+        results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
+                           params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,
+                           allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact)
     _mitigation_summary(results, Path(out))
     return _exit_for(results["after"], a.fail_on)
 

@@ -6,16 +6,20 @@ results; ``scan`` wraps it with loading and writing, which is what ``privaudit s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -288,22 +292,89 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
     }
 
 
+# What a privaudit run folder holds at its top level: an existing folder is replaced only when
+# it holds a previous run and nothing else (a user's own files are never deleted).
+RUN_ENTRIES = ("results.json", "report.html", "*.csv", "before", "after", "guard", "protected")
+
+
+def _is_replaceable_run(out: Path) -> bool:
+    names = [p.name for p in out.iterdir()]
+    return not names or ("results.json" in names and all(any(Path(n).match(g) for g in RUN_ENTRIES) for n in names))
+
+
+def check_out(out: str | Path) -> Path:
+    """``--out`` must be a folder we may write: fails (exit 2) before any work, naming the path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out exists and is a file, not a folder")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: is a file; --out {out} cannot be created under it")
+    if out.is_dir() and not _is_replaceable_run(out):
+        names = sorted(p.name for p in out.iterdir())
+        raise InputError(f"{out}: --out holds files that are not a privaudit run ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write the run folder here ({e.strerror or e.__class__.__name__})") from None
+    return out
+
+
+@contextmanager
+def run_folder(out: str | Path) -> Iterator[Path]:
+    """Check ``out`` and hold a lock on it for the whole run: a second run into it fails with exit 2."""
+    out = check_out(out)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{out}: another privaudit run is writing to this folder") from None
+        try:
+            yield out
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
 def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
-    """Write results.json, scores.csv, per-detector tables and report.html (each atomically)."""
+    """Write results.json, scores.csv, per-detector tables and report.html into a fresh hidden folder
+    beside ``out`` and publish it with one rename: ``out`` holds one whole run, never a mix of two."""
     from privaudit.reports import render_html
     from privaudit.reports.images import redact_images
 
-    out = Path(out)
+    out = check_out(out)
     body = {k: v for k, v in results.items() if k not in ("scores", "tables")}
     body["outputs"] = {"scores": "scores.csv", **{k: f"{k}.csv" for k in results.get("tables", {})}}
     html = render_html(body, baseline=baseline, redact=redact)  # render first: a failure writes nothing
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "scores.csv", results["scores"].to_csv(index=False))
-    for name, table in results.get("tables", {}).items():
-        write_text(out / f"{name}.csv", table.to_csv(index=False))
-    write_json(out / "results.json", redact_images(body, mode=redact))  # no more training images than the report
-    write_text(out / "report.html", html)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        write_text(stage / "scores.csv", results["scores"].to_csv(index=False))
+        for name, table in results.get("tables", {}).items():
+            write_text(stage / f"{name}.csv", table.to_csv(index=False))
+        write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
+        write_text(stage / "report.html", html)
+        _publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return out
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """``stage`` becomes ``out``; a previous run there (checked replaceable) is removed after the swap."""
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / "run")
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)  # rename(2) replaces an empty folder
 
 
 def check_distinct_sets(members: str | Path, holdout: str | Path) -> None:
@@ -327,6 +398,13 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
          plugins_dir: str | Path | None = None, reference: str | Path | None = None,
          argv: list[str] | None = None, redact: str = "thumbnails") -> dict:
     """``privaudit scan``: returns the results written to ``out``."""
+    with run_folder(out):
+        return _scan(model_dir=model_dir, members=members, holdout=holdout, out=out, settings=settings, device=device,
+                     allow_pickle=allow_pickle, plugins_dir=plugins_dir, reference=reference, argv=argv, redact=redact)
+
+
+def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, allow_pickle, plugins_dir, reference,
+          argv, redact) -> dict:
     start = time.perf_counter()
     registry = Registry.build(plugins_dir=plugins_dir)
     for n in settings.attacks:

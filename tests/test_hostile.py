@@ -216,3 +216,44 @@ def test_inconclusive_rules():
     assert overall(["low"], []) == "low"
     assert all(fails("inconclusive", f) for f in ("low", "medium", "high", "critical"))
     assert not fails("inconclusive", "never")
+
+
+# ------------------------------------------------------------------------------------- run folders
+
+def test_out_that_is_a_file_or_under_a_file_fails_before_work(digits_target, tmp_path, capsys, monkeypatch):
+    import privaudit.runner as runner
+
+    monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "f").write_text("keep")
+    for out in (tmp_path / "f", tmp_path / "f" / "run"):
+        _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out),
+                              capsys, tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "keep"
+
+
+def test_out_holding_user_files_is_refused(digits_target, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.txt").write_text("mine")
+    _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", digits_target / "holdout",
+                                tmp_path / "out"), capsys, "thesis.txt")
+    assert (tmp_path / "out" / "thesis.txt").read_text() == "mine"
+
+
+def test_rerun_replaces_the_whole_previous_run(digits_target, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("results.json", "scores.csv", "report.html", "nn.csv"):  # a previous run with a detector
+        (out / name).write_text("old")
+    assert _scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out,
+                 "--param", "loss.k=1") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json", "scores.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries or lock left
+
+
+def test_concurrent_run_into_the_same_folder_fails(digits_target, tmp_path, capsys):
+    from privaudit.runner import run_folder
+
+    out = tmp_path / "out"
+    with run_folder(out):
+        _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out),
+                              capsys, out, "another privaudit run")
