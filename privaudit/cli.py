@@ -136,9 +136,14 @@ def cmd_report(a: argparse.Namespace) -> int:
         if not f.exists():
             raise InputError(f"{run}: no results.json (not a privaudit run folder)")
         try:
-            return json.loads(f.read_text())
+            data = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"{f}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        except (RecursionError, UnicodeDecodeError) as e:
+            raise InputError(f"{f}: unreadable JSON ({e.__class__.__name__})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("plugins", []), list):
+            raise InputError(f"{f}: not a privaudit results file (expected an object with a plugins list)")
+        return data
 
     results = read(a.run_dir)
     baseline = read(a.baseline) if a.baseline else None

@@ -389,6 +389,9 @@ def load_data(members: str | Path, holdout: str | Path, *, shape: tuple[int, int
     c, h, w = shape
     m = load_images(members, name="members", channels=c, size=(h, w))
     ho = load_images(holdout, name="holdout", channels=c, size=(h, w))
+    for s in (m, ho):
+        if len(s) < 4:  # each set is split into calibration and evaluation halves
+            raise InputError(f"{s.source}: {s.name} holds {len(s)} image(s); at least 4 are needed")
     m.uint8([0]), ho.uint8([0])  # decode one image of each now: a bad file fails before any work
     return m, ho
 

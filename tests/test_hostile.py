@@ -257,3 +257,62 @@ def test_concurrent_run_into_the_same_folder_fails(digits_target, tmp_path, caps
     with run_folder(out):
         _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out),
                               capsys, out, "another privaudit run")
+
+
+# ------------------------------------------------------------- crashes that must be one-line input errors
+
+def test_decompression_bomb(digits_target, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # an 8x8 image is then over twice the limit
+    shutil.copytree(digits_target / "holdout", tmp_path / "h")
+    out = tmp_path / "out"
+    _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", tmp_path / "h", out), capsys,
+                          "DecompressionBombError")
+    assert not out.exists()
+
+
+def test_truncated_npz(digits_target, tmp_path, capsys):
+    np.savez_compressed(tmp_path / "m.npz", images=np.zeros((16, 8, 8), np.uint8))
+    data = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "m.npz").write_bytes(data[: len(data) // 2])
+    _one_line_usage_error(_scan(digits_target / "model", tmp_path / "m.npz", digits_target / "holdout",
+                                tmp_path / "out"), capsys, tmp_path / "m.npz", "unreadable array")
+
+
+def test_holdout_of_three_images(digits_target, tmp_path, capsys):
+    (tmp_path / "h").mkdir()
+    for f in sorted((digits_target / "holdout").glob("*.png"))[:3]:
+        shutil.copy(f, tmp_path / "h")
+    _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", tmp_path / "h",
+                                tmp_path / "out"), capsys, tmp_path / "h", "at least 4")
+
+
+@pytest.mark.parametrize("component,key,value,needle", [
+    ("scheduler/scheduler_config.json", "num_train_timesteps", -5, "num_train_timesteps"),
+    ("scheduler/scheduler_config.json", "num_train_timesteps", "abc", "num_train_timesteps"),
+    ("unet/config.json", "block_out_channels", [16, 10 ** 7], "block_out_channels"),
+    ("unet/config.json", "block_out_channels", [0, 32], "block_out_channels"),
+])
+def test_absurd_model_configs(digits_target, tmp_path, capsys, component, key, value, needle):
+    model = tmp_path / "model"
+    shutil.copytree(digits_target / "model", model)
+    cfg = json.loads((model / component).read_text())
+    cfg[key] = value
+    (model / component).write_text(json.dumps(cfg))
+    _one_line_usage_error(_scan(model, digits_target / "members", digits_target / "holdout", tmp_path / "out"),
+                          capsys, model / component, needle)
+
+
+def test_deeply_nested_results_json(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("[" * 100_000 + "]" * 100_000)
+    _one_line_usage_error(main(["report", str(tmp_path / "run")]), capsys, tmp_path / "run" / "results.json")
+    (tmp_path / "run" / "results.json").write_text("[1, 2]")
+    _one_line_usage_error(main(["report", str(tmp_path / "run")]), capsys, "not a privaudit results file")
+
+
+def test_out_under_proc_is_refused_before_work():
+    from privaudit.errors import InputError
+    from privaudit.runner import check_out
+
+    with pytest.raises(InputError, match="/proc/privaudit-test"):
+        check_out(Path("/proc/privaudit-test/run"))
