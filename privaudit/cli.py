@@ -10,11 +10,27 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from privaudit import __version__
 from privaudit.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, InputError, PrivauditError
 from privaudit.results import SEVERITIES
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (``privaudit: error: ...``), exit 2, like every other input error."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("privaudit").strip()
+        self.exit(EXIT_USAGE, f"privaudit: error: {where + ': ' if where else ''}{message}\n")
+
+
+def _threads(value: str) -> int:
+    n = int(value) if value.strip().isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number of threads >= 1")
+    return n
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -39,14 +55,21 @@ def _default_out(kind: str) -> Path:
     return Path("privaudit-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, help="torch CPU threads (default: torch's choice); 1 is often "
+                   "fastest for small models on a busy machine")
+
+
 def _add_audit_args(p: argparse.ArgumentParser) -> None:
+    _add_threads(p)
     p.add_argument("--attacks", type=_csv, default=("loss",), help="comma-separated attack plugins (default: loss)")
     p.add_argument("--detectors", type=_csv, default=("nn",), help="comma-separated detector plugins (default: nn)")
     p.add_argument("--param", type=_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="a plugin parameter, e.g. nn.n_samples=512 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights: they can run code")
-    p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files")
+    p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files; they are imported, "
+                   "i.e. their code runs with your permissions: use only files you trust")
     p.add_argument("--reference", type=Path, help="never-trained-on images for feature extractors (optional)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
@@ -234,8 +257,9 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="privaudit", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="privaudit", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"privaudit {__version__}")
+
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="audit a diffusers pipeline folder")
@@ -267,13 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plugins", help="list installed plugins")
-    p.add_argument("--plugins-dir", type=Path)
+    p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files; they are imported, "
+                   "i.e. their code runs with your permissions: use only files you trust")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("fixture", help="build a built-in target (no download)")
     p.add_argument("name", choices=("digits", "digits-text"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quiet", action="store_true")
+    _add_threads(p)
     p.set_defaults(func=cmd_fixture)
 
     p = sub.add_parser("demo", help="build the built-in digits target, audit it, write a report")
@@ -288,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mitigate", default="cpsample", help="mitigation to demonstrate after the scan (default: cpsample)")
     p.add_argument("--no-mitigate", dest="mitigate", action="store_const", const=None, help="scan only")
     p.add_argument("--quiet", action="store_true")
+    _add_threads(p)
     p.set_defaults(func=cmd_demo)
     return ap
 
@@ -314,8 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
     try:
-        return a.func(a)
+        with warnings.catch_warnings():
+            # NaN-related numpy/torch RuntimeWarnings would print multi-line noise; results say what broke
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return a.func(a)
     except PrivauditError as e:
         print(f"privaudit: error: {e}", file=sys.stderr)
         return e.exit_code

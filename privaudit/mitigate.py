@@ -50,7 +50,8 @@ from privaudit.errors import InputError
 from privaudit.io import write_json, write_text
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
-from privaudit.runner import AuditContext, AuditSettings, audit, default_cache_dir, load_data, manifest, write_run
+from privaudit.runner import (AuditContext, AuditSettings, audit, check_plan, default_cache_dir, load_data, manifest,
+                              write_run)
 from privaudit.target import ModelInfo, load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
@@ -337,10 +338,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     start = time.perf_counter()
     out = Path(out)
     registry = Registry.build(plugins_dir=plugins_dir)
-    for n in settings.attacks:
-        registry.get(n, kind="attack")
-    for n in settings.detectors:
-        registry.get(n, kind="detector")
+    check_plan(registry, settings)
     mitigation = registry.create(method, kind="mitigation", **(params or {}))
     if callable(getattr(mitigation, "validate", None)):
         mitigation.validate()  # bad settings fail before anything is loaded or trained

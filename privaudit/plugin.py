@@ -45,6 +45,8 @@ class Plugin:
     requires: ClassVar[tuple[str, ...]] = ()
     threat_model: ClassVar[str] = "gray-box"
     references: ClassVar[tuple[str, ...]] = ()
+    # allowed values per __init__ parameter (privaudit.params), checked before any work
+    parameter_constraints: ClassVar[dict[str, list]] = {}
 
     def get_params(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)
@@ -165,7 +167,10 @@ class Registry:
         return [r.name for r in self if r.kind == kind]
 
     def create(self, name: str, *, kind: str | None = None, **params) -> Plugin:
+        from privaudit.params import validate_params
+
         reg = self.get(name, kind=kind)
+        validate_params(reg.cls, params)
         try:
             return reg.cls(**params)
         except TypeError as e:
@@ -185,6 +190,8 @@ class Registry:
                 raise PluginError(f"entry point {ep.name} = {ep.value} ({dist}) failed to load: {e}") from None
             _add_class(reg, plugin_cls, f"entry point {ep.value} ({dist})", blocked)
         if plugins_dir is not None:
+            if not Path(plugins_dir).is_dir():
+                raise PluginError(f"{plugins_dir}: --plugins-dir is not a folder")
             for path in sorted(Path(plugins_dir).glob("*.py")):
                 for plugin_cls in _classes_in_file(path):
                     _add_class(reg, plugin_cls, f"file {path}", blocked)
@@ -207,8 +214,9 @@ def _classes_in_file(path: Path) -> list[type]:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
-        raise InputError(f"{path}: plugin file failed to import: {e.__class__.__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # a drop-in file that calls exit() must not end the run silently
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"{path}: plugin file failed to import: {e.__class__.__name__}: {first}") from None
     return [obj for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == mod_name
             and "name" in vars(obj)]

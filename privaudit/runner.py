@@ -377,6 +377,26 @@ def _publish(stage: Path, out: Path) -> None:
         os.replace(stage, out)  # rename(2) replaces an empty folder
 
 
+def check_plan(registry: Registry, settings: AuditSettings) -> None:
+    """Every selected plugin exists and every ``--param`` names a plugin and a valid value: exit 2
+    before anything is loaded."""
+    from privaudit.params import validate_params
+
+    for n in settings.attacks:
+        registry.get(n, kind="attack")
+    for n in settings.detectors:
+        registry.get(n, kind="detector")
+    for n, params in settings.plugin_params.items():
+        if n not in registry:
+            raise PluginError(f"--param {n}.{next(iter(params), '?')}: no plugin named {n!r}; installed: "
+                              f"{', '.join(r.name for r in registry)}")
+        validate_params(registry.get(n).cls, params)
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
+    if settings.n_boot < 1:
+        raise InputError(f"--bootstrap {settings.n_boot}: must be at least 1")
+
+
 def check_distinct_sets(members: str | Path, holdout: str | Path) -> None:
     """Members and holdout given as the same path would make every attack look like chance."""
     if Path(members).exists() and Path(members).resolve() == Path(holdout).resolve():
@@ -410,10 +430,7 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
           argv, redact) -> dict:
     start = time.perf_counter()
     registry = Registry.build(plugins_dir=plugins_dir)
-    for n in settings.attacks:
-        registry.get(n, kind="attack")
-    for n in settings.detectors:
-        registry.get(n, kind="detector")
+    check_plan(registry, settings)
     denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle)
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None

@@ -41,7 +41,18 @@ def resolve_device(device: str) -> torch.device:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in PICKLE_SUFFIXES | SAFE_SUFFIXES)
+    """Weight files under ``model_dir``, following symlinked component folders (a cycle is an error)."""
+    import os
+
+    found, seen = [], set()
+    for root, dirs, files in os.walk(model_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise InputError(f"{root}: symbolic link cycle in the model folder")
+        seen.add(real)
+        dirs.sort()
+        found += [Path(root) / f for f in files if Path(f).suffix in PICKLE_SUFFIXES | SAFE_SUFFIXES]
+    return sorted(found)
 
 
 def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) -> dict:

@@ -316,3 +316,67 @@ def test_out_under_proc_is_refused_before_work():
 
     with pytest.raises(InputError, match="/proc/privaudit-test"):
         check_out(Path("/proc/privaudit-test/run"))
+
+
+# ------------------------------------------------------------------ parameters, checked before any work
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--param", "nn.n_samples=-5", "--detectors", "nn"], ["nn", "n_samples", "[1, 1e+07]"]),
+    (["--param", "nn.n_samples=0"], ["nn", "n_samples"]),
+    (["--param", "nn.n_samples=abc"], ["nn", "n_samples"]),
+    (["--param", "nn.quantile=2"], ["nn", "quantile", "(0, 1)"]),
+    (["--param", "nn.sampler=evil"], ["nn", "sampler", "'ddim'"]),
+    (["--param", "nn.steps=1e9"], ["nn", "steps"]),
+    (["--param", "loss.k=0"], ["loss", "k=0"]),
+    (["--param", "loss.timesteps=[]"], ["loss", "timesteps"]),
+    (["--param", "loss.timesteps=[5000]"], ["loss", "timesteps", "[0, 999]"]),
+    (["--param", "nope.x=1"], ["nope"]),
+    (["--param", "loss.nope=1"], ["loss", "unknown parameter 'nope'"]),
+    (["--bootstrap", "0"], ["--bootstrap"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--plugins-dir", "/nonexistent"], ["/nonexistent"]),
+])
+def test_bad_parameters_fail_before_work(digits_target, tmp_path, capsys, monkeypatch, extra, needles):
+    import privaudit.runner as runner
+
+    monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
+    out = tmp_path / "out"
+    _one_line_usage_error(_scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out,
+                                *extra), capsys, *needles)
+    assert not out.exists()
+
+
+def test_every_builtin_plugin_declares_valid_defaults():
+    from privaudit.params import keyword_params, validate_params
+    from privaudit.plugin import Registry
+
+    for reg in Registry.build():
+        declared = set(vars(reg.cls).get("parameter_constraints", {})) | set(
+            getattr(reg.cls, "parameter_constraints", {}))
+        assert set(keyword_params(reg.cls)) <= declared, (reg.name, set(keyword_params(reg.cls)) - declared)
+        validate_params(reg.cls, reg.cls().get_params())  # the defaults are allowed values
+
+
+def test_plugin_file_calling_exit_is_an_input_error(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "bye.py").write_text("raise SystemExit(0)\n")
+    _one_line_usage_error(main(["plugins", "--plugins-dir", str(tmp_path / "p")]), capsys,
+                          tmp_path / "p" / "bye.py", "SystemExit")
+
+
+def test_usage_errors_are_one_line(capsys):
+    _one_line_usage_error(main(["scan", "m", "--bootstrap"]), capsys, "--bootstrap")
+    _one_line_usage_error(main(["nope"]), capsys, "nope")
+    _one_line_usage_error(main(["fixture", "digits", "--out", "x", "--threads", "0"]), capsys, "--threads")
+
+
+def test_symlinked_component_folder_is_accepted(digits_target, tmp_path):
+    from privaudit.target import load_target, weight_files
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for item in (digits_target / "model").iterdir():
+        (model / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    assert [p.name for p in weight_files(model)] == ["diffusion_pytorch_model.safetensors"]
+    _, info, _ = load_target(model, device="cpu")
+    assert info.weights_sha256

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from privaudit.errors import InputError
+from privaudit.params import Interval, Options
 from privaudit.plugin import MembershipAttack
 from privaudit.plugins.attacks._common import randn
 
@@ -57,6 +58,10 @@ class GSAAttack(MembershipAttack):
     threat_model = "white-box"
     requires = ("white_box",)
     references = ("Pang et al., White-box Membership Inference Attacks against Diffusion Models, PoPETs 2025",)
+
+    parameter_constraints = {"n_timesteps": [Interval(int, 1, 1000)], "variant": [Options(*VARIANTS)],
+                             "classifier": [Options(*CLASSIFIERS)], "max_grad_floats": [Interval(int, 1, None)],
+                             "fit_batch_size": [Interval(int, 1, None)]}
 
     def __init__(self, *, n_timesteps: int = 10, variant: str = "gsa1", classifier: str = "logistic",
                  max_grad_floats: int = 1 << 27, fit_batch_size: int = 128):

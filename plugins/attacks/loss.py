@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.denoiser import scale_t
+from privaudit.params import Interval, SequenceOf
 from privaudit.plugin import MembershipAttack
 from privaudit.plugins.attacks._common import calibration_auc, eps_at, noise_to, randn
 
@@ -34,6 +35,8 @@ class LossAttack(MembershipAttack):
     id = "PA-MIA-001"
     threat_model = "gray-box"
     references = ("Matsumoto et al., Membership Inference Attacks against Diffusion Models, SPW 2023",)
+
+    parameter_constraints = {"timesteps": [SequenceOf(Interval(int, 0, 999))], "k": [Interval(int, 1, 1024)]}
 
     def __init__(self, *, timesteps: tuple[int, ...] = (50, 100, 200, 300, 500), k: int = 4):
         self.timesteps = timesteps

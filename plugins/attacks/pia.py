@@ -23,6 +23,7 @@ import torch
 
 from privaudit.denoiser import scale_t
 from privaudit.errors import InputError
+from privaudit.params import Interval
 from privaudit.plugin import MembershipAttack
 from privaudit.plugins.attacks._common import eps_at, lp_distance, noise_to
 
@@ -35,6 +36,8 @@ class PIAAttack(MembershipAttack):
     threat_model = "gray-box"
     references = ("Kong et al., An Efficient Membership Inference Attack for the Diffusion Model by "
                   "Proximal Initialization, ICLR 2024",)
+
+    parameter_constraints = {"t": [Interval(int, 1, 999)], "p": [Interval(float, 0, 64, closed="right")]}
 
     def __init__(self, *, t: int = 200, p: float = 4.0):
         self.t = t

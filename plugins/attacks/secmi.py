@@ -27,6 +27,7 @@ import torch
 
 from privaudit.denoiser import scale_t
 from privaudit.errors import InputError
+from privaudit.params import Interval
 from privaudit.plugin import MembershipAttack
 from privaudit.plugins.attacks._common import ddim_step, eps_at, lp_distance
 
@@ -38,6 +39,8 @@ class SecMIAttack(MembershipAttack):
     id = "PA-MIA-002"
     threat_model = "gray-box"
     references = ("Duan et al., Are Diffusion Models Vulnerable to Membership Inference Attacks?, ICML 2023",)
+
+    parameter_constraints = {"t_sec": [Interval(int, 1, 999)], "k": [Interval(int, 1, 999)]}
 
     def __init__(self, *, t_sec: int = 100, k: int = 10):
         self.t_sec = t_sec

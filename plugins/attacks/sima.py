@@ -23,6 +23,7 @@ import torch
 
 from privaudit.denoiser import scale_t
 from privaudit.errors import InputError
+from privaudit.params import Interval, SequenceOf
 from privaudit.plugin import MembershipAttack
 from privaudit.plugins.attacks._common import eps_at, lp_distance, sweep_timestep
 
@@ -34,6 +35,9 @@ class SimAAttack(MembershipAttack):
     id = "PA-MIA-005"
     threat_model = "gray-box"
     references = ("Rao, Qu & Moyer, Score-based Membership Inference on Diffusion Models, arXiv 2509.25003, 2025",)
+
+    parameter_constraints = {"timesteps": [Interval(int, 0, 999), SequenceOf(Interval(int, 0, 999))],
+                             "p": [Interval(float, 0, 64, closed="right")]}
 
     def __init__(self, *, timesteps: tuple[int, ...] = (0, 20, 40, 60, 80, 100), p: float = 4.0):
         self.timesteps = timesteps

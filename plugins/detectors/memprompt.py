@@ -38,6 +38,7 @@ import torch
 
 from privaudit.errors import InputError
 from privaudit.metrics import membership_metrics, proportion_ci
+from privaudit.params import Interval, InstanceOf, SequenceOf
 from privaudit.plugin import DetectorOutput, ReplicationDetector
 from privaudit.results import Metric
 
@@ -111,6 +112,14 @@ class MemorisedPromptDetector(ReplicationDetector):
     requires = ("sampling", "text")
     threat_model = "gray-box"
     references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
+
+    parameter_constraints = {
+        "prompts": [None, InstanceOf(str), SequenceOf(InstanceOf(str))], "steps": [Interval(int, 1, 10_000)],
+        "n_steps": [Interval(int, 1, 10_000)], "guidance_scale": [Interval(float, 0, 100)],
+        "n_seeds": [Interval(int, 1, 1024)], "max_prompts": [Interval(int, 1, None)],
+        "quantile": [Interval(float, 0, 1, closed="neither")], "threshold": [None, Interval(float, None, None)],
+        "n_top": [Interval(int, 0, 10_000)], "batch_size": [Interval(int, 1, None)],
+    }
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_steps: int = 10,
                  guidance_scale: float = 7.5, n_seeds: int = 4, max_prompts: int = 256, quantile: float = 0.01,

@@ -82,6 +82,7 @@ import torch
 from privaudit.errors import InputError, PrivauditError
 from privaudit.io import atomic_dir, write_json, write_text
 from privaudit.latent import latent_of, to_model_space
+from privaudit.params import Interval, Options, InstanceOf, SequenceOf
 from privaudit.plugin import Mitigation
 
 RECIPE_VERSION = 2  # bump when training changes, so cached guards are not reused
@@ -100,6 +101,20 @@ class CPSample(Mitigation):
     references = ("Kazdan et al., CPSample: Classifier Protected Sampling for Guarding Training Data During "
                   "Diffusion, ICLR 2025 (arXiv 2409.07025)",
                   "Dhariwal & Nichol, Diffusion Models Beat GANs on Image Synthesis, NeurIPS 2021 (classifier guidance)")
+
+    parameter_constraints = {
+        "alpha": [Interval(float, 0, 0.5, closed="right")], "scale": [Interval(float, 0, None)],
+        "nonmember_weight": [Interval(float, 0, None)], "lipschitz": [InstanceOf(bool)],
+        "block_out_channels": [SequenceOf(Interval(int, 1, 4096))], "layers_per_block": [Interval(int, 1, 16)],
+        "max_steps": [Interval(int, 1, None)], "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, 1, closed="right")], "target_accuracy": [Interval(float, 0, 1, closed="right")],
+        "fit_t": [Interval(float, 0, 1, closed="right")], "max_unseen_gate": [None, Interval(float, 0, 1)],
+        "on_shortfall": [Options("warn", "error")], "seed": [None, Interval(int, 0, None)],
+        "placebo": [InstanceOf(bool)], "rejection": [InstanceOf(bool)],
+        "rejection_max_factor": [Interval(float, 1, None)], "rejection_features": [InstanceOf(str)],
+        "sweep_alphas": [SequenceOf(Interval(float, 0, 0.5, closed="right"))],
+        "sweep_scales": [SequenceOf(Interval(float, 0, None))],
+    }
 
     def __init__(self, *, alpha: float = 0.4, scale: float = 100.0, nonmember_weight: float = 1.0,
                  lipschitz: bool = True, block_out_channels: tuple[int, ...] = (16, 32), layers_per_block: int = 1,
