@@ -31,7 +31,7 @@ from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser, sample
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
-from privaudit.io import write_json, write_text
+from privaudit.io import csv_safe, write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of, latent_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
 from privaudit.plugin import Registry
@@ -354,9 +354,9 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
     html = render_html(body, baseline=baseline, redact=redact)  # render first: a failure writes nothing
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
-        write_text(stage / "scores.csv", results["scores"].to_csv(index=False))
+        write_text(stage / "scores.csv", csv_safe(results["scores"]).to_csv(index=False))
         for name, table in results.get("tables", {}).items():
-            write_text(stage / f"{name}.csv", table.to_csv(index=False))
+            write_text(stage / f"{name}.csv", csv_safe(table).to_csv(index=False))
         write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
         write_text(stage / "report.html", html)
         _publish(stage, out)

@@ -380,3 +380,31 @@ def test_symlinked_component_folder_is_accepted(digits_target, tmp_path):
     assert [p.name for p in weight_files(model)] == ["diffusion_pytorch_model.safetensors"]
     _, info, _ = load_target(model, device="cpu")
     assert info.weights_sha256
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+def test_results_json_is_strict_json(tmp_path):
+    from privaudit.io import write_json
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float64("-inf"), "d": 2})
+
+    def refuse(name):
+        raise AssertionError(f"{name} in results.json")
+
+    data = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert data["a"] is None and data["b"] == [1.0, None] and data["c"] is None and data["d"] == 2
+    assert [v["path"] for v in data["null_values"]] == ["a", "b[1]", "c"]
+
+
+def test_csv_cells_cannot_start_formulas(digits_target, tmp_path):
+    members = tmp_path / "members"
+    shutil.copytree(digits_target / "members", members)
+    first = sorted(members.glob("*.png"))
+    first[0].rename(members / "=HYPERLINK(1).png")
+    first[1].rename(members / "@SUM(1).png")
+    out = tmp_path / "out"
+    assert _scan(digits_target / "model", members, digits_target / "holdout", out, "--param", "loss.k=1") == 0
+    cells = [line.split(",")[0] for line in (out / "scores.csv").read_text().splitlines()]
+    assert "'=HYPERLINK(1).png" in cells and "'@SUM(1).png" in cells
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
