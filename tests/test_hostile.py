@@ -408,3 +408,20 @@ def test_csv_cells_cannot_start_formulas(digits_target, tmp_path):
     cells = [line.split(",")[0] for line in (out / "scores.csv").read_text().splitlines()]
     assert "'=HYPERLINK(1).png" in cells and "'@SUM(1).png" in cells
     assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+
+
+# ------------------------------------------------------------------------- defaults follow the target
+
+def test_text_fixture_split_is_not_called_shifted():
+    """The digits-text fixture's members/holdout are a random split of the same digits: the blind
+    baseline flagged it (AUC 0.64, CI 0.52-0.74) because its bootstrap interval ignored the variance
+    of fitting the folds; the permutation test does not."""
+    from privaudit.checks import blind_baseline
+    from privaudit.data import ImageSet
+    from privaudit.fixtures.digits_text import TextDigitsConfig, caption_splits
+
+    splits = caption_splits(TextDigitsConfig())
+    m, h = (ImageSet.from_array(splits[k][0][:, None], name=k) for k in ("members", "holdout"))
+    res = blind_baseline(m, h, seed=0)
+    assert res.ok, res.message
+    assert res.details["p_value"] >= 0.05 and res.details["permutations"] == 199
