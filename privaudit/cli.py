@@ -63,7 +63,9 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 def _add_audit_args(p: argparse.ArgumentParser) -> None:
     _add_threads(p)
     p.add_argument("--attacks", type=_csv, default=("loss",), help="comma-separated attack plugins (default: loss)")
-    p.add_argument("--detectors", type=_csv, default=("nn",), help="comma-separated detector plugins (default: nn)")
+    p.add_argument("--detectors", type=_csv, default=None,
+                   help="comma-separated detector plugins (default: nn, plus the prompt-level detectors of a "
+                        "text-to-image target)")
     p.add_argument("--param", type=_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="a plugin parameter, e.g. nn.n_samples=512 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
@@ -95,7 +97,8 @@ def _settings(a: argparse.Namespace):
         params.setdefault(plugin, {})[key] = value
     if not 0 < a.calibration_fraction < 1:
         raise InputError(f"--calibration-fraction {a.calibration_fraction}: must lie strictly between 0 and 1")
-    return AuditSettings(attacks=a.attacks, detectors=a.detectors, plugin_params=params, seed=a.seed,
+    return AuditSettings(attacks=a.attacks, detectors=("nn",) if a.detectors is None else a.detectors,
+                         follow_target=a.detectors is None, plugin_params=params, seed=a.seed,
                          batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
                          n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir,
                          prompt=a.prompt)

@@ -59,6 +59,9 @@ class AuditSettings:
     progress: bool = True
     cache_dir: Path | None = None
     prompt: str = "caption"  # text-conditional targets: condition attacks on captions or the empty prompt
+    # default plugins (the user chose none): also run every detector that needs a capability only
+    # some targets have (e.g. "text": prompt-level detectors) when this target has it
+    follow_target: bool = False
 
 
 def denoiser_fingerprint(denoiser: Denoiser) -> str:
@@ -129,6 +132,16 @@ def _capabilities(denoiser: Denoiser) -> set[str]:
     if latent_of(denoiser) is not None:
         caps.add("text")
     return caps
+
+
+# capabilities every target is assumed to have for the default plugins; others pick extra detectors
+_GENERIC_CAPS = {"sampling", "white_box"}
+
+
+def target_detectors(registry: Registry, caps: set[str], *, chosen: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Detectors that need a capability beyond sampling/white-box (e.g. "text") which this target has."""
+    return tuple(r.name for r in registry if r.kind == "detector" and r.name not in chosen
+                 and set(r.cls.requires) - _GENERIC_CAPS and set(r.cls.requires) <= caps)
 
 
 def _generator(seed: int, *parts: str) -> torch.Generator:
@@ -221,7 +234,10 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     scores["split"] = split
     results: list[PluginResult] = []
     tables: dict[str, pd.DataFrame] = {}
-    plan = [(n, "attack") for n in settings.attacks] + [(n, "detector") for n in settings.detectors]
+    detectors = settings.detectors
+    if settings.follow_target:
+        detectors += target_detectors(registry, caps, chosen=detectors)
+    plan = [(n, "attack") for n in settings.attacks] + [(n, "detector") for n in detectors]
     plugins = [(registry.create(n, kind=k, **settings.plugin_params.get(n, {})), k) for n, k in plan]
     for plugin, kind in plugins:
         missing = [r for r in plugin.requires if r not in caps]

@@ -425,3 +425,18 @@ def test_text_fixture_split_is_not_called_shifted():
     res = blind_baseline(m, h, seed=0)
     assert res.ok, res.message
     assert res.details["p_value"] >= 0.05 and res.details["permutations"] == 199
+
+
+def test_default_detectors_follow_the_target():
+    from privaudit.cli import _settings, build_parser
+    from privaudit.plugin import Registry
+    from privaudit.runner import target_detectors
+
+    reg = Registry.build()
+    assert set(target_detectors(reg, {"sampling", "white_box", "text"}, chosen=("nn",))) == {"memprompt", "promptcopy"}
+    assert target_detectors(reg, {"sampling", "white_box"}, chosen=("nn",)) == ()
+    parse = lambda *extra: _settings(build_parser().parse_args(["scan", "m", "--members", "a", "--holdout", "b", *extra]))
+    default = parse()
+    assert default.detectors == ("nn",) and default.follow_target
+    chosen = parse("--detectors", "nn")
+    assert chosen.detectors == ("nn",) and not chosen.follow_target
