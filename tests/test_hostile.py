@@ -440,3 +440,18 @@ def test_default_detectors_follow_the_target():
     assert default.detectors == ("nn",) and default.follow_target
     chosen = parse("--detectors", "nn")
     assert chosen.detectors == ("nn",) and not chosen.follow_target
+
+
+def test_mitigate_without_reference_sets_aside_part_of_the_holdout():
+    from privaudit.data import ImageSet
+    from privaudit.errors import InputError
+    from privaudit.mitigate import split_reference
+
+    hold = ImageSet.from_array(np.arange(40 * 64, dtype=np.uint8).reshape(40, 1, 8, 8) % 251, name="holdout")
+    ev, ref, note = split_reference(hold, seed=0)
+    assert (len(ev), len(ref)) == (30, 10) and not set(ev.ids) & set(ref.ids)
+    assert set(ev.ids) | set(ref.ids) == set(hold.ids)
+    assert split_reference(hold, seed=0)[1].ids == ref.ids != split_reference(hold, seed=1)[1].ids  # seeded
+    assert note["reference_images"] == 10 and "set aside" in note["message"]
+    with pytest.raises(InputError, match="too small"):
+        split_reference(hold.subset(range(5)), seed=0)
