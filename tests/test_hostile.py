@@ -455,3 +455,30 @@ def test_mitigate_without_reference_sets_aside_part_of_the_holdout():
     assert note["reference_images"] == 10 and "set aside" in note["message"]
     with pytest.raises(InputError, match="too small"):
         split_reference(hold.subset(range(5)), seed=0)
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+def test_loss_sweep_passes_a_bounded_number_of_images(digits_denoiser):
+    """The timestep sweep sees the whole calibration set; the model must not (memory ~ members)."""
+    import torch
+
+    from privaudit.plugins.attacks._common import FIT_CHUNK
+    from privaudit.plugins.attacks.loss import LossAttack
+
+    rows = []
+
+    class Counting:
+        def __init__(self, den):
+            self.den = den
+
+        def __getattr__(self, name):
+            return getattr(self.den, name)
+
+        def eps(self, x, t, cond=None):
+            rows.append(len(x))
+            return self.den.eps(x, t, cond)
+
+    x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    attack = LossAttack(timesteps=(50, 200), k=2).fit(Counting(digits_denoiser), members=x, holdout=x.flip(0), seed=0)
+    assert attack.timestep_ in (50, 200) and max(rows) <= FIT_CHUNK * 2 and sum(rows) == 2 * 2 * 2 * 300

@@ -25,7 +25,7 @@ import torch
 from privaudit.denoiser import scale_t
 from privaudit.params import Interval, SequenceOf
 from privaudit.plugin import MembershipAttack
-from privaudit.plugins.attacks._common import calibration_auc, eps_at, noise_to, randn
+from privaudit.plugins.attacks._common import calibration_auc, eps_at, image_chunks, noise_to, randn
 
 
 class LossAttack(MembershipAttack):
@@ -46,6 +46,11 @@ class LossAttack(MembershipAttack):
         return float(self.k)
 
     def _loss(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-image loss, a bounded number of images per model pass (the timestep sweep sees a whole
+        calibration set)."""
+        return torch.cat([self._loss_chunk(d, x, t, generator) for d, x in image_chunks(denoiser, x0)])
+
+    def _loss_chunk(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
         b = len(x0)
         x = x0.repeat(self.k, *[1] * (x0.ndim - 1))  # all k draws in one forward pass
         eps = randn(x.shape, generator=generator, device=x.device)
