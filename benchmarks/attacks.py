@@ -17,6 +17,10 @@ Fitting (calibration sweeps, GSA's classifier) is one-off per audit and reported
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
 import argparse
 import math
 import sys

@@ -24,6 +24,10 @@ members with the plugin's default recipe (``--train-steps`` caps it).
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
 import argparse
 import json
 import sys

@@ -9,6 +9,10 @@ and the overhead benchmark, all on the GPU. CPU is the tested path; this is the 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
 import argparse
 import json
 import sys

@@ -27,6 +27,10 @@ unguided, and the share of rows guided. The floor is 1 + cost(guard fwd + bwd) /
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
 import argparse
 import json
 import time

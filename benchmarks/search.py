@@ -26,9 +26,12 @@ absolute times.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys

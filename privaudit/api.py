@@ -45,6 +45,7 @@ from privaudit.images import png_data_uri
 from privaudit.io import atomic_dir, write_json, write_text
 from privaudit.latent import latent_of
 from privaudit.metrics import membership_metrics, proportion_ci
+from privaudit.params import InstanceOf, Interval, Options, SequenceOf, validate_params
 from privaudit.prompts import read_prompt_file
 from privaudit.results import Metric
 from privaudit.search import KnnStream, choose_method, default_nlist, l2_normalize, search, train_ivf
@@ -56,7 +57,7 @@ __all__ = [
     "CAPABILITIES", "KINDS", "THREAT_MODELS", "AuditContext", "AuditSettings", "Denoiser", "DetectorOutput",
     "FeatureExtractor", "ImageSet", "InputError", "MembershipAttack", "Metric", "MetricSpec", "Mitigation",
     "MitigationContext", "MitigationOutput", "Plugin", "PluginError", "PrivauditError", "ReplicationDetector",
-    "Variant", "KnnStream", "choose_method", "default_nlist", "l2_normalize", "search", "train_ivf", "atomic_dir", "capabilities_of", "default_cache_dir", "membership_metrics", "png_data_uri",
+    "Variant", "InstanceOf", "Interval", "Options", "SequenceOf", "validate_params", "KnnStream", "choose_method", "default_nlist", "l2_normalize", "search", "train_ivf", "atomic_dir", "capabilities_of", "default_cache_dir", "membership_metrics", "png_data_uri",
     "proportion_ci", "read_prompt_file", "store_params", "to_uint8", "write_json", "write_text",
 ]
 
@@ -124,13 +125,16 @@ class Plugin:
     threat_model: ClassVar[str] = "gray-box"
     references: ClassVar[tuple[str, ...]] = ()
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = ()
+    parameter_constraints: ClassVar[dict[str, list]] = {}
 
     def get_params(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)
         return {k: getattr(self, k) for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
     def validate(self) -> None:
-        """Raise an error naming the parameter when a setting is out of range; called before any work."""
+        """Raise ``PluginError`` (exit 2) naming the parameter when a setting is outside its declared
+        ``parameter_constraints`` (``privaudit.params``); the registry calls it before any work."""
+        validate_params(type(self), self.get_params())
 
     def queries_per_image(self) -> float:
         """Model queries (network forward passes) the plugin spends per audited image."""
@@ -307,6 +311,9 @@ class AuditSettings:
     progress: bool = True
     cache_dir: Path | None = None
     prompt: str = "caption"  # text-conditional targets: condition attacks on captions or the empty prompt
+    # default plugins (the user chose none): also run every detector that needs a capability only
+    # some targets have (e.g. "text": prompt-level detectors) when this target has it
+    follow_target: bool = False
 
 
 _FITTED_FEATURES: dict[tuple, FeatureExtractor] = {}
@@ -333,6 +340,11 @@ class AuditContext:
         start = time.perf_counter()
         x = self.denoiser.draw_samples(n=n, steps=steps, sampler=sampler, seed=seed,
                                        batch_size=self.settings.batch_size * 2, progress=self.progress)
+        if not torch.isfinite(x).all():  # never cache or measure broken samples: distances would be inf/NaN
+            from privaudit.verdict import Inconclusive
+
+            raise Inconclusive(f"the model generated {int((~torch.isfinite(x)).flatten(1).any(1).sum())} of {n} "
+                               "samples with NaN or infinite pixels")
         self.sample_seconds[key] = time.perf_counter() - start
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")

@@ -23,6 +23,8 @@ holds them in image order (empty for uncaptioned sets).
 from __future__ import annotations
 
 import hashlib
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -158,7 +160,7 @@ def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
         try:
             with Image.open(f) as im:
                 return _pil_to_array(im, source=f, channels=channels)
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise InputError(f"{f}: unreadable image ({e.__class__.__name__})") from None
 
     first = open_one(files[0])
@@ -182,13 +184,31 @@ def _pil_to_array(im, *, source: object, channels: int | None) -> np.ndarray:
     """A PIL image as uint8 (C, H, W) with ``channels`` channels (1 or 3; by default its own)."""
     mode_c = 1 if im.mode in _ONE_CHANNEL_MODES else 3
     want = channels or mode_c
-    arr = np.asarray(im.convert("L" if want == 1 and mode_c == 1 else "RGB"))
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = _wide_grey_to_uint8(im, source=source)
+        if want == 3:
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+            mode_c = 3
+    else:
+        arr = np.asarray(im.convert("L" if want == 1 and mode_c == 1 else "RGB"))
     # Formats without a grey mode (WebP) store grey images as equal RGB channels.
     if want == 1 and mode_c == 3 and (arr[..., :1] == arr).all():
         arr, mode_c = arr[..., 0], 1
     if want != mode_c:
         raise InputError(f"{source}: image has {mode_c} channel(s) (mode {im.mode}), the model expects {want}")
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _wide_grey_to_uint8(im, *, source: object) -> np.ndarray:
+    """16-bit (I;16*, or I as PNG decodes it) grey scaled by its range 0..65535 (12336 -> 48), never clipped;
+    32-bit integers outside that range or float images are refused rather than guessed."""
+    arr = np.asarray(im)
+    if im.mode == "F" or arr.dtype.kind == "f":
+        raise InputError(f"{source}: 32-bit float image (mode {im.mode}); save it as 8- or 16-bit")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 65535:
+        raise InputError(f"{source}: image values span {lo}..{hi} (mode {im.mode}); expected 8- or 16-bit grey")
+    return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -285,8 +305,9 @@ def _load_array(path: Path, *, name: str) -> ImageSet:
                 if key is None:
                     raise InputError(f"{path}: .npz holds {keys}; name the image array 'images'")
                 arr = z[key]
-    except ValueError as e:
-        raise InputError(f"{path}: unreadable array ({e})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise InputError(f"{path}: unreadable array ({first})") from None
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
@@ -296,7 +317,12 @@ def _load_array(path: Path, *, name: str) -> ImageSet:
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.floating):
             raise InputError(f"{path}: expected uint8 or float images, got {arr.dtype}")
-        lo, hi = float(np.min(arr)), float(np.max(arr))
+        lo, hi = np.inf, -np.inf
+        for start in range(0, len(arr), 4096):  # chunked: a memory-mapped .npy is never read whole
+            chunk = np.asarray(arr[start:start + 4096])
+            if not np.isfinite(chunk).all():
+                raise InputError(f"{path}: float images contain NaN or infinite values")
+            lo, hi = min(lo, float(chunk.min(initial=np.inf))), max(hi, float(chunk.max(initial=-np.inf)))
         if lo < 0 or hi > 1:
             raise InputError(f"{path}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
 

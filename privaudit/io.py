@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,7 +27,40 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON: NaN and infinities become null, and a top-level ``null_values`` lists where and why."""
+    found: list[dict] = []
+    clean = _finite(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean["null_values"] = found
+    write_text(path, json.dumps(clean, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+
+
+def _finite(v: Any, where: str, found: list[dict]) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        found.append({"path": where or "$", "reason": "not a finite number: " + repr(v)})
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x, f"{where}.{k}" if where else str(k), found) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x, f"{where}[{i}]", found) for i, x in enumerate(v)]
+    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # numpy scalars
+        return _finite(v.item(), where, found)
+    return v
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(table):
+    """A copy of a pandas table whose text cells cannot start a spreadsheet formula (ids are user file
+    names, e.g. ``=HYPERLINK(...).png``): such cells get a leading apostrophe."""
+    import pandas as pd
+
+    out = table.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = [f"'{c}" if isinstance(c, str) and c.startswith(FORMULA_START) else c for c in out[col]]
+    return out
 
 
 @contextmanager

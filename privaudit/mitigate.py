@@ -34,6 +34,7 @@ Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -44,14 +45,14 @@ import numpy as np
 import torch
 
 from privaudit.api import AuditSettings, Mitigation, MitigationContext, MitigationOutput, Variant, default_cache_dir  # noqa: F401 (MitigationContext, Variant, MitigationOutput: re-exported)
-from privaudit.data import load_images
+from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser, ProvidesDenoiser
 from privaudit.errors import InputError
 from privaudit.io import write_json, write_text
 from privaudit.latent import image_shape_of
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
-from privaudit.runner import audit, data_fingerprints, load_data, manifest, scan_results, write_run
+from privaudit.runner import audit, check_plan, data_fingerprints, load_data, manifest, scan_results, write_run
 from privaudit.target import load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
@@ -268,10 +269,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     start = time.perf_counter()
     out = Path(out)
     registry = Registry.build(plugins_dir=plugins_dir)
-    for n in settings.attacks:
-        registry.get(n, kind="attack")
-    for n in settings.detectors:
-        registry.get(n, kind="detector")
+    check_plan(registry, settings)
     mitigation = registry.create(method, kind="mitigation", **(params or {}))  # validated: fails before any work
     assert isinstance(mitigation, Mitigation)
     raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
@@ -279,7 +277,12 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
     mem, hold = load_data(members, holdout, shape=image_shape_of(raw))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
+    split_note = None
+    if ref is None:  # the guard needs never-trained-on images: a seeded part of the holdout the audits never use
+        hold, ref, split_note = split_reference(hold, seed=settings.seed)
     data = data_fingerprints(mem, hold, ref)
+    if split_note:
+        data["reference_from_holdout"] = split_note
     common = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
 
     say("mitigate: auditing the raw model (before)")
@@ -348,7 +351,8 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         "protected": str(result.protected_dir),
         "before": _body(before), "after": _body(after),
         "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white,
-        "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings, "warnings": list(result.warnings),
+        "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings,
+        "warnings": ([split_note["message"]] if split_note else []) + list(result.warnings),
         "limits": list(GENERIC_LIMITS) + list(result.limits),
     }
     results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,
@@ -360,6 +364,27 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     write_run(out / "after", after, baseline=before, redact=redact)
     _write_report(out, results, before=before, after=after, redact=redact)
     return results
+
+
+REFERENCE_FRACTION = 0.25  # of the holdout, set aside for the guard when no --reference is given
+
+
+def split_reference(holdout: ImageSet, *, seed: int) -> tuple[ImageSet, ImageSet, dict]:
+    """(evaluation holdout, reference, note): a seeded ``REFERENCE_FRACTION`` of the holdout becomes the
+    guard's never-trained-on reference; every audit (before, after, controls) uses only the rest."""
+    n = len(holdout)
+    n_ref = int(round(n * REFERENCE_FRACTION))
+    if n - n_ref < 4 or n_ref < 2:
+        raise InputError(f"{holdout.source}: holdout of {n} images is too small to set aside a reference for the "
+                         "guard and still evaluate; pass never-trained-on images with --reference")
+    order = np.random.default_rng([seed, 0x5EF]).permutation(n)
+    ref_idx, eval_idx = np.sort(order[:n_ref]), np.sort(order[n_ref:])
+    note = {"reference_images": int(n_ref), "evaluation_holdout_images": int(n - n_ref), "seed": seed,
+            "reference_ids_sha256": hashlib.sha256("\n".join(holdout.ids[i] for i in ref_idx).encode()).hexdigest(),
+            "message": (f"no --reference was given: {n_ref} of the {n} holdout images (seeded) were set aside as the "
+                        f"guard's never-trained-on reference; every audit here evaluates on the other {n - n_ref} "
+                        "holdout images, so intervals are wider than with the full holdout")}
+    return holdout.subset(eval_idx), holdout.subset(ref_idx, name="reference"), note
 
 
 def _body(scan: dict) -> dict:

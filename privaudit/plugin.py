@@ -31,6 +31,7 @@ from privaudit.api import (  # noqa: F401 (re-exported: the plugin kinds' histor
     Plugin,
     ReplicationDetector,
     declaration_problems,
+    validate_params,
 )
 from privaudit.errors import PluginError
 
@@ -77,8 +78,10 @@ class Registry:
         return [r.name for r in self if r.kind == kind]
 
     def create(self, name: str, *, kind: str | None = None, **params) -> Plugin:
-        """An instance of plugin ``name`` with ``params``, validated (``Plugin.validate``) before any work."""
+        """An instance of plugin ``name`` with ``params``, validated before any work: the given keys and
+        values against the declared constraints, then every parameter (``Plugin.validate``)."""
         reg = self.get(name, kind=kind)
+        validate_params(reg.cls, params)
         try:
             plugin = reg.cls(**params)
         except TypeError as e:
@@ -100,6 +103,8 @@ class Registry:
                 raise PluginError(f"entry point {ep.name} = {ep.value} ({dist}) failed to load: {e}") from None
             _add_class(reg, plugin_cls, f"entry point {ep.value} ({dist})", blocked)
         if plugins_dir is not None:
+            if not Path(plugins_dir).is_dir():
+                raise PluginError(f"{plugins_dir}: --plugins-dir is not a folder")
             for path in sorted(Path(plugins_dir).glob("*.py")):
                 for plugin_cls in _classes_in_file(path):
                     _add_class(reg, plugin_cls, f"file {path}", blocked)
@@ -126,8 +131,9 @@ def _classes_in_file(path: Path) -> list[type]:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
-        raise InputError(f"{path}: plugin file failed to import: {e.__class__.__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # a drop-in file that calls exit() must not end the run silently
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"{path}: plugin file failed to import: {e.__class__.__name__}: {first}") from None
     return [obj for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == mod_name
             and "name" in vars(obj)]

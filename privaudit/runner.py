@@ -6,15 +6,20 @@ results; ``scan`` wraps it with loading and writing, which is what ``privaudit s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -27,18 +32,35 @@ from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
-from privaudit.io import write_json, write_text
+from privaudit.io import csv_safe, write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
 from privaudit.target import ModelInfo, load_target
-from privaudit.verdict import RULES_TEXT, membership_severity, replication_severity, worst
+from privaudit.verdict import (
+    RULES_TEXT,
+    Inconclusive,
+    membership_severity,
+    metrics_problem,
+    overall,
+    replication_severity,
+)
 
 
 def denoiser_fingerprint(denoiser: Denoiser) -> str:
     """Identifies a model for caches (kept for callers of 0.1; use ``denoiser.fingerprint``)."""
     return denoiser.fingerprint
+
+
+# capabilities every target is assumed to have for the default plugins; others pick extra detectors
+_GENERIC_CAPS = {"sampling", "white_box"}
+
+
+def target_detectors(registry: Registry, caps: set[str], *, chosen: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Detectors that need a capability beyond sampling/white-box (e.g. "text") which this target has."""
+    return tuple(r.name for r in registry if r.kind == "detector" and r.name not in chosen
+                 and set(r.cls.requires) - _GENERIC_CAPS and set(r.cls.requires) <= caps)
 
 
 def _generator(seed: int, *parts: str) -> torch.Generator:
@@ -65,8 +87,13 @@ def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageS
     attack.fit(fit_den, members=fit_m, holdout=fit_h, seed=s.seed)
     sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members", prompt=s.prompt)
     sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout", prompt=s.prompt)
+    bad = int((~np.isfinite(sm)).sum() + (~np.isfinite(sh)).sum())
+    if bad:
+        raise Inconclusive(f"{bad} of {len(sm) + len(sh)} membership scores are NaN or infinite")
     threshold = threshold_at_balanced(np.r_[np.ones(len(cal_m)), np.zeros(len(cal_h))], np.r_[sm[cal_m], sh[cal_h]])
     metrics = membership_metrics(sm[ev_m], sh[ev_h], threshold=threshold, n_boot=s.n_boot, seed=s.seed)
+    if problem := metrics_problem(metrics):
+        raise Inconclusive(problem)
     scores[attack.name] = np.r_[sm, sh]
     severity, rules = membership_severity(metrics)
     auc, tpr = metrics["auc"], metrics["tpr_at_fpr_0.01"]
@@ -115,6 +142,10 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     ctx = AuditContext(denoiser=denoiser, members=members, holdout=holdout, registry=registry,
                        settings=settings, reference=reference)
     checks = run_checks(members, holdout, seed=settings.seed)
+    dups = next((c for c in checks if c.name == "exact_duplicates"), None)
+    if dups is not None and dups.details["count"] >= len(holdout):  # nothing left to compare members against
+        raise InputError(f"{holdout.source}: every holdout image is also a member ({members.source}); "
+                         "the holdout must hold images the model never saw")
     scores = pd.DataFrame({"image_id": list(members.ids) + list(holdout.ids),
                            "set": ["member"] * len(members) + ["holdout"] * len(holdout)})
     cal_m, _ = calibration_split(len(members), fraction=settings.calibration_fraction, seed=settings.seed)
@@ -125,7 +156,10 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     scores["split"] = split
     results: list[PluginResult] = []
     tables: dict[str, pd.DataFrame] = {}
-    plan = [(n, "attack") for n in settings.attacks] + [(n, "detector") for n in settings.detectors]
+    detectors = settings.detectors
+    if settings.follow_target:
+        detectors += target_detectors(registry, caps, chosen=detectors)
+    plan = [(n, "attack") for n in settings.attacks] + [(n, "detector") for n in detectors]
     plugins = [(registry.create(n, kind=k, **settings.plugin_params.get(n, {})), k) for n, k in plan]
     for plugin, kind in plugins:
         missing = plugin.missing(caps)
@@ -140,6 +174,8 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
             else:
                 assert isinstance(plugin, ReplicationDetector)
                 out = plugin.detect(ctx)
+                if problem := metrics_problem(out.metrics):
+                    raise Inconclusive(problem)
                 severity, rules = _detector_severity(plugin, out)
                 res = _result(plugin, "ok", metrics=out.metrics, severity=severity, finding=out.finding,
                               details={"rules": rules, **out.details})
@@ -147,6 +183,9 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                     tables[plugin.name] = out.table
         except (InputError, PluginError):
             raise
+        except Inconclusive as e:  # unusable evidence: this plugin cannot say "low"
+            res = _result(plugin, "ok", severity="info", finding=f"{plugin.name} could not judge this model: {e}",
+                          details={"inconclusive": str(e)})
         except Exception as e:  # one broken plugin must not lose the others' results
             res = _result(plugin, "error", reason=f"{e.__class__.__name__}: {e}",
                           details={"traceback": traceback.format_exc(limit=8)})
@@ -168,8 +207,9 @@ def _detector_severity(plugin: ReplicationDetector, out) -> tuple[str, list[str]
 
 def verdict(results: list[PluginResult], checks) -> dict:
     ok = [r for r in results if r.status == "ok"]
-    level = worst(r.severity for r in ok) if ok else "info"
-    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])]
+    unusable = [f"{r.name}: {r.details['inconclusive']}" for r in ok if r.details.get("inconclusive")]
+    level = overall([r.severity for r in ok], unusable) if ok else "info"
+    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])] + unusable
     warnings = [c.message for c in checks if not c.ok]
     return {"level": level, "reasons": reasons, "warnings": warnings, "rules": RULES_TEXT}
 
@@ -197,28 +237,126 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
     }
 
 
-def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
-    """Write results.json, scores.csv, per-detector tables and report.html (each atomically)."""
-    from privaudit.reports import render_html
-    from privaudit.reports.images import redact_images
+# What a privaudit run folder holds at its top level: an existing folder is replaced only when
+# it holds a previous run and nothing else (a user's own files are never deleted).
+RUN_ENTRIES = ("results.json", "report.html", "*.csv", "before", "after", "guard", "protected")
 
+
+def _is_replaceable_run(out: Path) -> bool:
+    names = [p.name for p in out.iterdir()]
+    return not names or ("results.json" in names and all(any(Path(n).match(g) for g in RUN_ENTRIES) for n in names))
+
+
+def check_out(out: str | Path) -> Path:
+    """``--out`` must be a folder we may write: fails (exit 2) before any work, naming the path."""
     out = Path(out)
-    body = {k: v for k, v in results.items() if k not in ("scores", "tables")}
-    body["outputs"] = {"scores": "scores.csv", **{k: f"{k}.csv" for k in results.get("tables", {})}}
-    html = render_html(body, baseline=baseline, redact=redact)  # render first: a failure writes nothing
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "scores.csv", results["scores"].to_csv(index=False))
-    for name, table in results.get("tables", {}).items():
-        write_text(out / f"{name}.csv", table.to_csv(index=False))
-    write_json(out / "results.json", redact_images(body, mode=redact))  # no more training images than the report
-    write_text(out / "report.html", html)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out exists and is a file, not a folder")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: is a file; --out {out} cannot be created under it")
+    if out.is_dir() and not _is_replaceable_run(out):
+        names = sorted(p.name for p in out.iterdir())
+        raise InputError(f"{out}: --out holds files that are not a privaudit run ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write the run folder here ({e.strerror or e.__class__.__name__})") from None
     return out
 
 
+@contextmanager
+def run_folder(out: str | Path) -> Iterator[Path]:
+    """Check ``out`` and hold a lock on it for the whole run: a second run into it fails with exit 2."""
+    out = check_out(out)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{out}: another privaudit run is writing to this folder") from None
+        try:
+            yield out
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
+    """Write results.json, scores.csv, per-detector tables and report.html into a fresh hidden folder
+    beside ``out`` and publish it with one rename: ``out`` holds one whole run, never a mix of two."""
+    from privaudit.reports import render_html
+    from privaudit.reports.images import redact_images
+
+    out = check_out(out)
+    body = {k: v for k, v in results.items() if k not in ("scores", "tables")}
+    body["outputs"] = {"scores": "scores.csv", **{k: f"{k}.csv" for k in results.get("tables", {})}}
+    html = render_html(body, baseline=baseline, redact=redact)  # render first: a failure writes nothing
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        write_text(stage / "scores.csv", csv_safe(results["scores"]).to_csv(index=False))
+        for name, table in results.get("tables", {}).items():
+            write_text(stage / f"{name}.csv", csv_safe(table).to_csv(index=False))
+        write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
+        write_text(stage / "report.html", html)
+        _publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """``stage`` becomes ``out``; a previous run there (checked replaceable) is removed after the swap."""
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / "run")
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)  # rename(2) replaces an empty folder
+
+
+def check_plan(registry: Registry, settings: AuditSettings) -> None:
+    """Every selected plugin exists and every ``--param`` names a plugin and a valid value: exit 2
+    before anything is loaded."""
+    from privaudit.params import validate_params
+
+    for n in settings.attacks:
+        registry.get(n, kind="attack")
+    for n in settings.detectors:
+        registry.get(n, kind="detector")
+    for n, params in settings.plugin_params.items():
+        if n not in registry:
+            raise PluginError(f"--param {n}.{next(iter(params), '?')}: no plugin named {n!r}; installed: "
+                              f"{', '.join(r.name for r in registry)}")
+        validate_params(registry.get(n).cls, params)
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
+    if settings.n_boot < 1:
+        raise InputError(f"--bootstrap {settings.n_boot}: must be at least 1")
+
+
+def check_distinct_sets(members: str | Path, holdout: str | Path) -> None:
+    """Members and holdout given as the same path would make every attack look like chance."""
+    if Path(members).exists() and Path(members).resolve() == Path(holdout).resolve():
+        raise InputError(f"{holdout}: --holdout is the same as --members; the holdout must hold images "
+                         "the model never saw")
+
+
 def load_data(members: str | Path, holdout: str | Path, *, shape: tuple[int, int, int]) -> tuple[ImageSet, ImageSet]:
+    check_distinct_sets(members, holdout)
     c, h, w = shape
     m = load_images(members, name="members", channels=c, size=(h, w))
     ho = load_images(holdout, name="holdout", channels=c, size=(h, w))
+    for s in (m, ho):
+        if len(s) < 4:  # each set is split into calibration and evaluation halves
+            raise InputError(f"{s.source}: {s.name} holds {len(s)} image(s); at least 4 are needed")
     m.uint8([0]), ho.uint8([0])  # decode one image of each now: a bad file fails before any work
     return m, ho
 
@@ -228,12 +366,17 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
          plugins_dir: str | Path | None = None, reference: str | Path | None = None,
          argv: list[str] | None = None, redact: str = "thumbnails", dtype: str = "auto") -> dict:
     """``privaudit scan``: returns the results written to ``out``."""
+    with run_folder(out):
+        return _scan(model_dir=model_dir, members=members, holdout=holdout, out=out, settings=settings, device=device,
+                     allow_pickle=allow_pickle, plugins_dir=plugins_dir, reference=reference, argv=argv, redact=redact,
+                     dtype=dtype)
+
+
+def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, allow_pickle, plugins_dir, reference,
+          argv, redact, dtype) -> dict:
     start = time.perf_counter()
     registry = Registry.build(plugins_dir=plugins_dir)
-    for n in settings.attacks:
-        registry.get(n, kind="attack")
-    for n in settings.detectors:
-        registry.get(n, kind="detector")
+    check_plan(registry, settings)
     denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None

@@ -32,7 +32,18 @@ class ModelInfo:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in PICKLE_SUFFIXES | SAFE_SUFFIXES)
+    """Weight files under ``model_dir``, following symlinked component folders (a cycle is an error)."""
+    import os
+
+    found, seen = [], set()
+    for root, dirs, files in os.walk(model_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise InputError(f"{root}: symbolic link cycle in the model folder")
+        seen.add(real)
+        dirs.sort()
+        found += [Path(root) / f for f in files if Path(f).suffix in PICKLE_SUFFIXES | SAFE_SUFFIXES]
+    return sorted(found)
 
 
 def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) -> dict:
@@ -45,10 +56,9 @@ def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) 
     index = model_dir / "model_index.json"
     if not index.exists():
         raise InputError(f"{model_dir}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        spec = json.loads(index.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{index}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    spec = _read_json(index)
+    if not isinstance(spec, dict):
+        raise InputError(f"{index}: expected a JSON object")
     files = weight_files(model_dir)
     pickled = [p for p in files if p.suffix in PICKLE_SUFFIXES]
     safe_dirs = {p.parent for p in files if p.suffix in SAFE_SUFFIXES}
@@ -58,7 +68,44 @@ def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) 
                          "convert to safetensors or pass --allow-pickle if you trust this file")
     if not files:
         raise InputError(f"{model_dir}: no weight files (.safetensors) in the pipeline folder")
+    for name in spec:
+        _check_component_config(model_dir / name)
     return spec
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    except (RecursionError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: unreadable JSON ({e.__class__.__name__})") from None
+
+
+def _check_component_config(folder: Path) -> None:
+    """Sizes in a component's config are checked before diffusers allocates anything from them."""
+    cfg_file = next((folder / f for f in ("config.json", "scheduler_config.json") if (folder / f).is_file()), None)
+    if cfg_file is None:
+        return
+    cfg = _read_json(cfg_file)
+    if not isinstance(cfg, dict):
+        raise InputError(f"{cfg_file}: expected a JSON object")
+    n = cfg.get("num_train_timesteps")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000):
+        raise InputError(f"{cfg_file}: num_train_timesteps is {n!r}; expected an integer from 1 to 1000000")
+    channels = cfg.get("block_out_channels")
+    if channels is None:
+        return
+    if (not isinstance(channels, list) or not channels
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels)):
+        raise InputError(f"{cfg_file}: block_out_channels is {channels!r}; expected a list of positive integers")
+    # The widest block holds at least one 3x3 convolution of c_max -> c_max channels: the weight files
+    # must be at least that large (1 byte a parameter), else the config would allocate memory the model lacks.
+    needed = 9 * max(channels) ** 2
+    held = sum(p.stat().st_size for p in weight_files(folder))
+    if needed > held:
+        raise InputError(f"{cfg_file}: block_out_channels {channels} needs at least {needed:,} parameters, "
+                         f"but the weight files hold {held:,} bytes")
 
 
 def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: bool = False, dtype: str = "auto"):
@@ -81,6 +128,18 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
     return pipe.to(device, resolve_dtype(dtype, device=device, latent="vae" in spec))
+
+
+def check_finite_weights(pipe, *, model_dir: Path) -> None:
+    """NaN/inf weights make every score and distance NaN/inf, which must never read as "no leakage"."""
+    for name, component in getattr(pipe, "components", {}).items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for pname, t in component.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                files = [p for p in weight_files(model_dir / name)] if (model_dir / name).is_dir() else []
+                where = files[0] if len(files) == 1 else model_dir / name
+                raise InputError(f"{where}: weights contain NaN or infinite values (tensor {pname})")
 
 
 def _quiet_transformers(model_dir: Path) -> None:
@@ -170,6 +229,7 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle, dtype=dtype)
+    check_finite_weights(pipe, model_dir=model_dir)
     den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
     from privaudit.latent import image_shape_of, latent_of
 

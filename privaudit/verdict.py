@@ -21,11 +21,24 @@ calibrated quantile of real unseen images):
 - low:      otherwise
 
 The overall verdict is the worst severity of any plugin; each rule that fired is listed.
+
+Inconclusive: where a plugin's evidence is unusable (non-finite scores, samples or metrics,
+every distance infinite), that plugin cannot say "low". If no other plugin reached medium or
+above, the verdict is **inconclusive**, never low: ``--fail-on`` treats it as failing at
+every level except ``never``, and the reasons say which test could not judge and why.
 """
 
 from __future__ import annotations
 
+import math
+
 from privaudit.results import SEVERITIES, Metric
+
+INCONCLUSIVE = "inconclusive"
+
+
+class Inconclusive(Exception):
+    """A plugin's evidence is unusable (not an input error): its result cannot support a verdict."""
 
 RULES_TEXT = __doc__
 
@@ -94,3 +107,24 @@ def replication_severity(metrics: dict[str, Metric], *, false_positive_rate: flo
 
 def worst(severities) -> str:
     return max(severities, key=SEVERITIES.index, default="info")
+
+
+def metrics_problem(metrics: dict[str, Metric]) -> str | None:
+    """Why these metrics cannot support a verdict (a value that is NaN or infinite), else None."""
+    bad = [k for k, m in metrics.items() if m.value is None or not math.isfinite(float(m.value))]
+    return f"metric {', '.join(bad)} is not a finite number" if bad else None
+
+
+def overall(levels: list[str], inconclusive: list[str]) -> str:
+    """The worst level; ``inconclusive`` when some plugin could not judge and none found medium or worse."""
+    level = worst(levels)
+    if inconclusive and SEVERITIES.index(level) < SEVERITIES.index("medium"):
+        return INCONCLUSIVE
+    return level
+
+
+def fails(level: str, fail_on: str) -> bool:
+    """``--fail-on``: inconclusive fails at every level except never."""
+    if fail_on == "never":
+        return False
+    return level == INCONCLUSIVE or SEVERITIES.index(level) >= SEVERITIES.index(fail_on)

@@ -26,6 +26,7 @@ ANSWERS = {
     "medium": "Release only after review: some leakage was measured.",
     "low": "No leakage found by these tests.",
     "info": "Not determined: no test produced a result.",
+    "inconclusive": "Inconclusive: the tests could not judge this model.",
 }
 
 TODO = {
@@ -39,6 +40,8 @@ TODO = {
     "low": "Keep this report with the release record and audit again after any further training or fine-tuning. "
            "A low result means these tests, at this budget, found nothing; it is not a proof of privacy.",
     "info": "Check the run: every test was skipped or failed (see the sections below).",
+    "inconclusive": "Do not treat this as a pass. A test's evidence was unusable (see why below: e.g. the model "
+                    "produced NaN or infinite values); fix the model or data and audit again.",
 }
 
 THREAT_WORDS = {
@@ -208,7 +211,8 @@ def _auc(p: dict) -> float | None:
 
 def plain_why(scan: dict) -> list[str]:
     """Sentences a non-specialist can follow: the strongest membership attack, each copy detector."""
-    out: list[str] = []
+    out: list[str] = [f"{p.get('name', '?')} could not judge this model: {_details(p)['inconclusive']}."
+                      for p in _plugins(scan) if _details(p).get("inconclusive")]
     attacks = [p for p in _plugins(scan) if _ok(p) and _section_of(p) == "membership" and _tpr1(p) is not None]
     if attacks:
         p = max(attacks, key=lambda a: (_tpr1(a) or 0, _auc(a) or 0))

@@ -8,6 +8,9 @@ Samples are cached in a per-session temporary folder so every run samples afresh
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
 from pathlib import Path
 
 import pytest

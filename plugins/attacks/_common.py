@@ -16,6 +16,29 @@ def randn(shape, *, generator: torch.Generator, device) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator).to(device)
 
 
+# Images per model pass when an attack fits on a whole calibration set: memory stays bounded
+# however many members there are (the default --batch-size, so scoring batches are unchanged).
+FIT_CHUNK = 128
+
+
+def image_chunks(denoiser, x0: torch.Tensor, size: int = FIT_CHUNK):
+    """(denoiser, images) pairs of at most ``size`` images covering ``x0`` in order. A view conditioned
+    by row count (a text model's fit set) is re-bound to each chunk's own conditioning."""
+    if len(x0) <= size:
+        yield denoiser, x0
+        return
+    cond = None
+    if getattr(denoiser, "by_rows", None):
+        from privaudit.latent import ConditionedDenoiser
+
+        cond = denoiser.conditioning(len(x0))
+    for s in range(0, len(x0), size):
+        if cond is None:
+            yield denoiser, x0[s:s + size]
+        else:
+            yield ConditionedDenoiser(denoiser.denoiser, cond=cond[s:s + size], prompt=denoiser.prompt), x0[s:s + size]
+
+
 def calibration_auc(member_scores: torch.Tensor, holdout_scores: torch.Tensor) -> float:
     m, h = member_scores.detach().cpu().numpy(), holdout_scores.detach().cpu().numpy()
     return float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(h))], np.r_[m, h]))

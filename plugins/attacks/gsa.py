@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 import torch
 
-from privaudit.api import InputError, MembershipAttack, store_params
+from privaudit.api import InputError, Interval, MembershipAttack, Options, store_params
 from privaudit.denoiser import cond_map, signal_noise
 from privaudit.plugins.attacks._common import randn
 
@@ -57,6 +57,10 @@ class GSAAttack(MembershipAttack):
     threat_model = "white-box"
     requires = ("white_box",)
     references = ("Pang et al., White-box Membership Inference Attacks against Diffusion Models, PoPETs 2025",)
+
+    parameter_constraints = {"n_timesteps": [Interval(int, 1, 1000)], "variant": [Options(*VARIANTS)],
+                             "classifier": [Options(*CLASSIFIERS)], "max_grad_floats": [Interval(int, 1, None)],
+                             "fit_batch_size": [Interval(int, 1, None)]}
 
     def __init__(self, *, n_timesteps: int = 10, variant: str = "gsa1", classifier: str = "logistic",
                  max_grad_floats: int = 1 << 27, fit_batch_size: int = 128):

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import MembershipAttack, store_params
+from privaudit.api import Interval, MembershipAttack, SequenceOf, store_params
 from privaudit.denoiser import scale_t
-from privaudit.plugins.attacks._common import calibration_auc, eps_at, noise_to, randn
+from privaudit.plugins.attacks._common import calibration_auc, eps_at, image_chunks, noise_to, randn
 
 
 class LossAttack(MembershipAttack):
@@ -35,6 +35,8 @@ class LossAttack(MembershipAttack):
     threat_model = "gray-box"
     references = ("Matsumoto et al., Membership Inference Attacks against Diffusion Models, SPW 2023",)
 
+    parameter_constraints = {"timesteps": [SequenceOf(Interval(int, 0, 999))], "k": [Interval(int, 1, 1024)]}
+
     def __init__(self, *, timesteps: tuple[int, ...] = (50, 100, 200, 300, 500), k: int = 4):
         store_params(self, locals())
 
@@ -42,6 +44,11 @@ class LossAttack(MembershipAttack):
         return float(self.k)
 
     def _loss(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+        """Per-image loss, a bounded number of images per model pass (the timestep sweep sees a whole
+        calibration set)."""
+        return torch.cat([self._loss_chunk(d, x, t, generator) for d, x in image_chunks(denoiser, x0)])
+
+    def _loss_chunk(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
         b = len(x0)
         x = x0.repeat(self.k, *[1] * (x0.ndim - 1))  # all k draws in one forward pass
         eps = randn(x.shape, generator=generator, device=x.device)

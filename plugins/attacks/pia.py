@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import InputError, MembershipAttack, store_params
+from privaudit.api import InputError, Interval, MembershipAttack, store_params
 from privaudit.denoiser import scale_t
 from privaudit.plugins.attacks._common import eps_at, lp_distance, noise_to
 
@@ -34,6 +34,8 @@ class PIAAttack(MembershipAttack):
     threat_model = "gray-box"
     references = ("Kong et al., An Efficient Membership Inference Attack for the Diffusion Model by "
                   "Proximal Initialization, ICLR 2024",)
+
+    parameter_constraints = {"t": [Interval(int, 1, 999)], "p": [Interval(float, 0, 64, closed="right")]}
 
     def __init__(self, *, t: int = 200, p: float = 4.0):
         store_params(self, locals())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import InputError, MembershipAttack, store_params
+from privaudit.api import InputError, Interval, MembershipAttack, store_params
 from privaudit.denoiser import scale_t
 from privaudit.plugins.attacks._common import ddim_step, eps_at, lp_distance
 
@@ -37,6 +37,8 @@ class SecMIAttack(MembershipAttack):
     id = "PA-MIA-002"
     threat_model = "gray-box"
     references = ("Duan et al., Are Diffusion Models Vulnerable to Membership Inference Attacks?, ICML 2023",)
+
+    parameter_constraints = {"t_sec": [Interval(int, 1, 999)], "k": [Interval(int, 1, 999)]}
 
     def __init__(self, *, t_sec: int = 100, k: int = 10):
         store_params(self, locals())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import InputError, MembershipAttack, store_params
+from privaudit.api import InputError, Interval, MembershipAttack, SequenceOf, store_params
 from privaudit.denoiser import scale_t
 from privaudit.plugins.attacks._common import eps_at, lp_distance, sweep_timestep
 
@@ -33,6 +33,9 @@ class SimAAttack(MembershipAttack):
     id = "PA-MIA-005"
     threat_model = "gray-box"
     references = ("Rao, Qu & Moyer, Score-based Membership Inference on Diffusion Models, arXiv 2509.25003, 2025",)
+
+    parameter_constraints = {"timesteps": [Interval(int, 0, 999), SequenceOf(Interval(int, 0, 999))],
+                             "p": [Interval(float, 0, 64, closed="right")]}
 
     def __init__(self, *, timesteps: tuple[int, ...] = (0, 20, 40, 60, 80, 100), p: float = 4.0):
         store_params(self, locals())

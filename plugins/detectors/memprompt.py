@@ -40,9 +40,12 @@ from privaudit.api import (
     MEMBERSHIP_SPECS,
     DetectorOutput,
     InputError,
+    InstanceOf,
+    Interval,
     Metric,
     MetricSpec,
     ReplicationDetector,
+    SequenceOf,
     membership_metrics,
     proportion_ci,
     read_prompt_file,
@@ -92,6 +95,14 @@ class MemorisedPromptDetector(ReplicationDetector):
         "memorised_fraction", "memorised prompts", "membership", "low", "rate",
         "training captions scoring above the 1 - q quantile of unseen captions (q = the false-positive rate)"))
     references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
+
+    parameter_constraints = {
+        "prompts": [None, InstanceOf(str), SequenceOf(InstanceOf(str))], "steps": [Interval(int, 1, 10_000)],
+        "n_steps": [Interval(int, 1, 10_000)], "guidance_scale": [Interval(float, 0, 100)],
+        "n_seeds": [Interval(int, 1, 1024)], "max_prompts": [Interval(int, 1, None)],
+        "quantile": [Interval(float, 0, 1, closed="neither")], "threshold": [None, Interval(float, None, None)],
+        "n_top": [Interval(int, 0, 10_000)], "batch_size": [Interval(int, 1, None)],
+    }
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_steps: int = 10,
                  guidance_scale: float = 7.5, n_seeds: int = 4, max_prompts: int = 256, quantile: float = 0.01,

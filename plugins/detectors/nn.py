@@ -63,9 +63,12 @@ import torch
 from privaudit.api import (
     DetectorOutput,
     InputError,
+    InstanceOf,
+    Interval,
     KnnStream,
     Metric,
     MetricSpec,
+    Options,
     ReplicationDetector,
     choose_method,
     default_nlist,
@@ -116,6 +119,19 @@ class NearestNeighbourDetector(ReplicationDetector):
         "Somepalli et al., Diffusion Art or Digital Forgery?, CVPR 2023",
         "Kazdan et al., CPSample: Classifier Protected Sampling, ICLR 2025",
     )
+
+    parameter_constraints = {
+        "n_samples": [Interval(int, 1, 10_000_000)], "steps": [Interval(int, 1, 10_000)],
+        "sampler": [Options("ddim", "ddpm")], "features": [InstanceOf(str)], "feature_params": [None, InstanceOf(dict)],
+        "quantile": [Interval(float, 0, 1, closed="neither")], "alpha": [Interval(float, 0, 1, closed="right")],
+        "k": [Interval(int, 1, None)], "ratio": [Interval(float, 0, 1, closed="right")],
+        "cosine_threshold": [Interval(float, -1, 1)], "tiles": [Interval(int, 1, 64)],
+        "tile_match": [Options("aligned", "any")], "tile_resolution": [Interval(int, 1, 4096)],
+        "background_sample": [Interval(int, 1, None)], "holdout_limit": [Interval(int, 1, None)],
+        "search": [Options("auto", "exact", "ivf")], "ivf_threshold": [Interval(int, 1, None)],
+        "nlist": [None, Interval(int, 1, None)], "nprobe": [None, Interval(int, 1, None)],
+        "search_device": [InstanceOf(str)], "batch_size": [Interval(int, 1, None)], "n_pairs": [Interval(int, 0, 1000)],
+    }
 
     def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", features: str = "pixels",
                  feature_params: dict | None = None, quantile: float = 0.01, alpha: float = 0.5, k: int = 50,

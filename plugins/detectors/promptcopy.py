@@ -39,9 +39,12 @@ import torch
 from privaudit.api import (
     DetectorOutput,
     InputError,
+    InstanceOf,
+    Interval,
     Metric,
     MetricSpec,
     ReplicationDetector,
+    SequenceOf,
     png_data_uri,
     proportion_ci,
     read_prompt_file,
@@ -105,6 +108,14 @@ class PromptReplicationDetector(ReplicationDetector):
     references = ("Carlini et al., Extracting Training Data from Diffusion Models, USENIX Security 2023",
                   "Kazdan et al., CPSample: Classifier Protected Sampling for Guarding Training Data During "
                   "Diffusion, ICLR 2025",)
+
+    parameter_constraints = {
+        "prompts": [None, InstanceOf(str), SequenceOf(InstanceOf(str))], "n_prompts": [Interval(int, 1, None)],
+        "unseen_prompts": [InstanceOf(bool)], "n_per_prompt": [Interval(int, 1, 10_000)],
+        "steps": [Interval(int, 1, 10_000)], "guidance_scale": [Interval(float, 0, 100)], "features": [InstanceOf(str)],
+        "quantile": [Interval(float, 0, 1, closed="neither")], "clique_size": [Interval(int, 2, None)],
+        "n_examples": [Interval(int, 0, 1000)], "batch_size": [Interval(int, 1, None)],
+    }
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, n_prompts: int = 32,
                  unseen_prompts: bool = True, n_per_prompt: int = 8, steps: int = 25, guidance_scale: float = 7.5,

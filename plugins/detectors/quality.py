@@ -39,7 +39,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privaudit.api import DetectorOutput, Metric, MetricSpec, ReplicationDetector, proportion_ci, search, store_params
+from privaudit.api import (
+    DetectorOutput,
+    InstanceOf,
+    Interval,
+    Metric,
+    MetricSpec,
+    Options,
+    ReplicationDetector,
+    proportion_ci,
+    search,
+    store_params,
+)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,6 +112,13 @@ class QualityDetector(ReplicationDetector):
         "Heusel et al., GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium, NeurIPS 2017",
         "Kynkäänniemi et al., Improved Precision and Recall Metric for Assessing Generative Models, NeurIPS 2019",
     )
+
+    parameter_constraints = {
+        "n_samples": [Interval(int, 2, 10_000_000)], "steps": [Interval(int, 1, 10_000)],
+        "sampler": [Options("ddim", "ddpm")], "features": [InstanceOf(str)], "feature_params": [None, InstanceOf(dict)],
+        "k": [Interval(int, 1, None)], "jackknife_groups": [Interval(int, 2, None)], "max_ci_dim": [Interval(int, 1, None)],
+        "holdout_limit": [Interval(int, 1, None)], "batch_size": [Interval(int, 1, None)],
+    }
 
     def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", features: str = "auto",
                  feature_params: dict | None = None, k: int = 3, jackknife_groups: int = 20, max_ci_dim: int = 512,

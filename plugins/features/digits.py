@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privaudit.api import FeatureExtractor, InputError, store_params
+from privaudit.api import FeatureExtractor, InputError, InstanceOf, Interval, Options, store_params
 from privaudit.plugins.features._image_model import embed, resolve_device
 
 MODES = ("auto", "classifier", "autoencoder")
@@ -78,6 +78,12 @@ class DigitsFeatures(FeatureExtractor):
 
     name = "digits"
     id = "PA-FEAT-004"
+
+    parameter_constraints = {
+        "dim": [Interval(int, 1, 4096)], "mode": [Options(*MODES)], "epochs": [Interval(int, 1, 10_000)],
+        "batch_size": [Interval(int, 1, None)], "lr": [Interval(float, 0, 1, closed="right")],
+        "seed": [Interval(int, 0, None)], "device": [InstanceOf(str)],
+    }
 
     def __init__(self, *, dim: int = 64, mode: str = "auto", epochs: int = 20, batch_size: int = 128,
                  lr: float = 2e-3, seed: int = 0, device: str = "cpu"):

@@ -17,6 +17,8 @@ class PixelFeatures(FeatureExtractor):
     name = "pixels"
     id = "PA-FEAT-001"
 
+    parameter_constraints: dict = {}  # no parameters
+
     def __init__(self):
         pass
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.api import FeatureExtractor, InputError, store_params
+from privaudit.api import FeatureExtractor, InputError, InstanceOf, Interval, Options, SequenceOf, store_params
 from privaudit.plugins.features._image_model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -41,6 +41,12 @@ class TorchScriptFeatures(FeatureExtractor):
     name = "torchscript"
     id = "PA-FEAT-002"
     references = ("Pizzi et al., A Self-Supervised Descriptor for Image Copy Detection, CVPR 2022",)
+
+    parameter_constraints = {
+        "path": [None, InstanceOf(str)], "size": [None, Interval(int, 1, 4096)], "channels": [None, Options(1, 3)],
+        "mean": [SequenceOf(Interval(float, None, None))], "std": [SequenceOf(Interval(float, 0, None, closed="neither"))],
+        "batch_size": [Interval(int, 1, None)], "device": [InstanceOf(str)],
+    }
 
     def __init__(self, *, path: str | None = None, size: int | None = None, channels: int | None = 3,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,

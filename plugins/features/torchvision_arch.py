@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from privaudit.api import FeatureExtractor, InputError, store_params
+from privaudit.api import FeatureExtractor, InputError, InstanceOf, Interval, Options, SequenceOf, store_params
 from privaudit.plugins.features._image_model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -57,6 +57,13 @@ class TorchvisionFeatures(FeatureExtractor):
 
     name = "torchvision"
     id = "PA-FEAT-003"
+
+    parameter_constraints = {
+        "arch": [InstanceOf(str)], "weights": [None, InstanceOf(str)], "size": [None, Interval(int, 1, 4096)],
+        "head": [InstanceOf(bool)], "channels": [Options(1, 3)],
+        "mean": [SequenceOf(Interval(float, None, None))], "std": [SequenceOf(Interval(float, 0, None, closed="neither"))],
+        "batch_size": [Interval(int, 1, None)], "device": [InstanceOf(str)],
+    }
 
     def __init__(self, *, arch: str = "resnet50", weights: str | None = None, size: int | None = 224,
                  head: bool = False, channels: int = 3, mean: Sequence[float] = IMAGENET_MEAN,

@@ -81,9 +81,13 @@ import torch
 
 from privaudit.api import (
     InputError,
+    InstanceOf,
+    Interval,
     Mitigation,
     MitigationOutput,
+    Options,
     PrivauditError,
+    SequenceOf,
     Variant,
     atomic_dir,
     store_params,
@@ -110,6 +114,20 @@ class CPSample(Mitigation):
                   "Diffusion, ICLR 2025 (arXiv 2409.07025)",
                   "Dhariwal & Nichol, Diffusion Models Beat GANs on Image Synthesis, NeurIPS 2021 (classifier guidance)")
 
+    parameter_constraints = {
+        "alpha": [Interval(float, 0, 0.5, closed="right")], "scale": [Interval(float, 0, None)],
+        "nonmember_weight": [Interval(float, 0, None)], "lipschitz": [InstanceOf(bool)],
+        "block_out_channels": [SequenceOf(Interval(int, 1, 4096))], "layers_per_block": [Interval(int, 1, 16)],
+        "max_steps": [Interval(int, 1, None)], "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, 1, closed="right")], "target_accuracy": [Interval(float, 0, 1, closed="right")],
+        "fit_t": [Interval(float, 0, 1, closed="right")], "max_unseen_gate": [None, Interval(float, 0, 1)],
+        "on_shortfall": [Options("warn", "error")], "seed": [None, Interval(int, 0, None)],
+        "placebo": [InstanceOf(bool)], "rejection": [InstanceOf(bool)],
+        "rejection_max_factor": [Interval(float, 1, None)], "rejection_features": [InstanceOf(str)],
+        "sweep_alphas": [SequenceOf(Interval(float, 0, 0.5, closed="right"))],
+        "sweep_scales": [SequenceOf(Interval(float, 0, None))],
+    }
+
     def __init__(self, *, alpha: float = 0.4, scale: float = 100.0, nonmember_weight: float = 1.0,
                  lipschitz: bool = True, block_out_channels: tuple[int, ...] = (16, 32), layers_per_block: int = 1,
                  max_steps: int = 3000, batch_size: int = 128, lr: float = 2e-3, target_accuracy: float = 0.97,
@@ -122,31 +140,8 @@ class CPSample(Mitigation):
     # ------------------------------------------------------------------ validation
 
     def validate(self) -> None:
-        """Bad settings fail before any work, naming the parameter."""
-        check_alpha(self.alpha, "cpsample alpha")
-        check_scale(self.scale, "cpsample scale")
-        for a in self.sweep_alphas:
-            check_alpha(a, "cpsample sweep_alphas")
-        for s in self.sweep_scales:
-            check_scale(s, "cpsample sweep_scales")
-        if self.nonmember_weight < 0:
-            raise InputError(f"cpsample nonmember_weight={self.nonmember_weight}: must be >= 0")
-        if not 0 < self.target_accuracy <= 1:
-            raise InputError(f"cpsample target_accuracy={self.target_accuracy}: must lie in (0, 1]")
-        if not 0 < self.fit_t <= 1:
-            raise InputError(f"cpsample fit_t={self.fit_t}: must lie in (0, 1]")
-        g = self.max_unseen_gate
-        if g is not None and not (isinstance(g, (int, float)) and not isinstance(g, bool) and 0 <= g <= 1):
-            raise InputError(f"cpsample max_unseen_gate={g!r}: must lie in [0, 1], or null to stop on member "
-                             "accuracy alone")
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise InputError(f"cpsample max_steps={self.max_steps}, batch_size={self.batch_size}: must be >= 1")
-        if self.on_shortfall not in ("warn", "error"):
-            raise InputError(f"cpsample on_shortfall={self.on_shortfall!r}: choose warn or error")
-        if not self.block_out_channels or min(self.block_out_channels) < 1:
-            raise InputError(f"cpsample block_out_channels={self.block_out_channels}: need positive widths")
-        if self.rejection_max_factor < 1:
-            raise InputError(f"cpsample rejection_max_factor={self.rejection_max_factor}: must be >= 1")
+        """Bad settings fail before any work, naming the parameter (the declared constraints above)."""
+        super().validate()
 
     def recipe(self) -> str:
         parts = ["random labels on members"]

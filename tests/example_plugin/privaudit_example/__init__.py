@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import MembershipAttack
+from privaudit.api import Interval, MembershipAttack
 
 
 class BrightnessAttack(MembershipAttack):
@@ -26,6 +26,7 @@ class BrightnessAttack(MembershipAttack):
     id = "EXAMPLE-001"
     threat_model = "black-box"
     references = ("privaudit test suite",)
+    parameter_constraints = {"sign": [Interval(float, None, None)]}  # any finite number; checked before work
 
     def __init__(self, *, sign: float = 1.0):
         self.sign = sign
