@@ -59,7 +59,7 @@ QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; hi
 
 GENERIC_LIMITS = (
     "Protection holds only while the raw model weights stay private: white-box attacks read the raw network and "
-    "see through any sampling-time mitigation (their numbers are shown unchanged below).",
+    "see through any sampling-time mitigation.",
     "Gray-box numbers are for the protected model as served (noise predictions at chosen timesteps); an attacker "
     "who knows the mitigation may invert a score, so membership AUC is also reported two-sided, max(AUC, 1 - AUC).",
 )
@@ -190,6 +190,74 @@ def timed_samples(denoiser, *, n: int, steps: int, sampler: str, seed: int, batc
     if getattr(denoiser, "device", torch.device("cpu")).type == "cuda":
         torch.cuda.synchronize(denoiser.device)
     return x, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+
+def _flipped_rules(res: dict, settings: AuditSettings) -> list[dict]:
+    """Each attack judged with its score reversed, on the same evaluation split.
+
+    A mitigation can push members to the other side of an attack's threshold (AUC well below
+    0.5): an attacker who knows the mitigation reverses the score, so the protected model is
+    judged on max(AUC, 1 - AUC) and the TPR of the reversed score too.
+    """
+    from privaudit.metrics import calibration_split, membership_metrics
+    from privaudit.verdict import membership_severity
+
+    scores = res.get("scores")
+    if scores is None:
+        return []
+    n_m = int((scores["set"] == "member").sum())
+    n_h = len(scores) - n_m
+    _, ev_m = calibration_split(n_m, fraction=settings.calibration_fraction, seed=settings.seed)
+    _, ev_h = calibration_split(n_h, fraction=settings.calibration_fraction, seed=settings.seed + 1)
+    out = []
+    for p in res["plugins"]:
+        if p["status"] != "ok" or p["kind"] != "attack" or p["name"] not in scores:
+            continue
+        s = scores[p["name"]].to_numpy(dtype=float)
+        flipped = membership_metrics(-s[:n_m][ev_m], -s[n_m:][ev_h], fpr_levels=(0.01,), n_boot=settings.n_boot,
+                                     seed=settings.seed)
+        level, rules = membership_severity(flipped)
+        out += [{"level": level, "plugin": p["name"], "area": "membership",
+                 "text": f"score reversed (an attacker who knows the mitigation flips it): {r}"} for r in rules]
+    return out
+
+
+def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings) -> dict:
+    """The protected model's verdict: the worst of every rule on every membership and replication number shown.
+
+    The after-audit's own rules (one-sided, as for any scan), the same rules on each attack's
+    reversed score, and the thresholds applied to the headline numbers of the protected row
+    (two-sided membership AUC over attacks and timesteps, copy fraction). The raw weights stay
+    in the protected folder, so white-box attacks keep their before-audit numbers (they are
+    part of the after-audit). ``verdict["before"]`` is the raw model's level.
+    """
+    from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, worst
+
+    fired = [{"level": p["severity"], "plugin": p["name"], "text": r,
+              "area": "membership" if p["kind"] == "attack" else "replication"}
+             for p in after_res["plugins"] if p["status"] == "ok" for r in (p.get("details") or {}).get("rules", [])]
+    fired += _flipped_rules(after_res, settings)
+    m = row.get("metrics") or {}
+    two = m.get("membership_auc_two_sided")
+    if two is not None and two >= AUC_HIGH:
+        fired.append({"level": "high", "plugin": "headline", "area": "membership",
+                      "text": f"two-sided membership AUC is {two:.2f} (>= {AUC_HIGH:.2f}; max(AUC, 1 - AUC) over "
+                              "attacks and timesteps)"})
+    cf = m.get("copy_fraction")
+    if cf is not None and cf >= COPY_HIGH:
+        fired.append({"level": "critical" if cf >= COPY_CRITICAL else "high", "plugin": "headline",
+                      "area": "replication", "text": f"{cf:.1%} of the protected model's samples are copies of members "
+                                                     f"(>= {COPY_CRITICAL if cf >= COPY_CRITICAL else COPY_HIGH:.0%})"})
+    ok = [p for p in after_res["plugins"] if p["status"] == "ok"]
+    level = worst([f["level"] for f in fired] + [p["severity"] for p in ok]) if ok else "info"
+    fired = [f for f in fired if f["level"] not in ("low", "info")]
+    fired.sort(key=lambda f: -["info", "low", "medium", "high", "critical"].index(f["level"]))
+    return {"level": level, "before": before["verdict"]["level"], "fired": fired,
+            "reasons": [f"{f['plugin']}: {f['text']}" for f in fired],
+            "warnings": list(after_res["verdict"].get("warnings", [])), "rules": RULES_TEXT}
 
 
 # ---------------------------------------------------------------------------- the flow
@@ -412,6 +480,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
 
     white = _white_box(before, after)
     findings = _findings(method, controls, sweep_rows, matched, white)
+    verdict = mitigation_verdict(before=before, after_res=after_res, row=controls[1], settings=settings)
     results = {
         "schema_version": SCHEMA_VERSION, "kind": "mitigation", "method": method,
         "params": _scalar_params(result.params),
@@ -419,7 +488,8 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         "before": _body(before), "after": _body(after),
         "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white,
         "guard": result.guard, "targets": TARGETS, "findings": findings, "warnings": list(result.warnings),
-        "limits": list(GENERIC_LIMITS) + list(result.limits),
+        "limits": list(GENERIC_LIMITS) + list(result.limits), "verdict": verdict,
+        "weights": _same_weights(before, after),
     }
     results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,
                                       registry=registry, seconds=time.perf_counter() - start),
@@ -450,6 +520,13 @@ def _white_box(before: dict, after: dict) -> list[dict]:
             rows.append({"attack": p["name"], "before_auc": ba, "after_auc": aa,
                          "unchanged": ba is not None and aa is not None and abs(ba - aa) < 1e-9})
     return rows
+
+
+def _same_weights(before: dict, after: dict) -> dict:
+    """The raw and protected folders' network weights by file: a sampling-time mitigation ships the raw UNet."""
+    b, a = before["target"].get("weights_sha256") or {}, after["target"].get("weights_sha256") or {}
+    same = sorted(f for f in b if a.get(f) == b[f])
+    return {"same_files": same, "sha256": {f: b[f] for f in same}, "raw_weights_shipped": bool(same)}
 
 
 def _fmt(v: float | None) -> str:

@@ -41,6 +41,19 @@ TODO = {
     "info": "Check the run: every test was skipped or failed (see the sections below).",
 }
 
+# What to do when the audited model is already the protected one (mitigating it again is not the advice).
+MITIGATED_TODO = {
+    "critical": "Do not release the protected pipeline: it still leaks by the rules above. Try the stronger settings of "
+                "the sweep, deduplicate the training data or retrain with fewer steps, then audit again.",
+    "high": "Do not release the protected pipeline as is: it still leaks by the rules above. Choose a stronger "
+            "setting (see the sweep) or another mitigation, and audit again.",
+    "medium": "Review the evidence below with the data owner before releasing the protected pipeline; a larger "
+              "holdout set gives tighter intervals.",
+    "low": "Release only the protected pipeline as a service and keep the raw weights private (the protected folder "
+           "holds them unchanged); keep this report with the release record and audit again after any change.",
+    "info": "Check the run: every test was skipped or failed (see the sections below).",
+}
+
 THREAT_WORDS = {
     "white-box": "has the model's weights and can compute gradients",
     "gray-box": "can query the model's noise predictions (anyone holding the released weights can)",
@@ -278,6 +291,26 @@ def verdict_view(scan: dict) -> dict:
     return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": TODO.get(level, TODO["info"]),
             "why": plain_why(scan), "fired": fired, "warnings": [str(w) for w in v.get("warnings") or []],
             "rules": rules_table(v.get("rules")), "scale": LEVELS}
+
+
+def mitigated_verdict_view(r: dict, v: dict) -> dict:
+    """A mitigation run's verdict: its own level and rules (both score directions, every headline number)."""
+    mv = r["verdict"]
+    level = str(mv.get("level") or "info")
+    fired = [{"level": str(f.get("level", "info")), "plugin": str(f.get("plugin", "")), "text": str(f.get("text", "")),
+              "area": str(f.get("area", ""))} for f in mv.get("fired") or [] if isinstance(f, dict)]
+    # rules a one-sided scan cannot see: a reversed score, a headline number; the "no evidence" sentence of
+    # their area would contradict them
+    extra = [f for f in fired if f["plugin"] == "headline" or f["text"].startswith("score reversed")]
+    why = v["why"]
+    if extra:
+        areas = {f["area"] for f in extra}
+        quiet = {"membership": "Membership: ", "replication": "Copies: "}
+        why = [("The protected model still leaks (headline number): " if f["plugin"] == "headline" else
+                f"The protected model still leaks ({f['plugin']} attack): ") + f["text"] + "." for f in extra] + [
+            w for w in why if not any(w.startswith(quiet[a]) for a in areas if a in quiet)]
+    return {**v, "level": level, "answer": ANSWERS.get(level, ANSWERS["info"]),
+            "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]), "fired": fired or v["fired"], "why": why}
 
 
 # ---------------------------------------------------------------- header
@@ -851,10 +884,27 @@ def mitigation_view(r: dict) -> dict:
         sweep_table["rows"] = [[str(i)] + row for i, row in enumerate(sweep_table["rows"], 1)]
     timing = next((c.get("timing") for c in controls if isinstance(c.get("timing"), dict)), None)
     matched = r.get("matched_quality") if isinstance(r.get("matched_quality"), dict) else None
+    if recommended:
+        sweep_table["highlight"] = recommended[0] - 1
     white = [w for w in r.get("white_box") or [] if isinstance(w, dict)]
-    return {"method": r.get("method", "unknown"), "headline": headline_deltas(before, after),
+    comparison = comparison_view(before, after, labels=("before (no mitigation)", "after (protected)"))
+    mv = r.get("verdict") if isinstance(r.get("verdict"), dict) else {}
+    if mv.get("level"):  # the mitigation's own verdict (both score directions, headline numbers), not the scan's
+        comparison["after_level"] = str(mv["level"])
+    headline = headline_deltas(before, after)
+    if len(controls) >= 2:  # the two-sided AUC the verdict also judges, next to the one-sided ones
+        b2, a2 = (_num((c.get("metrics") or {}).get("membership_auc_two_sided")) for c in controls[:2])
+        if b2 is not None or a2 is not None:
+            word, cls = _judge("membership_auc_two_sided", "membership", b2, a2)
+            headline.insert(min(2, len(headline)), {
+                "label": "membership AUC, two-sided (an attacker may reverse a score; 0.5 is guessing)",
+                "before": fmt_value(b2, "num"), "after": fmt_value(a2, "num"), "word": word, "cls": cls})
+    weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
+    same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
+    return {"method": r.get("method", "unknown"), "headline": headline,
+            "raw_weights": [{"file": f, "short": _short(h), "sha256": str(h)} for f, h in same.items()],
             "params": {k: fmt_scalar(v) for k, v in (r.get("params") or {}).items()},
-            "comparison": comparison_view(before, after, labels=("before (no mitigation)", "after (protected)")),
+            "comparison": comparison,
             "controls": controls_table(controls), "has_controls": bool(controls),
             "timing": ", ".join(f"{k} {fmt_scalar(v)}" for k, v in timing.items()) if timing else "",
             "sweep": sweep_table, "has_sweep": bool(sweep), "tradeoffs": tradeoff_plots(sweep, controls),
@@ -981,6 +1031,8 @@ def build(r: dict, *, baseline: dict | None, redact: str, version: str) -> dict:
     empty_scan: dict = {}
     ctx["header"] = guard("header", lambda: header_view(r, scan), header_view({}, empty_scan))
     ctx["verdict"] = guard("verdict", lambda: verdict_view(scan), verdict_view(empty_scan))
+    if kind == "mitigation" and isinstance(r.get("verdict"), dict):
+        ctx["verdict"] = guard("verdict", lambda: mitigated_verdict_view(r, ctx["verdict"]), ctx["verdict"])
     ctx["mitigation"] = guard("before/after", lambda: mitigation_view(r), None) if kind == "mitigation" else None
     ctx["before_verdict"] = (guard("before verdict", lambda: verdict_view(r["before"]), None)
                              if kind == "mitigation" and isinstance(r.get("before"), dict) else None)

@@ -305,3 +305,55 @@ def test_prompt_examples_and_record_lists_render_and_redact(digits_scan):
     assert len(DATA_URI.findall(html)) >= len(DATA_URI.findall(render_html(body(digits_scan)))) + 4
     omitted = render_html(r, redact="omit")
     assert DATA_URI.findall(omitted) == [] and "generations withheld" in omitted
+
+
+def _every_embedded_image(folder) -> dict:
+    """file name -> every ``data:image`` payload in it, decoded (any text file, anywhere in the folder)."""
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        text = f.read_text(errors="replace")
+        uris = re.findall(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", text)
+        out[str(f.relative_to(folder))] = decode_images(" ".join(uris))
+        assert len(out[str(f.relative_to(folder))]) == len(uris), f  # nothing hidden in an undecodable form
+    return out
+
+
+@pytest.mark.parametrize("mode", ["omit", "blur"])
+def test_rerendering_with_redact_redacts_every_file_of_the_run(digits_target, digits_scan, tmp_path, mode):
+    from privaudit.cli import main
+    from privaudit.runner import write_run
+
+    run = tmp_path / "run"
+    write_run(run / "before", digits_scan)  # a mitigation-style folder: sub-runs and a top-level results.json
+    write_run(run / "after", digits_scan, baseline=body(digits_scan))
+    write_run(run, digits_scan)
+    pair = plugin(digits_scan, "nn")["details"]["pairs"][0]
+    (run / "extra.csv").write_text(f"member_id,member_png\n{pair['member_id']},{pair['member_png']}\n")
+    members = _members(digits_target)
+    before = _every_embedded_image(run)
+    # positive control: the thumbnail run holds member images in results.json, the reports and the CSV
+    for name in ("results.json", "before/results.json", "after/report.html", "extra.csv"):
+        assert min(nearest_member_rms(i, members) for i in before[name]) < 0.01, name
+
+    assert main(["report", str(run), "--redact", mode]) == 0
+    after = _every_embedded_image(run)
+    if mode == "omit":
+        assert {k: len(v) for k, v in after.items() if v} == {}
+    else:
+        floor = _holdout_floor(digits_target, members)
+        shown = [i for imgs in after.values() for i in imgs]
+        assert shown and min(nearest_member_rms(i, members) for i in shown) > floor
+    assert plugin(json.loads((run / "results.json").read_text()), "nn")["details"]["pairs"]  # ids stay
+
+
+def test_report_out_writes_elsewhere_and_leaves_the_run_alone(digits_scan, tmp_path):
+    from privaudit.cli import main
+    from privaudit.runner import write_run
+
+    run = write_run(tmp_path / "run", digits_scan)
+    files = {f: f.read_bytes() for f in run.iterdir()}
+    assert main(["report", str(run), "--out", str(tmp_path / "shared.html"), "--redact", "omit"]) == 0
+    assert {f: f.read_bytes() for f in run.iterdir()} == files
+    html = (tmp_path / "shared.html").read_text()
+    assert DATA_URI.findall(html) == [] and "Verdict" in html
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 2  # a folder is not a file
