@@ -54,6 +54,11 @@ MITIGATED_TODO = {
     "info": "Check the run: every test was skipped or failed (see the sections below).",
 }
 
+MITIGATED_ANSWERS = {
+    "critical": "Not safe to release, even protected.",
+    "high": "Not safe to release: the protection is not enough.",
+}
+
 THREAT_WORDS = {
     "white-box": "has the model's weights and can compute gradients",
     "gray-box": "can query the model's noise predictions (anyone holding the released weights can)",
@@ -309,7 +314,7 @@ def mitigated_verdict_view(r: dict, v: dict) -> dict:
         why = [("The protected model still leaks (headline number): " if f["plugin"] == "headline" else
                 f"The protected model still leaks ({f['plugin']} attack): ") + f["text"] + "." for f in extra] + [
             w for w in why if not any(w.startswith(quiet[a]) for a in areas if a in quiet)]
-    return {**v, "level": level, "answer": ANSWERS.get(level, ANSWERS["info"]),
+    return {**v, "level": level, "answer": MITIGATED_ANSWERS.get(level, ANSWERS.get(level, ANSWERS["info"])),
             "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]), "fired": fired or v["fired"], "why": why}
 
 
@@ -899,6 +904,10 @@ def mitigation_view(r: dict) -> dict:
             headline.insert(min(2, len(headline)), {
                 "label": "membership AUC, two-sided (an attacker may reverse a score; 0.5 is guessing)",
                 "before": fmt_value(b2, "num"), "after": fmt_value(a2, "num"), "word": word, "cls": cls})
+    if not any("Frechet" in h["label"] for h in headline):  # the cost side must never silently vanish
+        headline.append({"label": "quality (Frechet distance): not measured; add the quality detector "
+                                  "(--detectors nn,quality) to see what the protection costs",
+                         "before": "n/a", "after": "n/a", "word": "", "cls": ""})
     weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
     same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
     return {"method": r.get("method", "unknown"), "headline": headline,
