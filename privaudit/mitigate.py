@@ -47,6 +47,7 @@ import torch
 from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser, sample
 from privaudit.errors import InputError
+from privaudit.exports import write_exports
 from privaudit.io import write_json, write_text
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
@@ -597,4 +598,5 @@ def _write_report(out: Path, results: dict, *, before: dict, after: dict, redact
                                    "report.html shows the after audit against the before audit")
         html = render_html(_body(after), baseline=_body(before), redact=redact)
     write_json(out / "results.json", redact_images(results, mode=redact))
+    write_exports(out, results)  # summary.json, junit.xml: the protected model's verdict, for CI
     write_text(out / "report.html", html)

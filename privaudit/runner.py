@@ -26,6 +26,7 @@ from privaudit.checks import run_checks
 from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser, sample
 from privaudit.ensemble import ensemble_view
+from privaudit.exports import write_exports
 from privaudit.errors import InputError, PluginError
 from privaudit.io import write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of, latent_of
@@ -283,6 +284,7 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
     for name, table in results.get("tables", {}).items():
         write_text(out / f"{name}.csv", table.to_csv(index=False))
     write_json(out / "results.json", redact_images(body, mode=redact))  # no more training images than the report
+    write_exports(out, body)  # summary.json, junit.xml: for CI
     write_text(out / "report.html", html)
     return out
 

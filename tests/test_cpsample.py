@@ -364,3 +364,16 @@ def test_reversed_scores_raise_the_mitigated_verdict():
                            row={"metrics": {"membership_auc_two_sided": 0.88, "copy_fraction": 0.01}},
                            settings=AuditSettings(n_boot=50))
     assert v["level"] == "high" and "two-sided" in v["fired"][0]["text"]
+
+
+def test_mitigation_exports_carry_the_protected_verdict(mitigation_run):
+    import xml.etree.ElementTree as ET
+
+    out, _ = mitigation_run
+    saved = json.loads((out / "results.json").read_text())
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["kind"], s["verdict"], s["verdict_before"]) == ("mitigation", saved["verdict"]["level"],
+                                                              saved["before"]["verdict"]["level"])
+    assert s["raw_weights_shipped"] is True and [c["name"] for c in s["served"]][:2] == ["no mitigation", "cpsample"]
+    case = next(c for c in ET.parse(out / "junit.xml").getroot() if c.get("name") == "verdict.protected")
+    assert (case.find("failure") is not None) == (saved["verdict"]["level"] in ("medium", "high", "critical"))

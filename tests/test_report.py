@@ -357,3 +357,25 @@ def test_report_out_writes_elsewhere_and_leaves_the_run_alone(digits_scan, tmp_p
     html = (tmp_path / "shared.html").read_text()
     assert DATA_URI.findall(html) == [] and "Verdict" in html
     assert main(["report", str(run), "--out", str(tmp_path)]) == 2  # a folder is not a file
+
+
+def test_summary_json_and_junit_beside_results(digits_scan, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from privaudit.runner import write_run
+
+    run = write_run(tmp_path / "run", digits_scan)
+    s = json.loads((run / "summary.json").read_text())
+    assert "data:image" not in (run / "summary.json").read_text()
+    assert s["verdict"] == digits_scan["verdict"]["level"] and s["kind"] == "scan"
+    fired = {(f["plugin"], f["text"]) for f in s["fired"]}
+    assert fired == {(p["name"], r) for p in digits_scan["plugins"] for r in p["details"].get("rules", [])}
+    nn = next(p for p in s["plugins"] if p["name"] == "nn")
+    cf = plugin(digits_scan, "nn")["metrics"]["copy_fraction"]
+    assert nn["metrics"]["copy_fraction"]["value"] == cf["value"] and nn["metrics"]["copy_fraction"]["ci"] == list(cf["ci"])
+    suite = ET.parse(run / "junit.xml").getroot()
+    cases = suite.findall("testcase")
+    assert len(cases) == len(digits_scan["plugins"]) == int(suite.get("tests"))
+    failing = {c.get("name").split(".", 1)[1] for c in cases if c.find("failure") is not None}
+    assert failing == {p["name"] for p in digits_scan["plugins"] if p["severity"] in ("medium", "high", "critical")}
+    assert failing and int(suite.get("failures")) == len(failing)  # the memorising target fails CI
