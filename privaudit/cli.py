@@ -173,17 +173,25 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_plugins(a: argparse.Namespace) -> int:
+    """A table of every plugin, then each one's one-line description and parameters with their defaults."""
     from privaudit.plugin import Registry
 
     reg = Registry.build(plugins_dir=a.plugins_dir)
     rows = [("name", "id", "kind", "threat model", "queries/img", "requires", "origin")]
+    described = []
     for r in reg:
         p = r.cls()
         rows.append((r.name, r.cls.id, r.kind, r.cls.threat_model, f"{p.queries_per_image():g}",
                      ",".join(r.cls.requires) or "-", r.origin))
+        params = ", ".join(f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v, default=str)}"
+                           for k, v in p.get_params().items())
+        described.append((r.name, r.cls.summary().replace("``", ""), params))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    for name, doc, params in described:
+        print(f"\n{name}: {doc or '(no description)'}")
+        print(f"  parameters: {params or 'none'}  (set with --param {name}.KEY=VALUE)")
     return EXIT_OK
 
 
