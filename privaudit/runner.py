@@ -130,12 +130,17 @@ def _generator(seed: int, *parts: str) -> torch.Generator:
 
 
 def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str,
-              prompt: str = "caption") -> np.ndarray:
+              prompt: str = "caption", progress: bool = False) -> np.ndarray:
+    from tqdm.auto import tqdm
+
     out = []
-    for b, (idx, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
-        den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
-        s = attack.score(den, x, generator=_generator(seed, attack.name, label, str(b)))
-        out.append(s.detach().float().cpu().numpy())
+    with tqdm(total=len(images), desc=f"{attack.name}: scoring {label}", unit="img", disable=not progress,
+              leave=False) as bar:
+        for b, (idx, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
+            den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
+            s = attack.score(den, x, generator=_generator(seed, attack.name, label, str(b)))
+            out.append(s.detach().float().cpu().numpy())
+            bar.update(len(idx))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -146,8 +151,9 @@ def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageS
     cal_h, ev_h = calibration_split(len(holdout), fraction=s.calibration_fraction, seed=s.seed + 1)
     fit_den, fit_m, fit_h, _, _ = fit_inputs(denoiser, members, cal_m, holdout, cal_h, prompt=s.prompt)
     attack.fit(fit_den, members=fit_m, holdout=fit_h, seed=s.seed)
-    sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members", prompt=s.prompt)
-    sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout", prompt=s.prompt)
+    kw = dict(batch_size=s.batch_size, seed=s.seed, prompt=s.prompt, progress=s.progress)
+    sm = score_set(attack, denoiser, members, label="members", **kw)
+    sh = score_set(attack, denoiser, holdout, label="holdout", **kw)
     threshold = threshold_at_balanced(np.r_[np.ones(len(cal_m)), np.zeros(len(cal_h))], np.r_[sm[cal_m], sh[cal_h]])
     metrics = membership_metrics(sm[ev_m], sh[ev_h], threshold=threshold, n_boot=s.n_boot, seed=s.seed)
     scores[attack.name] = np.r_[sm, sh]

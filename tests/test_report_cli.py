@@ -78,3 +78,20 @@ def test_terminal_summary_shows_intervals_integers_and_indicative(capsys, tmp_pa
     _mitigation_summary({"verdict": {"level": "high", "before": "critical", "fired": []}, "method": "cpsample",
                          "warnings": [], "findings": [], "protected": "p"}, tmp_path)
     assert "verdict: critical (raw model) -> high (protected cpsample pipeline)" in capsys.readouterr().err
+
+
+def test_attacks_show_progress_unless_quiet(digits_target, digits_denoiser, capsys):
+    from privaudit.data import load_images
+    from privaudit.runner import score_set
+
+    class Mean:
+        name = "mean"
+
+        def score(self, den, x, *, generator):
+            return x.flatten(1).mean(1)
+
+    images = load_images(digits_target / "holdout", name="holdout", channels=1, size=8)
+    s = score_set(Mean(), digits_denoiser, images, batch_size=64, seed=0, label="holdout", progress=True)
+    assert len(s) == len(images) and "mean: scoring holdout" in capsys.readouterr().err
+    score_set(Mean(), digits_denoiser, images, batch_size=64, seed=0, label="holdout", progress=False)
+    assert "scoring" not in capsys.readouterr().err
