@@ -56,6 +56,7 @@ from privaudit.target import ModelInfo, load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
 TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
+TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC"}
 QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; higher precision is better
 
 GENERIC_LIMITS = (
@@ -542,13 +543,13 @@ def _findings(method: str, controls: list[dict], sweep: list[dict], matched: dic
         m0, m1 = none["metrics"], ours["metrics"]
         out.append(f"{method}: copy fraction {_fmt(m0.get('copy_fraction'))} -> {_fmt(m1.get('copy_fraction'))}; "
                    f"membership AUC on the served model {_fmt(m0.get('membership_auc'))} -> {_fmt(m1.get('membership_auc'))} "
-                   f"(two-sided {_fmt(m0.get('membership_auc_two_sided'))} -> {_fmt(m1.get('membership_auc_two_sided'))}); "
+                   f"(two-sided, an attacker may reverse the score: {_fmt(m0.get('membership_auc_two_sided'))} -> {_fmt(m1.get('membership_auc_two_sided'))}); "
                    f"Frechet distance {_fmt(m0.get('frechet_distance'))} -> {_fmt(m1.get('frechet_distance'))}; "
                    f"sampling time x{ours['sampling_ratio']:.2f}.")
         unmet = [k for k, v in TARGETS.items() if k in m1 and m1[k] > v]
         if unmet:
             out.append(f"{method} at these settings misses the target(s) " +
-                       ", ".join(f"{k} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
+                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
     for c in controls:
         if c["family"] in ("none", method):
             continue

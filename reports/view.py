@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,24 @@ METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
 }
 
 MEMBERSHIP_ROWS = ("auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001", "balanced_accuracy")
+
+# What attacks fit on the calibration split (attributes ending in "_"), in words.
+FITTED_INFO = {"timestep_": "timestep chosen", "sweep_": "calibration AUC at each candidate timestep",
+               "classifier_": "classifier", "threshold_": "threshold", "direction_": "score direction"}
+
+
+def fitted_view(fitted: dict) -> dict[str, str]:
+    """Fitted attributes with human labels; a model object's repr becomes its class name, never a dump."""
+    out = {}
+    for k, v in fitted.items():
+        label = FITTED_INFO.get(k, k.rstrip("_").replace("_", " "))
+        if isinstance(v, str) and re.match(r"^[A-Za-z_][\w.]*\(", v):
+            out[label] = f"a fitted {v.split('(', 1)[0]} (parameters in results.json)"
+        elif isinstance(v, dict) and k == "sweep_":
+            out[label] = "; ".join(f"t={tk}: {fmt_scalar(tv)}" for tk, tv in list(v.items())[:24])
+        else:
+            out[label] = fmt_scalar(v)
+    return out
 
 
 # ---------------------------------------------------------------- small helpers
@@ -230,6 +249,9 @@ def plain_why(scan: dict) -> list[str]:
     attacks = [p for p in _plugins(scan) if _ok(p) and _section_of(p) == "membership" and _tpr1(p) is not None]
     if attacks:
         p = max(attacks, key=lambda a: (_tpr1(a) or 0, _auc(a) or 0))
+        e = ((scan or {}).get("ensemble") or {}).get("metrics") or {}
+        named = (e.get("tpr_at_fpr_0.01") or {}).get("attack") if isinstance(e.get("tpr_at_fpr_0.01"), dict) else None
+        p = next((a for a in attacks if a.get("name") == named and _tpr1(a) == _tpr1(p)), p)  # the ensemble's pick
         t, auc = _tpr1(p) or 0.0, _auc(p)
         who = THREAT_WORDS.get(str(p.get("threat_model")), "can query the model")
         n = f" (the strongest of {len(attacks)})" if len(attacks) > 1 else ""
@@ -259,8 +281,10 @@ def plain_why(scan: dict) -> list[str]:
         distinct = None if distinct is None else int(distinct)
         of_n = f" of {n}" if n else ""
         if cf > max(2 * q, 0.02) or p.get("severity") in ("medium", "high", "critical"):
-            who = (f"; {distinct} different training images were reproduced" if distinct is not None
-                   else "; at least 20 different training images were reproduced" if mc else "")
+            # a count of 0 beside a non-zero copy fraction means the detector did not attribute its copies to
+            # members (e.g. prompt-level copies): say nothing rather than contradict the fraction
+            who = (f"; {distinct} different training images were reproduced" if distinct
+                   else "; at least 20 different training images were reproduced" if mc and distinct is None else "")
             out.append(f"The model hands back its training images: {cf:.0%}{of_n} images it generated are near-copies of a "
                        f"training image, closer than {1 - nominal:.0%} of genuinely new images ever come{who}.")
         else:
@@ -373,7 +397,7 @@ def membership_view(scan: dict) -> dict:
                      "queries": p.get("queries_per_image"), "severity": p.get("severity", "info"),
                      "metrics": [fmt_metric(k, ms[k]) for k in keys], "finding": p.get("finding", ""),
                      "rules": d.get("rules") or [], "split": ev, "seconds": p.get("seconds"),
-                     "fitted": {k: fmt_scalar(v) for k, v in fitted.items()},
+                     "fitted": fitted_view(fitted),
                      "references": p.get("references") or [], "params": p.get("params") or {}})
         roc = d.get("roc")
         if isinstance(roc, dict) and isinstance(roc.get("fpr"), list) and isinstance(roc.get("tpr"), list):
@@ -523,6 +547,9 @@ def _replication_plots(p: dict, d: dict, criteria: list[dict]) -> tuple[list, li
             continue
         seen.append((edges, series))
         xlabel = str(h.get("x") or key.replace("_", " "))
+        space = str(d.get("feature_space") or d.get("features") or "")
+        if "distance" in xlabel and space and space not in xlabel:  # a distance without its space has no unit
+            xlabel += f" (L2, {space} features)"
         for s_ in series:
             s_["label"] = SERIES_NAMES.get(s_["label"], s_["label"] if s_["label"] != "counts" else xlabel)
         markers = []
@@ -675,8 +702,9 @@ def _judge(key: str, area: str, a: float | None, b: float | None) -> tuple[str, 
         good = b > a
     else:
         return "changed", "same"
+    arrow = " up" if b > a else " down"  # the arrow shows which way the number moved
     if area in ("membership", "replication") or key in METRIC_INFO:
-        return ("better", "better") if good else ("worse", "worse")
+        return ("better", "better" + arrow) if good else ("worse", "worse" + arrow)
     return "changed", "same"
 
 
@@ -876,6 +904,22 @@ def controls_table(controls: list[dict]) -> dict:
     return {"cols": [metric_info(k)[0] for k in cols], "rows": rows}
 
 
+def matched_view(m: dict) -> dict:
+    """The placebo comparison at matched quality: its reading in words and the compared points as a table."""
+    q = str(m.get("quality_metric") or "quality")
+    ql = metric_info(q)[0]
+    overlap = m.get("overlap") if isinstance(m.get("overlap"), list) else []
+    kv = {"quality measure": ql, "quality range compared": " to ".join(fmt_scalar(x) for x in overlap) or "n/a",
+          "reading": str(m.get("verdict") or "n/a"), "beats placebo": fmt_scalar(m.get("beats_placebo")),
+          "mean copy-fraction advantage over the placebo": fmt_scalar(m.get("mean_copy_advantage")),
+          "tolerance": fmt_scalar(m.get("tolerance"))}
+    points = [p for p in m.get("points") or [] if isinstance(p, dict)]
+    table = {"cols": [ql, "copies, mitigation", "copies, placebo"],
+             "rows": [[fmt_scalar(p.get("quality")), fmt_value(_num(p.get("mitigation_copy_fraction")), "pct"),
+                       fmt_value(_num(p.get("placebo_copy_fraction")), "pct")] for p in points]}
+    return {"kv": kv, "table": table if points else None, "note": str(m.get("note") or "")}
+
+
 def mitigation_view(r: dict) -> dict:
     before = r.get("before") if isinstance(r.get("before"), dict) else {}
     after = r.get("after") if isinstance(r.get("after"), dict) else {}
@@ -912,7 +956,7 @@ def mitigation_view(r: dict) -> dict:
     same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
     return {"method": r.get("method", "unknown"), "headline": headline,
             "raw_weights": [{"file": f, "short": _short(h), "sha256": str(h)} for f, h in same.items()],
-            "params": {k: fmt_scalar(v) for k, v in (r.get("params") or {}).items()},
+            "params": {k: fmt_scalar(v) if v is not None else "none" for k, v in (r.get("params") or {}).items()},
             "comparison": comparison,
             "controls": controls_table(controls), "has_controls": bool(controls),
             "timing": ", ".join(f"{k} {fmt_scalar(v)}" for k, v in timing.items()) if timing else "",
@@ -921,9 +965,9 @@ def mitigation_view(r: dict) -> dict:
                              "numbers": {k: fmt_scalar(v) for k, v in _flat(recommended[1]).items()}}
                             if recommended else None),
             "targets": {metric_info(k)[0]: fmt_scalar(v) for k, v in (r.get("targets") or {}).items()},
-            "matched": {k.replace("_", " "): fmt_scalar(v) for k, v in matched.items()} if matched else None,
+            "matched": matched_view(matched) if matched else None,
             "white_box": _table(white) if white else None,
-            "guard": {k: fmt_scalar(v) for k, v in guard.items()},
+            "guard": {k.replace("_", " "): fmt_scalar(v) for k, v in guard.items()},
             "findings": [str(x) for x in r.get("findings") or []],
             "warnings": [str(x) for x in r.get("warnings") or []],
             "protected": str(r.get("protected") or ""),

@@ -59,7 +59,7 @@ def protected(mitigation_run):
 
 @pytest.fixture(scope="session")
 def copy_criterion(digits_target):
-    """The calibrated copy test of DESIGN.md section 5, in pixels: closer to a member than 99% of holdout images."""
+    """The calibrated copy test, in pixels: closer to a member than 99% of holdout images."""
     m = load_images(digits_target / "members", name="members", channels=1, size=8).tensor().flatten(1)
     h = load_images(digits_target / "holdout", name="holdout", channels=1, size=8).tensor().flatten(1)
     thr = float(np.quantile(torch.cdist(h, m).min(1).values.numpy(), 0.01))

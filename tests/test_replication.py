@@ -270,7 +270,7 @@ def test_memorising_target_is_flagged_and_null_control_is_not(digits_scan, null_
     assert nn["severity"] in ("high", "critical") and null["severity"] in ("low", "info")
     by_name = {c["name"]: c for c in nn["details"]["criteria"]}
     assert by_name["calibrated"]["holdout_fpr"] <= 0.05
-    # the literal Carlini ratio flags real unseen digits too (DESIGN.md section 5): its rate is shown beside it
+    # the literal Carlini ratio flags real unseen digits too: its rate is shown beside it
     assert by_name["carlini"]["holdout_fpr"] > 0.05
     for c in plugin(null_scan, "nn")["details"]["criteria"]:
         assert c["fraction"] <= c["holdout_fpr"] + 0.1, c["name"]  # the null looks like the holdout

@@ -379,3 +379,33 @@ def test_summary_json_and_junit_beside_results(digits_scan, tmp_path):
     failing = {c.get("name").split(".", 1)[1] for c in cases if c.find("failure") is not None}
     assert failing == {p["name"] for p in digits_scan["plugins"] if p["severity"] in ("medium", "high", "critical")}
     assert failing and int(suite.get("failures")) == len(failing)  # the memorising target fails CI
+
+
+def test_prose_has_no_raw_internals_and_arrows_follow_the_change(digits_scan, null_scan):
+    from privaudit.reports import render_html
+    from privaudit.reports.view import _judge, plain_why
+
+    r = mitigation_results(digits_scan, null_scan)
+    r["params"]["seed"] = None
+    r["after"]["plugins"][0]["details"]["fitted"] = {"classifier_": "Pipeline(steps=[('scale', StandardScaler())])",
+                                                     "sweep_": {"50": 1.0, "200": 0.91}, "timestep_": 50}
+    r["matched_quality"] = {"quality_metric": "frechet_distance", "overlap": [1.0, 3.0], "verdict": "beats",
+                            "beats_placebo": True, "mean_copy_advantage": 0.2, "tolerance": 0.02, "note": "fronts",
+                            "points": [{"quality": q, "mitigation_copy_fraction": 0.1, "placebo_copy_fraction": 0.3}
+                                       for q in range(30)]}
+    html = render_html(r)
+    text = re.sub(r"<pre[^>]*>.*?</pre>", "", html, flags=re.S)  # the manifest dump is JSON on purpose
+    for raw in ("sweep_", "classifier_", "Pipeline(steps", "membership_auc_two_sided", "seed = ,", "DESIGN.md",
+                '{"quality"'):
+        assert raw not in text, raw
+    assert "seed = none" in html and "timestep chosen = 50" in html and "t=200: 0.91" in html
+    # "better" is the metric's declared direction; the arrow is the number's
+    assert _judge("recall", "quality", 0.2, 0.6) == ("better", "better up")
+    assert _judge("copy_fraction", "replication", 0.6, 0.2) == ("better", "better down")
+    assert _judge("frechet_distance", "quality", 1.0, 3.0) == ("worse", "worse up")
+    # a detector that reports copies it cannot attribute to members must not say "0 ... reproduced"
+    scan = {"plugins": [{"name": "promptcopy", "kind": "detector", "status": "ok", "severity": "critical",
+                         "metrics": {"copy_fraction": {"value": 1.0}, "copied_members": {"value": 0}},
+                         "params": {"n_samples": 64}, "details": {"false_positive_rate": 0.01}}]}
+    why = plain_why(scan)
+    assert len(why) == 1 and "100%" in why[0] and " 0 different" not in why[0]

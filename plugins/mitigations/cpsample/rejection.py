@@ -1,8 +1,8 @@
-"""Post-hoc rejection sampling: the baseline CPSample must beat (DESIGN.md section 6).
+"""Post-hoc rejection sampling: the baseline CPSample must beat.
 
 Generate, drop every sample that is a copy of a member, generate more, until ``n``
 non-copies are collected or ``max_factor * n`` samples have been drawn. The copy
-criterion is the calibrated one the ``nn`` detector uses (DESIGN.md section 5): a sample is
+criterion is the calibrated one the ``nn`` detector uses: a sample is
 a copy when its nearest member (in the given feature space) is closer than the ``quantile``
 of the nearest-member distances of real holdout images. Because the filter and the audit
 use the same criterion, the copy fraction of accepted samples is zero by construction:

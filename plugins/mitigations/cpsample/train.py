@@ -1,6 +1,6 @@
 """Training the CPSample guard on noised members with fixed random labels.
 
-Step 1-2 of CPSample (Kazdan et al., ICLR 2025, arXiv 2409.07025; DESIGN.md section 6):
+Step 1-2 of CPSample (Kazdan et al., ICLR 2025, arXiv 2409.07025):
 every member gets a fixed label y_i ~ Bernoulli(1/2) (seeded, saved beside the guard);
 the guard minimises binary cross-entropy on x_t = sqrt(abar_t) x_i + sqrt(1 - abar_t) eps
 with t uniform over the training schedule, until its accuracy on members in the
