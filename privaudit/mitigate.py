@@ -197,7 +197,7 @@ def timed_samples(denoiser, *, n: int, steps: int, sampler: str, seed: int, batc
 # ---------------------------------------------------------------------------- the verdict
 
 
-def _flipped_rules(res: dict, settings: AuditSettings) -> list[dict]:
+def _flipped_rules(res: dict, settings: AuditSettings) -> tuple[list[dict], dict[str, dict]]:
     """Each attack judged with its score reversed, on the same evaluation split.
 
     A mitigation can push members to the other side of an attack's threshold (AUC well below
@@ -209,12 +209,12 @@ def _flipped_rules(res: dict, settings: AuditSettings) -> list[dict]:
 
     scores = res.get("scores")
     if scores is None:
-        return []
+        return [], {}
     n_m = int((scores["set"] == "member").sum())
     n_h = len(scores) - n_m
     _, ev_m = calibration_split(n_m, fraction=settings.calibration_fraction, seed=settings.seed)
     _, ev_h = calibration_split(n_h, fraction=settings.calibration_fraction, seed=settings.seed + 1)
-    out = []
+    out, metrics = [], {}
     for p in res["plugins"]:
         if p["status"] != "ok" or p["kind"] != "attack" or p["name"] not in scores:
             continue
@@ -222,9 +222,10 @@ def _flipped_rules(res: dict, settings: AuditSettings) -> list[dict]:
         flipped = membership_metrics(-s[:n_m][ev_m], -s[n_m:][ev_h], fpr_levels=(0.01,), n_boot=settings.n_boot,
                                      seed=settings.seed)
         level, rules = membership_severity(flipped)
+        metrics[p["name"]] = {k: m.to_json() for k, m in flipped.items()}
         out += [{"level": level, "plugin": p["name"], "area": "membership",
                  "text": f"score reversed (an attacker who knows the mitigation flips it): {r}"} for r in rules]
-    return out
+    return out, metrics
 
 
 def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings) -> dict:
@@ -234,14 +235,16 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
     reversed score, and the thresholds applied to the headline numbers of the protected row
     (two-sided membership AUC over attacks and timesteps, copy fraction). The raw weights stay
     in the protected folder, so white-box attacks keep their before-audit numbers (they are
-    part of the after-audit). ``verdict["before"]`` is the raw model's level.
+    part of the after-audit). ``verdict["before"]`` is the raw model's level; ``verdict["reversed"]``
+    each attack's metrics with its score reversed.
     """
     from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, worst
 
     fired = [{"level": p["severity"], "plugin": p["name"], "text": r,
               "area": "membership" if p["kind"] == "attack" else "replication"}
              for p in after_res["plugins"] if p["status"] == "ok" for r in (p.get("details") or {}).get("rules", [])]
-    fired += _flipped_rules(after_res, settings)
+    reversed_rules, reversed_metrics = _flipped_rules(after_res, settings)
+    fired += reversed_rules
     m = row.get("metrics") or {}
     two = m.get("membership_auc_two_sided")
     if two is not None and two >= AUC_HIGH:
@@ -257,7 +260,7 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
     level = worst([f["level"] for f in fired] + [p["severity"] for p in ok]) if ok else "info"
     fired = [f for f in fired if f["level"] not in ("low", "info")]
     fired.sort(key=lambda f: -["info", "low", "medium", "high", "critical"].index(f["level"]))
-    return {"level": level, "before": before["verdict"]["level"], "fired": fired,
+    return {"level": level, "before": before["verdict"]["level"], "fired": fired, "reversed": reversed_metrics,
             "reasons": [f"{f['plugin']}: {f['text']}" for f in fired],
             "warnings": list(after_res["verdict"].get("warnings", [])), "rules": RULES_TEXT}
 

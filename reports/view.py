@@ -841,8 +841,9 @@ def headline_deltas(before: dict, after: dict) -> list[dict]:
             continue
         kind = metric_info(key)[2]
         word, cls = _judge(key, area, b and b["value"], a and a["value"])
-        out.append({"label": label, "before": fmt_value(b and b["value"], kind), "after": fmt_value(a and a["value"], kind),
-                    "word": word, "cls": cls})
+        out.append({"key": key, "label": label, "before": fmt_value(b and b["value"], kind),
+                    "after": fmt_value(a and a["value"], kind), "word": word, "cls": cls,
+                    "values": (b and b["value"], a and a["value"])})
     return out
 
 
@@ -941,15 +942,24 @@ def mitigation_view(r: dict) -> dict:
     if mv.get("level"):  # the mitigation's own verdict (both score directions, headline numbers), not the scan's
         comparison["after_level"] = str(mv["level"])
     headline = headline_deltas(before, after)
-    if len(controls) >= 2:  # the two-sided AUC the verdict also judges, next to the one-sided ones
+    rev = mv.get("reversed") if isinstance(mv.get("reversed"), dict) else {}
+    flipped = [metric((m or {}).get("tpr_at_fpr_0.01"))["value"] for m in rev.values() if isinstance(m, dict)]
+    flipped = [v for v in flipped if v is not None]
+    for h in headline:  # the protected model is judged in both score directions: so is its headline TPR
+        if h["key"] == "tpr_at_fpr_0.01" and flipped and h["values"][1] is not None and max(flipped) > h["values"][1]:
+            b, a = h["values"][0], max(flipped)
+            word, cls = _judge("tpr_at_fpr_0.01", "membership", b, a)
+            h.update(after=fmt_value(a, "pct") + " (score reversed)", word=word, cls=cls)
+    if len(controls) >= 2:  # the two-sided AUC the verdict also judges replaces the one-sided one
         b2, a2 = (_num((c.get("metrics") or {}).get("membership_auc_two_sided")) for c in controls[:2])
         if b2 is not None or a2 is not None:
             word, cls = _judge("membership_auc_two_sided", "membership", b2, a2)
-            headline.insert(min(2, len(headline)), {
+            headline = [h for h in headline if h["key"] != "auc"]
+            headline.insert(min(2, len(headline)), {"key": "membership_auc_two_sided",
                 "label": "membership AUC, two-sided (an attacker may reverse a score; 0.5 is guessing)",
                 "before": fmt_value(b2, "num"), "after": fmt_value(a2, "num"), "word": word, "cls": cls})
     if not any("Frechet" in h["label"] for h in headline):  # the cost side must never silently vanish
-        headline.append({"label": "quality (Frechet distance): not measured; add the quality detector "
+        headline.append({"key": "frechet_distance", "label": "quality (Frechet distance): not measured; add the quality detector "
                                   "(--detectors nn,quality) to see what the protection costs",
                          "before": "n/a", "after": "n/a", "word": "", "cls": ""})
     weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
