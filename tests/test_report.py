@@ -242,6 +242,8 @@ def test_report_cli_rerenders_scan_baseline_and_mitigation(digits_scan, null_sca
         assert text in html, text
     assert "huge" not in html  # per-control details stay in results.json
     assert html.count("Trade-off: ") == 2  # copies and membership AUC, each against quality
+    rec = re.findall(r'<tr class="recommended"><td>(\d+)</td>', html)
+    assert rec == ["3"]  # the recommended sweep row is highlighted, and only it
 
     assert main(["report", str(tmp_path / "missing")]) == 2
 
@@ -409,3 +411,33 @@ def test_prose_has_no_raw_internals_and_arrows_follow_the_change(digits_scan, nu
                          "params": {"n_samples": 64}, "details": {"false_positive_rate": 0.01}}]}
     why = plain_why(scan)
     assert len(why) == 1 and "100%" in why[0] and " 0 different" not in why[0]
+
+
+def test_plot_ticks_are_distinct_and_tradeoff_labels_do_not_collide():
+    from privaudit.reports import svg
+
+    ticks = svg.nice_ticks(-0.0031, -0.0009, 5)
+    labels = svg.distinct_labels(ticks)
+    assert len(set(labels)) == len(labels) == len(ticks)
+    assert "-2e-3" not in labels or labels.count("-2e-3") == 1
+    # 16 settings crowded into a corner, two families, two controls: the worst case of a real sweep
+    pts = [{"x": 1.0 + 0.01 * i, "y": 0.02 + 0.001 * (i % 4), "label": f"s{i}", "number": i + 1,
+            "series": "cpsample" if i % 2 else "placebo", "recommended": i == 5} for i in range(16)]
+    pts += [{"x": 1.05, "y": 0.9, "label": "no mitigation", "series": None},
+            {"x": 3.0, "y": 0.0, "label": "rejection sampling", "series": None}]
+    out = str(svg.tradeoff(pts, xlabel="Frechet distance", ylabel="copies"))
+    legend = re.search(r'<g class="legend".*?<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', out)
+    lx, ly, lw, lh = map(float, legend.groups())
+    frame = re.search(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" fill="none" stroke="#555"/>', out)
+    assert ly + lh <= float(frame.group(2)) + 1  # the legend sits above the plot area: it covers no point
+    boxes = []
+    for m in re.finditer(r'<text x="([\d.]+)" y="([\d.]+)" font-size="(1[01])"[^>]*text-anchor="(start|end)"[^>]*>([^<]+)<', out):
+        x, y, size, anchor, text = float(m[1]), float(m[2]), int(m[3]), m[4], m[5]
+        w = 0.6 * size * len(text)
+        x0 = x if anchor == "start" else x - w
+        boxes.append((x0, y - size, x0 + w, y, text))
+    # crowded numbers are left out rather than drawn over one another (the table lists every setting)
+    assert len(boxes) >= 4 and any(b[4] == "recommended: #6" for b in boxes)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] - 1 and b[0] < a[2] - 1 and a[1] < b[3] - 1 and b[1] < a[3] - 1), (a, b)
