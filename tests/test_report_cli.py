@@ -95,3 +95,24 @@ def test_attacks_show_progress_unless_quiet(digits_target, digits_denoiser, caps
     assert len(s) == len(images) and "mean: scoring holdout" in capsys.readouterr().err
     score_set(Mean(), digits_denoiser, images, batch_size=64, seed=0, label="holdout", progress=False)
     assert "scoring" not in capsys.readouterr().err
+
+
+def test_readme_commands_use_only_options_the_cli_has():
+    import re
+    from pathlib import Path
+
+    from privaudit.cli import build_parser
+
+    subs = _subparsers(build_parser())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    seen = 0
+    for line in re.split(r"(?<!\\)\n", block.replace("\\\n", " ")):
+        m = re.match(r"\s*privaudit (\w+)(.*?)(#|$)", line)
+        if not m:
+            continue
+        options = {o for a in subs[m[1]]._actions for o in a.option_strings}
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", m[2]):
+            assert flag in options, f"README: privaudit {m[1]} {flag} is not an option"
+            seen += 1
+    assert seen >= 10
