@@ -991,7 +991,8 @@ GENERIC_LIMITS = (
     "listed here, with this query budget and this holdout set, found no leakage.",
     "Membership numbers assume members and holdout come from the same distribution; the blind-baseline check "
     "above tests that, and a positive result makes every membership number suspect.",
-    "Confidence intervals are bootstrap intervals over the evaluation images; small sets give wide intervals.",
+    "95% intervals are exact (Clopper-Pearson) for proportions such as TPR and copy fraction, and Hanley-McNeil "
+    "widened by the bootstrap for AUC, over the evaluation images; small sets give wide intervals, never a point.",
     "Replication is judged in one feature space: copies that differ in that space (crops, colour changes, style) "
     "may be missed unless a detector with a suitable extractor was run.",
     "This report embeds training images unless rendered with --redact omit (see the notice at the top), and "
