@@ -328,16 +328,20 @@ def mitigated_verdict_view(r: dict, v: dict) -> dict:
     level = str(mv.get("level") or "info")
     fired = [{"level": str(f.get("level", "info")), "plugin": str(f.get("plugin", "")), "text": str(f.get("text", "")),
               "area": str(f.get("area", ""))} for f in mv.get("fired") or [] if isinstance(f, dict)]
-    # rules a one-sided scan cannot see: a reversed score, a headline number; the "no evidence" sentence of
-    # their area would contradict them
-    extra = [f for f in fired if f["plugin"] == "headline" or f["text"].startswith("score reversed")]
+    # rules a one-sided scan cannot see (a reversed score, a headline number) join "Why" when they raised the
+    # level of their area above what the scan's own rules found; the "no evidence" sentence of that area goes
+    rank = lambda lv: LEVELS.index(lv) if lv in LEVELS else -1
+    scan_level = {a: max((rank(str(p.get("severity"))) for p in _plugins(r.get("after")) if _ok(p)
+                          and _section_of(p) == a), default=-1) for a in ("membership", "replication")}
+    extra = [f for f in fired if (f["plugin"] == "headline" or f["text"].startswith("score reversed"))
+             and rank(f["level"]) > scan_level.get(f["area"], -1)][:2]
     why = v["why"]
     if extra:
         areas = {f["area"] for f in extra}
         quiet = {"membership": "Membership: ", "replication": "Copies: "}
+        why = [w for w in why if not any(w.startswith(quiet[a]) for a in areas if a in quiet)]
         why = [("The protected model still leaks (headline number): " if f["plugin"] == "headline" else
-                f"The protected model still leaks ({f['plugin']} attack): ") + f["text"] + "." for f in extra] + [
-            w for w in why if not any(w.startswith(quiet[a]) for a in areas if a in quiet)]
+                f"The protected model still leaks ({f['plugin']} attack): ") + f["text"] + "." for f in extra] + why
     return {**v, "level": level, "answer": MITIGATED_ANSWERS.get(level, ANSWERS.get(level, ANSWERS["info"])),
             "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]), "fired": fired or v["fired"], "why": why}
 
