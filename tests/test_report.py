@@ -441,3 +441,20 @@ def test_plot_ticks_are_distinct_and_tradeoff_labels_do_not_collide():
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not (a[0] < b[2] - 1 and b[0] < a[2] - 1 and a[1] < b[3] - 1 and b[1] < a[3] - 1), (a, b)
+
+
+def test_redaction_refuses_a_file_it_cannot_redact_and_changes_nothing(digits_scan, tmp_path):
+    from privaudit.cli import main
+    from privaudit.runner import write_run
+
+    run = write_run(tmp_path / "run", digits_scan)
+    pair = plugin(digits_scan, "nn")["details"]["pairs"][0]
+    (run / "notes.txt").write_text(f"look: {pair['member_png']}\n")
+    files = {f: f.read_bytes() for f in run.iterdir()}
+    assert main(["report", str(run), "--redact", "omit"]) == 2
+    assert {f: f.read_bytes() for f in run.iterdir()} == files  # all planned before anything is written
+    (run / "notes.txt").unlink()
+    (run / "after").mkdir()
+    (run / "after" / "results.json").write_text("{not json")
+    assert main(["report", str(run), "--redact", "blur"]) == 2
+    assert "data:image" in (run / "results.json").read_text()  # untouched
