@@ -502,7 +502,8 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
                                           "apply_seconds": round(apply_seconds, 2)}}
     results["data"] = data
     write_run(out / "before", before, redact=redact)
-    write_run(out / "after", after, baseline=before, redact=redact)
+    # the after-run is an audit of an already mitigated model: its report must not advise mitigating it
+    write_run(out / "after", {**after, "mitigated": {"method": method}}, baseline=before, redact=redact)
     _write_report(out, results, before=before, after=after, redact=redact)
     return results
 

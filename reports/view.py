@@ -317,7 +317,8 @@ def verdict_view(scan: dict) -> dict:
     if not any("rules" in _details(p) for p in _plugins(scan)):  # another writer: use the verdict's own list
         fired = [{"level": level, "plugin": "", "text": str(r), "area": ""} for r in v.get("reasons") or []]
     fired.sort(key=lambda f: -(LEVELS.index(f["level"]) if f["level"] in LEVELS else -1))
-    return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": TODO.get(level, TODO["info"]),
+    todo = (MITIGATED_TODO if scan.get("mitigated") else TODO)  # a protected model is not told to mitigate
+    return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": todo.get(level, todo["info"]),
             "why": plain_why(scan), "fired": fired, "warnings": [str(w) for w in v.get("warnings") or []],
             "rules": rules_table(v.get("rules")), "scale": LEVELS}
 

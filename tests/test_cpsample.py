@@ -340,6 +340,8 @@ def test_mitigation_verdict_follows_from_every_number_it_shows(mitigation_run):
     assert "Frechet distance" in first and ("not measured" in first) != any(
         "frechet_distance" in c["metrics"] for c in saved["controls"])
     assert "privaudit mitigate --method cpsample" not in first  # no advice to mitigate what already is
+    after_html = (out / "after" / "report.html").read_text()
+    assert "privaudit mitigate --method cpsample" not in after_html[:after_html.index('<nav class="toc"')]
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "mitigation-report.html").write_text(html)  # for a reviewer to open
 
