@@ -66,7 +66,9 @@ THREAT_WORDS = {
     "black-box": "only sees images the model generates",
 }
 
-# label, explanation, format ("pct" rates, "num" plain numbers), better ("low", "high", "chance" = near 0.5, None)
+# Every metric's declaration, in one table: label, explanation, format ("pct" rates, "num" plain numbers,
+# "count", "ratio"), better ("low", "high", "chance" = near 0.5, None = no direction). A plugin's metric
+# not declared here is shown without a judgement (see ``metric_info``).
 METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
     "auc": ("AUC", "area under the ROC curve: 0.5 is guessing, 1.0 is perfect separation", "num", "chance"),
     "balanced_accuracy": ("balanced accuracy", "at the threshold fitted on the calibration split; 0.5 is guessing",
@@ -96,6 +98,16 @@ METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
     "frechet_distance_real_baseline": ("Frechet distance, real vs real", "two sets of real images at the same size: "
                                        "the floor a model cannot be expected to beat", "num", None),
     "precision": ("precision", "share of generated images inside the real-image manifold (k-NN estimate)", "pct", "high"),
+    "mean_diversity": ("mean diversity", "mean distance between generated images: higher is more varied", "num", "high"),
+    "holdout_diversity": ("diversity of real images", "the same measure on real holdout images: a reference", "num",
+                          None),
+    "unseen_mean_diversity": ("mean diversity, unseen prompts", "diversity of generations for prompts not in the "
+                              "training captions: a reference", "num", None),
+    "memorised_fraction": ("memorised prompts", "training prompts flagged as memorised", "pct", "low"),
+    "own_copy_fraction": ("copies of the prompt's own image", "generations that copy the training image of their "
+                          "own caption", "pct", "low"),
+    "unseen_copy_fraction": ("copies for unseen prompts", "generations for unseen prompts that copy a training "
+                             "image", "pct", "low"),
     "recall": ("recall", "share of real images inside the generated-image manifold (k-NN estimate)", "pct", "high"),
 }
 
@@ -145,6 +157,10 @@ def metric(m: Any) -> dict:
 
 
 def metric_info(key: str) -> tuple[str, str, str, str | None]:
+    """(label, explanation, format, better) as declared in ``METRIC_INFO``, or by one of the families of
+    keys the core writes (TPR at an FPR level, a criterion's holdout rate, per-plugin copies, diversity and
+    AUC in a mitigation summary). An undeclared metric gets a label from its name and no direction:
+    the report shows that it changed, never guesses whether that is better."""
     if key in METRIC_INFO:
         return METRIC_INFO[key]
     if key.startswith("tpr_at_fpr_"):
@@ -159,11 +175,13 @@ def metric_info(key: str) -> tuple[str, str, str, str | None]:
         base = key.removesuffix("_holdout_fpr").removesuffix("_holdout_fraction")
         return (f"{base} criterion on unseen images", "share of real holdout images the criterion flags: its "
                 "false-positive rate", "pct", None)
-    if key.endswith("_fraction"):
-        return (key.removesuffix("_fraction").replace("_", " ") + " (fraction)", "", "pct", "low")
-    if "auc" in key:
-        return (key.replace("_", " "), "", "num", "chance")
-    return (key.replace("_", " "), "", "num", None)
+    for suffix, base in (("_copy_fraction", "copy_fraction"), ("_mean_diversity", "mean_diversity"),
+                         ("_auc", "auc")):  # per-plugin values in a mitigation summary, e.g. nn_copy_fraction
+        if key.endswith(suffix) and key != base:
+            label, help_, kind, better = METRIC_INFO[base]
+            return (f"{key.removesuffix(suffix)}: {label}", help_, kind, better)
+    kind = "pct" if key.endswith("_fraction") else "num"
+    return (key.replace("_", " "), "", kind, None)
 
 
 def fmt_value(v: float | None, kind: str) -> str:
@@ -695,10 +713,7 @@ def _judge(key: str, area: str, a: float | None, b: float | None) -> tuple[str, 
         return "", ""
     if abs(b - a) < 1e-9:
         return "same", "same"
-    better = metric_info(key)[3]
-    neutral = key.endswith("_holdout_fraction") or key.endswith("_holdout_fpr") or key.endswith("_real_baseline")
-    if better is None and area in ("membership", "replication") and not neutral:
-        better = "low"
+    better = metric_info(key)[3]  # declared, never guessed from the name
     if better == "chance":
         good = abs(b - 0.5) < abs(a - 0.5)
     elif better == "low":
@@ -708,9 +723,7 @@ def _judge(key: str, area: str, a: float | None, b: float | None) -> tuple[str, 
     else:
         return "changed", "same"
     arrow = " up" if b > a else " down"  # the arrow shows which way the number moved
-    if area in ("membership", "replication") or key in METRIC_INFO:
-        return ("better", "better" + arrow) if good else ("worse", "worse" + arrow)
-    return "changed", "same"
+    return ("better", "better" + arrow) if good else ("worse", "worse" + arrow)
 
 
 def comparison_view(before: dict, after: dict, *, labels: tuple[str, str]) -> dict:

@@ -458,3 +458,15 @@ def test_redaction_refuses_a_file_it_cannot_redact_and_changes_nothing(digits_sc
     (run / "after" / "results.json").write_text("{not json")
     assert main(["report", str(run), "--redact", "blur"]) == 2
     assert "data:image" in (run / "results.json").read_text()  # untouched
+
+
+def test_direction_comes_from_declarations_not_names():
+    from privaudit.reports.view import METRIC_INFO, _judge, metric_info
+
+    # an undeclared plugin metric ending in "_fraction" is shown as changed, never judged from its name
+    assert metric_info("guided_fraction")[3] is None and _judge("guided_fraction", "replication", 0.2, 0.5)[0] == "changed"
+    assert _judge("copy_holdout_fpr", "replication", 0.01, 0.02)[0] == "changed"  # a reference rate
+    # declared families: per-plugin copies and AUCs in a mitigation summary take the base metric's direction
+    assert metric_info("nn_copy_fraction")[3] == METRIC_INFO["copy_fraction"][3] == "low"
+    assert metric_info("loss_auc")[3] == "chance" and metric_info("loss_auc")[0].startswith("loss: ")
+    assert _judge("mean_diversity", "replication", 0.3, 0.6) == ("better", "better up")
