@@ -215,8 +215,9 @@ def fmt_scalar(v: Any) -> str:
     if isinstance(v, dict) and "value" in v:
         return fmt_value(_num(v), "num")
     if isinstance(v, (list, tuple)):
-        return ", ".join(fmt_scalar(x) for x in v) if len(v) <= 12 and all(not isinstance(x, (dict, list)) for x in v) \
-            else json.dumps(v, default=str)[:300]
+        if len(v) <= 12 and all(not isinstance(x, (dict, list)) for x in v):
+            return ", ".join(fmt_scalar(x) for x in v)
+        return f"{len(v)} values (listed in results.json)"  # never a JSON dump cut mid-word
     if isinstance(v, dict):
         return "; ".join(f"{k}: {fmt_scalar(x) if x is not None else 'none'}" for k, x in list(v.items())[:24])
     return "" if v is None else str(v)
