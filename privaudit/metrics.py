@@ -1,12 +1,27 @@
-"""Membership metrics with bootstrap confidence intervals, and seeded calibration splits.
+"""Membership metrics with confidence intervals that stay honest on small sets, and seeded calibration splits.
 
 TPR at a fixed FPR follows the low-FPR convention of Carlini et al. (LiRA): the largest
 TPR among ROC points whose FPR does not exceed the target, with every ROC point kept
 (``drop_intermediate=False``). A TPR at FPR f needs at least 1/f holdout images to be
 more than a statement about one image; smaller sets are flagged ``reliable=False``.
+
+Intervals (95%). A percentile bootstrap cannot leave 100%: with 32 members all found, every
+resample finds all, and the interval collapses to [1, 1]. So:
+
+- proportions (copy fraction, precision, recall, and TPR = members found / members) use the
+  exact Clopper-Pearson interval, which never collapses to a point for a finite count;
+- TPR at FPR: the Clopper-Pearson interval of the members found, widened to include the
+  bootstrap interval (which also carries the threshold's variability over holdout images);
+- balanced accuracy = (TPR + TNR) / 2: the mean of the two proportions' 97.5% Clopper-Pearson
+  bounds (members and holdout are independent, so both hold jointly with >= 95% probability);
+- AUC: a normal interval with the Hanley-McNeil (1982) standard error, the variance taken with
+  the AUC half a member/holdout pair away from 0 and 1 (so AUC 1.0 on 32 x 32 images still gets
+  an interval of about 0.99 to 1.0), widened to include the bootstrap interval.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -49,6 +64,34 @@ def _bootstrap(fn, members: np.ndarray, holdout: np.ndarray, *, n_boot: int, see
     return float(lo), float(hi)
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for k successes in n trials (conservative: coverage >= level)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    from scipy.stats import beta
+
+    a = 1 - level
+    lo = 0.0 if k <= 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k >= n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return lo, hi
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, level: float = 0.95) -> tuple[float, float]:
+    """Hanley-McNeil interval; the variance is taken with the AUC half a pair away from 0 and 1, so it never collapses."""
+    from scipy.stats import norm
+
+    eps = 0.5 / (n_pos * n_neg)
+    a = min(max(auc, eps), 1 - eps)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    half = norm.ppf((1 + level) / 2) * math.sqrt(max(var, 0.0))
+    return float(max(0.0, min(auc, a) - half)), float(min(1.0, max(auc, a) + half))
+
+
+def _hull(*intervals: tuple[float, float]) -> tuple[float, float]:
+    return float(min(i[0] for i in intervals)), float(max(i[1] for i in intervals))
+
+
 def membership_metrics(member_scores: np.ndarray, holdout_scores: np.ndarray, *, threshold: float | None = None,
                        fpr_levels=FPR_LEVELS, n_boot: int = 1000, seed: int = 0) -> dict[str, Metric]:
     """AUC, TPR at each FPR level and (given a calibrated threshold) balanced accuracy."""
@@ -57,16 +100,21 @@ def membership_metrics(member_scores: np.ndarray, holdout_scores: np.ndarray, *,
         raise ValueError("membership metrics need at least 2 members and 2 holdout images")
     y, s = np.r_[np.ones(len(m)), np.zeros(len(h))], np.r_[m, h]
     boot = dict(members=m, holdout=h, n_boot=n_boot, seed=seed)
-    out = {"auc": Metric(float(roc_auc_score(y, s)), _bootstrap(roc_auc_score, **boot))}
+    auc = float(roc_auc_score(y, s))
+    out = {"auc": Metric(auc, _hull(auc_interval(auc, len(m), len(h)), _bootstrap(roc_auc_score, **boot)))}
     for f in fpr_levels:
         fn = lambda yy, ss, f=f: tpr_at_fpr(yy, ss, f)
         enough = len(h) * f >= 1
+        tpr = fn(y, s)
+        ci = _hull(clopper_pearson(int(round(tpr * len(m))), len(m)), _bootstrap(fn, **boot))
         out[f"tpr_at_fpr_{f:g}"] = Metric(
-            fn(y, s), _bootstrap(fn, **boot), reliable=enough,
+            tpr, ci, reliable=enough,
             note="" if enough else f"{len(h)} holdout images cannot resolve FPR {f:g} (needs >= {int(np.ceil(1 / f))})")
     if threshold is not None:
-        fn = lambda yy, ss: balanced_accuracy(yy, ss, threshold)
-        out["balanced_accuracy"] = Metric(fn(y, s), _bootstrap(fn, **boot), note="threshold fitted on the calibration split")
+        k_m, k_h = int((m >= threshold).sum()), int((h < threshold).sum())
+        (a0, a1), (b0, b1) = clopper_pearson(k_m, len(m), 0.975), clopper_pearson(k_h, len(h), 0.975)
+        out["balanced_accuracy"] = Metric(balanced_accuracy(y, s, threshold), ((a0 + b0) / 2, (a1 + b1) / 2),
+                                          note="threshold fitted on the calibration split")
     return out
 
 
@@ -77,17 +125,8 @@ def roc_points(member_scores: np.ndarray, holdout_scores: np.ndarray) -> dict[st
 
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a fraction k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    from scipy.stats import norm
-
-    z = norm.ppf((1 + level) / 2)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at k = 0 (k = n) the bound is exactly 0 (1); the formula leaves rounding error there
-    return (0.0 if k == 0 else float(max(0.0, centre - half)), 1.0 if k == n else float(min(1.0, centre + half)))
+    """Interval for a fraction k/n: exact (Clopper-Pearson), never a point for finite n."""
+    return clopper_pearson(k, n, level)
 
 
 def calibration_split(n: int, *, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

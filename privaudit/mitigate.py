@@ -48,6 +48,7 @@ from privaudit.api import AuditSettings, Mitigation, MitigationContext, Mitigati
 from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser, ProvidesDenoiser
 from privaudit.errors import InputError
+from privaudit.exports import write_exports
 from privaudit.io import write_json, write_text
 from privaudit.latent import image_shape_of
 from privaudit.plugin import Registry
@@ -57,11 +58,12 @@ from privaudit.target import load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
 TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
+TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC"}
 QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; higher precision is better
 
 GENERIC_LIMITS = (
     "Protection holds only while the raw model weights stay private: white-box attacks read the raw network and "
-    "see through any sampling-time mitigation (their numbers are shown unchanged below).",
+    "see through any sampling-time mitigation.",
     "Gray-box numbers are for the protected model as served (noise predictions at chosen timesteps); an attacker "
     "who knows the mitigation may invert a score, so membership AUC is also reported two-sided, max(AUC, 1 - AUC).",
 )
@@ -133,6 +135,77 @@ def timed_samples(denoiser: Denoiser, *, n: int, steps: int, sampler: str, seed:
     if denoiser.device.type == "cuda":
         torch.cuda.synchronize(denoiser.device)
     return x, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+
+def _flipped_rules(res: dict, settings: AuditSettings) -> tuple[list[dict], dict[str, dict]]:
+    """Each attack judged with its score reversed, on the same evaluation split.
+
+    A mitigation can push members to the other side of an attack's threshold (AUC well below
+    0.5): an attacker who knows the mitigation reverses the score, so the protected model is
+    judged on max(AUC, 1 - AUC) and the TPR of the reversed score too.
+    """
+    from privaudit.metrics import calibration_split, membership_metrics
+    from privaudit.verdict import membership_severity
+
+    scores = res.get("scores")
+    if scores is None:
+        return [], {}
+    n_m = int((scores["set"] == "member").sum())
+    n_h = len(scores) - n_m
+    _, ev_m = calibration_split(n_m, fraction=settings.calibration_fraction, seed=settings.seed)
+    _, ev_h = calibration_split(n_h, fraction=settings.calibration_fraction, seed=settings.seed + 1)
+    out, metrics = [], {}
+    for p in res["plugins"]:
+        if p["status"] != "ok" or p["kind"] != "attack" or p["name"] not in scores:
+            continue
+        s = scores[p["name"]].to_numpy(dtype=float)
+        flipped = membership_metrics(-s[:n_m][ev_m], -s[n_m:][ev_h], fpr_levels=(0.01,), n_boot=settings.n_boot,
+                                     seed=settings.seed)
+        level, rules = membership_severity(flipped)
+        metrics[p["name"]] = {k: m.to_json() for k, m in flipped.items()}
+        out += [{"level": level, "plugin": p["name"], "area": "membership",
+                 "text": f"score reversed (an attacker who knows the mitigation flips it): {r}"} for r in rules]
+    return out, metrics
+
+
+def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings) -> dict:
+    """The protected model's verdict: the worst of every rule on every membership and replication number shown.
+
+    The after-audit's own rules (one-sided, as for any scan), the same rules on each attack's
+    reversed score, and the thresholds applied to the headline numbers of the protected row
+    (two-sided membership AUC over attacks and timesteps, copy fraction). The raw weights stay
+    in the protected folder, so white-box attacks keep their before-audit numbers (they are
+    part of the after-audit). ``verdict["before"]`` is the raw model's level; ``verdict["reversed"]``
+    each attack's metrics with its score reversed.
+    """
+    from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, worst
+
+    fired = [{"level": p["severity"], "plugin": p["name"], "text": r,
+              "area": "membership" if p["kind"] == "attack" else "replication"}
+             for p in after_res["plugins"] if p["status"] == "ok" for r in (p.get("details") or {}).get("rules", [])]
+    reversed_rules, reversed_metrics = _flipped_rules(after_res, settings)
+    fired += reversed_rules
+    m = row.get("metrics") or {}
+    two = m.get("membership_auc_two_sided")
+    if two is not None and two >= AUC_HIGH:
+        fired.append({"level": "high", "plugin": "headline", "area": "membership",
+                      "text": f"two-sided membership AUC is {two:.2f} (>= {AUC_HIGH:.2f}; max(AUC, 1 - AUC) over "
+                              "attacks and timesteps)"})
+    cf = m.get("copy_fraction")
+    if cf is not None and cf >= COPY_HIGH:
+        fired.append({"level": "critical" if cf >= COPY_CRITICAL else "high", "plugin": "headline",
+                      "area": "replication", "text": f"{cf:.1%} of the protected model's samples are copies of members "
+                                                     f"(>= {COPY_CRITICAL if cf >= COPY_CRITICAL else COPY_HIGH:.0%})"})
+    ok = [p for p in after_res["plugins"] if p["status"] == "ok"]
+    level = worst([f["level"] for f in fired] + [p["severity"] for p in ok]) if ok else "info"
+    fired = [f for f in fired if f["level"] not in ("low", "info")]
+    fired.sort(key=lambda f: -["info", "low", "medium", "high", "critical"].index(f["level"]))
+    return {"level": level, "before": before["verdict"]["level"], "fired": fired, "reversed": reversed_metrics,
+            "reasons": [f"{f['plugin']}: {f['text']}" for f in fired],
+            "warnings": list(after_res["verdict"].get("warnings", [])), "rules": RULES_TEXT}
 
 
 # ---------------------------------------------------------------------------- the flow
@@ -345,6 +418,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
 
     white = _white_box(before, after)
     findings = _findings(method, controls, sweep_rows, matched, white)
+    verdict = mitigation_verdict(before=before, after_res=after_res, row=controls[1], settings=settings)
     results = {
         "schema_version": SCHEMA_VERSION, "kind": "mitigation", "method": method,
         "params": _scalar_params(result.params),
@@ -353,7 +427,8 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white,
         "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings,
         "warnings": ([split_note["message"]] if split_note else []) + list(result.warnings),
-        "limits": list(GENERIC_LIMITS) + list(result.limits),
+        "limits": list(GENERIC_LIMITS) + list(result.limits), "verdict": verdict,
+        "weights": _same_weights(before, after),
     }
     results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,
                                       registry=registry, seconds=time.perf_counter() - start),
@@ -361,7 +436,8 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
                                           "apply_seconds": round(apply_seconds, 2)}}
     results["data"] = data
     write_run(out / "before", before, redact=redact)
-    write_run(out / "after", after, baseline=before, redact=redact)
+    # the after-run is an audit of an already mitigated model: its report must not advise mitigating it
+    write_run(out / "after", {**after, "mitigated": {"method": method}}, baseline=before, redact=redact)
     _write_report(out, results, before=before, after=after, redact=redact)
     return results
 
@@ -407,6 +483,13 @@ def _white_box(before: dict, after: dict) -> list[dict]:
     return rows
 
 
+def _same_weights(before: dict, after: dict) -> dict:
+    """The raw and protected folders' network weights by file: a sampling-time mitigation ships the raw UNet."""
+    b, a = before["target"].get("weights_sha256") or {}, after["target"].get("weights_sha256") or {}
+    same = sorted(f for f in b if a.get(f) == b[f])
+    return {"same_files": same, "sha256": {f: b[f] for f in same}, "raw_weights_shipped": bool(same)}
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -419,13 +502,13 @@ def _findings(method: str, controls: list[dict], sweep: list[dict], matched: dic
         m0, m1 = none["metrics"], ours["metrics"]
         out.append(f"{method}: copy fraction {_fmt(m0.get('copy_fraction'))} -> {_fmt(m1.get('copy_fraction'))}; "
                    f"membership AUC on the served model {_fmt(m0.get('membership_auc'))} -> {_fmt(m1.get('membership_auc'))} "
-                   f"(two-sided {_fmt(m0.get('membership_auc_two_sided'))} -> {_fmt(m1.get('membership_auc_two_sided'))}); "
+                   f"(two-sided, an attacker may reverse the score: {_fmt(m0.get('membership_auc_two_sided'))} -> {_fmt(m1.get('membership_auc_two_sided'))}); "
                    f"Frechet distance {_fmt(m0.get('frechet_distance'))} -> {_fmt(m1.get('frechet_distance'))}; "
                    f"sampling time x{ours['sampling_ratio']:.2f}.")
         unmet = [k for k, v in TARGETS.items() if k in m1 and m1[k] > v]
         if unmet:
             out.append(f"{method} at these settings misses the target(s) " +
-                       ", ".join(f"{k} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
+                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
     for c in controls:
         if c["family"] in ("none", method):
             continue
@@ -433,7 +516,7 @@ def _findings(method: str, controls: list[dict], sweep: list[dict], matched: dic
         out.append(f"control {c['name']}: copy fraction {_fmt(m.get('copy_fraction'))}, membership AUC "
                    f"{_fmt(m.get('membership_auc'))}, Frechet distance {_fmt(m.get('frechet_distance'))}, "
                    f"sampling time x{c['sampling_ratio']:.2f}.")
-    placebo = by.get("placebo")
+    placebo = next((c for c in controls if c.get("role") == "placebo"), None)  # declared by the mitigation
     if ours and placebo and "copy_fraction" in ours["metrics"] and "copy_fraction" in placebo["metrics"]:
         a, b = ours["metrics"]["copy_fraction"], placebo["metrics"]["copy_fraction"]
         q = _quality_key([ours, placebo])
@@ -475,4 +558,5 @@ def _write_report(out: Path, results: dict, *, before: dict, after: dict, redact
                                    "report.html shows the after audit against the before audit")
         html = render_html(_body(after), baseline=_body(before), redact=redact)
     write_json(out / "results.json", redact_images(results, mode=redact))
+    write_exports(out, results)  # summary.json, junit.xml: the protected model's verdict, for CI
     write_text(out / "report.html", html)

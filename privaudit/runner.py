@@ -32,6 +32,7 @@ from privaudit.data import ImageSet, load_images
 from privaudit.denoiser import Denoiser
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
+from privaudit.exports import write_exports
 from privaudit.io import csv_safe, write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
@@ -69,12 +70,17 @@ def _generator(seed: int, *parts: str) -> torch.Generator:
 
 
 def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str,
-              prompt: str = "caption") -> np.ndarray:
+              prompt: str = "caption", progress: bool = False) -> np.ndarray:
+    from tqdm.auto import tqdm
+
     out = []
-    for b, (idx, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
-        den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
-        s = attack.score(den, x, generator=_generator(seed, attack.name, label, str(b)))
-        out.append(s.detach().float().cpu().numpy())
+    with tqdm(total=len(images), desc=f"{attack.name}: scoring {label}", unit="img", disable=not progress,
+              leave=False) as bar:
+        for b, (idx, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
+            den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
+            s = attack.score(den, x, generator=_generator(seed, attack.name, label, str(b)))
+            out.append(s.detach().float().cpu().numpy())
+            bar.update(len(idx))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -85,8 +91,9 @@ def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageS
     cal_h, ev_h = calibration_split(len(holdout), fraction=s.calibration_fraction, seed=s.seed + 1)
     fit_den, fit_m, fit_h, _, _ = fit_inputs(denoiser, members, cal_m, holdout, cal_h, prompt=s.prompt)
     attack.fit(fit_den, members=fit_m, holdout=fit_h, seed=s.seed)
-    sm = score_set(attack, denoiser, members, batch_size=s.batch_size, seed=s.seed, label="members", prompt=s.prompt)
-    sh = score_set(attack, denoiser, holdout, batch_size=s.batch_size, seed=s.seed, label="holdout", prompt=s.prompt)
+    kw = dict(batch_size=s.batch_size, seed=s.seed, prompt=s.prompt, progress=s.progress)
+    sm = score_set(attack, denoiser, members, label="members", **kw)
+    sh = score_set(attack, denoiser, holdout, label="holdout", **kw)
     bad = int((~np.isfinite(sm)).sum() + (~np.isfinite(sh)).sum())
     if bad:
         raise Inconclusive(f"{bad} of {len(sm) + len(sh)} membership scores are NaN or infinite")
@@ -239,7 +246,7 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
 
 # What a privaudit run folder holds at its top level: an existing folder is replaced only when
 # it holds a previous run and nothing else (a user's own files are never deleted).
-RUN_ENTRIES = ("results.json", "report.html", "*.csv", "before", "after", "guard", "protected")
+RUN_ENTRIES = ("results.json", "report.html", "summary.json", "junit.xml", "*.csv", "before", "after", "guard", "protected")
 
 
 def _is_replaceable_run(out: Path) -> bool:
@@ -303,6 +310,7 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
         for name, table in results.get("tables", {}).items():
             write_text(stage / f"{name}.csv", csv_safe(table).to_csv(index=False))
         write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
+        write_exports(stage, body)  # summary.json, junit.xml: for CI
         write_text(stage / "report.html", html)
         _publish(stage, out)
     except BaseException:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 REDACT_MODES = ("thumbnails", "blur", "omit")
 THUMB_PX = 64
@@ -113,3 +114,61 @@ def redact_images(obj: Any, *, mode: str) -> Any:
         return o
 
     return walk(obj)
+
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".html", ".htm", ".txt", ".md", ".xml", ".sarif")
+
+
+def _redact_csv(text: str, *, mode: str) -> str:
+    """Every cell holding an image re-encoded (as a member image: a table row's origin is unknown)."""
+    import csv
+
+    rows = list(csv.reader(io.StringIO(text)))
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    for row in rows:
+        w.writerow([(redact_uri(c, member=True, mode=mode) or "") if is_image_uri(c) else c for c in row])
+    return out.getvalue()
+
+
+def redact_run(run: Path, *, mode: str, render: Callable[[dict, dict | None, str], str]) -> list[Path]:
+    """Every file of a run folder (sub-runs included) with its images redacted for ``mode``.
+
+    ``results.json`` files are redacted and their ``report.html`` re-rendered with
+    ``render(results, baseline, redact)`` (a sub-run ``after/`` against its sibling ``before/``);
+    CSV cells holding images are redacted; any other text file that still embeds an image is
+    refused (an error naming it) rather than left as it was. Everything is prepared in memory
+    first and then written file by file atomically. Returns the files rewritten.
+    """
+    import json
+
+    from privaudit.errors import InputError
+    from privaudit.io import write_text
+
+    run = Path(run)
+    planned: dict[Path, str] = {}
+    for f in sorted(run.rglob("results.json")):
+        try:
+            body = redact_images(json.loads(f.read_text()), mode=mode)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{f}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        planned[f] = json.dumps(body, indent=2, default=str) + "\n"  # as privaudit.io.write_json
+        base = f.parent.parent / "before" / "results.json" if f.parent.name == "after" else None
+        baseline = redact_images(json.loads(base.read_text()), mode=mode) if base and base.exists() else None
+        planned[f.parent / "report.html"] = render(body, baseline, mode)
+    for f in sorted(p for p in run.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
+        if f in planned:
+            continue
+        try:
+            text = f.read_text()
+        except UnicodeDecodeError:
+            continue
+        if _PREFIX not in text:
+            continue
+        if f.suffix.lower() in (".csv", ".tsv"):
+            planned[f] = _redact_csv(text, mode=mode)
+        else:
+            raise InputError(f"{f}: holds embedded images privaudit cannot redact; remove it before sharing the folder")
+    for f, text in planned.items():
+        write_text(f, text)
+    return list(planned)

@@ -87,6 +87,17 @@ def _tick_label(v: float) -> str:
     return f"{v:g}"
 
 
+def distinct_labels(ticks: Sequence[float], fmt=_tick_label) -> list[str]:
+    """Tick labels, with more significant digits where the short form would repeat (-1.5e-3 and -2e-3
+    must not both read "-2e-3")."""
+    labels = [fmt(t) for t in ticks]
+    digits = 2
+    while len(set(labels)) < len(labels) and digits <= 8:
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        digits += 1
+    return labels
+
+
 def _pct_label(v: float) -> str:
     return f"{v * 100:g}%"
 
@@ -113,7 +124,7 @@ class _Axes:
         return self.y1 - (v - a) / ((b - a) or 1) * (self.y1 - self.y0)
 
     def frame(self, xticks, yticks, *, xlabel: str, ylabel: str, xfmt=_tick_label, yfmt=_tick_label) -> list[str]:
-        out = [f'<g class="grid" stroke="#e3e3e3" stroke-width="1">']
+        out = ['<g class="grid" stroke="#e3e3e3" stroke-width="1">']
         for t in xticks:
             out.append(f'<line x1="{_f(self.x(t))}" y1="{self.y0}" x2="{_f(self.x(t))}" y2="{self.y1}"/>')
         for t in yticks:
@@ -122,10 +133,10 @@ class _Axes:
         out.append(f'<rect x="{self.x0}" y="{self.y0}" width="{self.x1 - self.x0}" height="{self.y1 - self.y0}" '
                    f'fill="none" stroke="#555"/>')
         out.append('<g class="ticks" font-size="11" fill="#333">')
-        for t in xticks:
-            out.append(f'<text x="{_f(self.x(t))}" y="{self.y1 + 15}" text-anchor="middle">{escape(xfmt(t))}</text>')
-        for t in yticks:
-            out.append(f'<text x="{self.x0 - 5}" y="{_f(self.y(t) + 4)}" text-anchor="end">{escape(yfmt(t))}</text>')
+        for t, lab in zip(xticks, distinct_labels(xticks, xfmt)):
+            out.append(f'<text x="{_f(self.x(t))}" y="{self.y1 + 15}" text-anchor="middle">{escape(lab)}</text>')
+        for t, lab in zip(yticks, distinct_labels(yticks, yfmt)):
+            out.append(f'<text x="{self.x0 - 5}" y="{_f(self.y(t) + 4)}" text-anchor="end">{escape(lab)}</text>')
         out.append("</g>")
         cx, cy = (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
         out.append(f'<text x="{_f(cx)}" y="{self.h - 8}" text-anchor="middle" font-size="12">{escape(xlabel)}</text>')
@@ -136,7 +147,7 @@ class _Axes:
 
 def _legend(entries: Sequence[tuple[str, str, str]], *, right: float, y: float, line_h: int = 16) -> list[str]:
     """(label, colour, dash) rows with a line swatch, right-aligned at ``right``."""
-    out = [f'<g class="legend" font-size="11">']
+    out = ['<g class="legend" font-size="11">']
     width = max((len(lab) for lab, _, _ in entries), default=0) * 6.2 + 40
     x = right - width + 4
     out.append(f'<rect x="{_f(x - 4)}" y="{_f(y - 11)}" width="{_f(width)}" height="{len(entries) * line_h + 4}" '
@@ -323,12 +334,43 @@ def tradeoff(points: Sequence[dict], *, xlabel: str, ylabel: str, title: str = "
     ypad = (max(ys) - min(ys)) * 0.1 or 0.05
     xlim = (min(xs) - xpad, max(xs) + xpad)
     ylim = (min(0.0, min(ys)) if min(ys) >= 0 else min(ys) - ypad, max(ys) + ypad)
-    ax = _Axes(width=width, height=height, xlim=xlim, ylim=ylim)
+    series = list(dict.fromkeys(p["series"] for p in pts if p.get("series") is not None))
+    # the legend sits above the plot area, so it never covers a point
+    ax = _Axes(width=width, height=height + 16 * len(series), xlim=xlim, ylim=ylim, top=14 + 16 * len(series))
+    placed: list[tuple[float, float, float, float]] = [(x - 6, y - 6, x + 6, y + 6) for x, y in
+                                                       ((ax.x(float(p["x"])), ax.y(float(p["y"]))) for p in pts)]
+
+    def place(x: float, y: float, text: str, size: int, *, force: bool = False) -> tuple[float, float, str] | None:
+        """A label position near (x, y) overlapping no marker or earlier label (None: none is free; with
+        ``force``, the first position, reserved so that later labels avoid it)."""
+        w, h = 0.6 * size * len(text) + 2, size + 1
+        for dx, dy, anchor in ((6, 12, "start"), (6, -6, "start"), (-6, 12, "end"), (-6, -6, "end"),
+                               (8, 4, "start"), (-8, 4, "end")):
+            x0 = x + dx if anchor == "start" else x + dx - w
+            box = (x0, y + dy - h + 2, x0 + w, y + dy + 2)
+            inside = ax.x0 <= box[0] and box[2] <= ax.x1 and ax.y0 <= box[1] and box[3] <= ax.y1
+            if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                                  for b in placed if b != (x - 6, y - 6, x + 6, y + 6)):
+                placed.append(box)
+                return x + dx, y + dy, anchor
+        if force:
+            x0 = min(max(x + 10, ax.x0), ax.x1 - w)
+            placed.append((x0, y - 10 - h + 2, x0 + w, y - 8))
+            return x0, y - 10, "start"
+        return None
+
+    height = ax.h
     desc = "; ".join(f"{p.get('series') or 'reference'} {p['label']}: {xlabel} {float(p['x']):.3g}, "
                      f"{ylabel} {float(p['y']):.3g}{' (recommended)' if p.get('recommended') else ''}" for p in pts)
     svg = _open(width, height, title, desc)
     svg += ax.frame(nice_ticks(*xlim, 5), nice_ticks(*ylim, 5), xlabel=xlabel, ylabel=ylabel)
-    series = list(dict.fromkeys(p["series"] for p in pts if p.get("series") is not None))
+    # the recommendation's label is placed first: it must never be the one crowded out
+    rec_at = {}
+    for p in pts:
+        if p.get("recommended"):
+            x, y = ax.x(float(p["x"])), ax.y(float(p["y"]))
+            tag = "recommended: " + (f"#{p['number']}" if p.get("number") is not None else str(p["label"]))
+            rec_at[id(p)] = (tag, place(x, y, tag, 11, force=True))
     legend = []
     for i, name in enumerate(series):
         colour, dash = _style(i)
@@ -340,25 +382,27 @@ def tradeoff(points: Sequence[dict], *, xlabel: str, ylabel: str, title: str = "
         for p in group:
             x, y = ax.x(float(p["x"])), ax.y(float(p["y"]))
             svg.append(_marker(MARKERS[i % len(MARKERS)], x, y, 4, colour))
-            if p.get("number") is not None:
-                svg.append(f'<text x="{_f(x + 6)}" y="{_f(y + 12)}" font-size="10" fill="#333">{escape(str(p["number"]))}</text>')
+            at = place(x, y, str(p["number"]), 10) if p.get("number") is not None else None
+            if at:  # a number that fits nowhere is left out: the table and the description list every point
+                svg.append(f'<text x="{_f(at[0])}" y="{_f(at[1])}" font-size="10" fill="#333" '
+                           f'text-anchor="{at[2]}">{escape(str(p["number"]))}</text>')
         legend.append((f"{name} (numbered as in the table)", colour, dash or "4 3"))
     refs = [p for p in pts if p.get("series") is None]
     for j, p in enumerate(refs):
         x, y = ax.x(float(p["x"])), ax.y(float(p["y"]))
         svg.append(_marker(MARKERS[(j + 1) % len(MARKERS)], x, y, 5, "#333", filled=False))
-        right = x > ax.x0 + 0.7 * (ax.x1 - ax.x0)
-        svg.append(f'<text x="{_f(x - 8 if right else x + 8)}" y="{_f(y - 6)}" font-size="11" '
-                   f'text-anchor="{"end" if right else "start"}">{escape(str(p["label"]))}</text>')
+        at = place(x, y, str(p["label"]), 11)
+        if at:
+            svg.append(f'<text x="{_f(at[0])}" y="{_f(at[1])}" font-size="11" '
+                       f'text-anchor="{at[2]}">{escape(str(p["label"]))}</text>')
     for p in pts:
         if p.get("recommended"):
             x, y = ax.x(float(p["x"])), ax.y(float(p["y"]))
             svg.append(_marker("star", x, y, 6, PALETTE[1]))
-            right = x > ax.x0 + 0.6 * (ax.x1 - ax.x0)
-            tag = f"#{p['number']}" if p.get("number") is not None else str(p["label"])
-            svg.append(f'<text x="{_f(x - 10 if right else x + 10)}" y="{_f(y - 10)}" font-size="11" font-weight="bold" '
-                       f'text-anchor="{"end" if right else "start"}">recommended: {escape(tag)}</text>')
+            tag, at = rec_at[id(p)]
+            svg.append(f'<text x="{_f(at[0])}" y="{_f(at[1])}" font-size="11" font-weight="bold" '
+                       f'text-anchor="{at[2]}">{escape(tag)}</text>')
     if legend:
-        svg += _legend(legend, right=ax.x1 - 6, y=ax.y0 + 16)
+        svg += _legend(legend, right=ax.x1, y=16)
     svg.append("</svg>")
     return Markup("".join(svg))

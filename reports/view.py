@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,33 @@ TODO = {
                     "produced NaN or infinite values); fix the model or data and audit again.",
 }
 
+# What to do when the audited model is already the protected one (mitigating it again is not the advice).
+MITIGATED_TODO = {
+    "critical": "Do not release the protected pipeline: it still leaks by the rules above. Try the stronger settings of "
+                "the sweep, deduplicate the training data or retrain with fewer steps, then audit again.",
+    "high": "Do not release the protected pipeline as is: it still leaks by the rules above. Choose a stronger "
+            "setting (see the sweep) or another mitigation, and audit again.",
+    "medium": "Review the evidence below with the data owner before releasing the protected pipeline; a larger "
+              "holdout set gives tighter intervals.",
+    "low": "Release only the protected pipeline as a service and keep the raw weights private (the protected folder "
+           "holds them unchanged); keep this report with the release record and audit again after any change.",
+    "info": "Check the run: every test was skipped or failed (see the sections below).",
+}
+
+MITIGATED_ANSWERS = {
+    "critical": "Not safe to release, even protected.",
+    "high": "Not safe to release: the protection is not enough.",
+}
+
 THREAT_WORDS = {
     "white-box": "has the model's weights and can compute gradients",
     "gray-box": "can query the model's noise predictions (anyone holding the released weights can)",
     "black-box": "only sees images the model generates",
 }
 
-# label, explanation, format ("pct" rates, "num" plain numbers), better ("low", "high", "chance" = near 0.5, None)
+# Every metric's declaration, in one table: label, explanation, format ("pct" rates, "num" plain numbers,
+# "count", "ratio"), better ("low", "high", "chance" = near 0.5, None = no direction). A plugin's metric
+# not declared here is shown without a judgement (see ``metric_info``).
 METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
     "auc": ("AUC", "area under the ROC curve: 0.5 is guessing, 1.0 is perfect separation", "num", "chance"),
     "balanced_accuracy": ("balanced accuracy", "at the threshold fitted on the calibration split; 0.5 is guessing",
@@ -80,10 +101,38 @@ METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
     "frechet_distance_real_baseline": ("Frechet distance, real vs real", "two sets of real images at the same size: "
                                        "the floor a model cannot be expected to beat", "num", None),
     "precision": ("precision", "share of generated images inside the real-image manifold (k-NN estimate)", "pct", "high"),
+    "mean_diversity": ("mean diversity", "mean distance between generated images: higher is more varied", "num", "high"),
+    "holdout_diversity": ("diversity of real images", "the same measure on real holdout images: a reference", "num",
+                          None),
+    "unseen_mean_diversity": ("mean diversity, unseen prompts", "diversity of generations for prompts not in the "
+                              "training captions: a reference", "num", None),
+    "memorised_fraction": ("memorised prompts", "training prompts flagged as memorised", "pct", "low"),
+    "own_copy_fraction": ("copies of the prompt's own image", "generations that copy the training image of their "
+                          "own caption", "pct", "low"),
+    "unseen_copy_fraction": ("copies for unseen prompts", "generations for unseen prompts that copy a training "
+                             "image", "pct", "low"),
     "recall": ("recall", "share of real images inside the generated-image manifold (k-NN estimate)", "pct", "high"),
 }
 
 MEMBERSHIP_ROWS = ("auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001", "balanced_accuracy")
+
+# What attacks fit on the calibration split (attributes ending in "_"), in words.
+FITTED_INFO = {"timestep_": "timestep chosen", "sweep_": "calibration AUC at each candidate timestep",
+               "classifier_": "classifier", "threshold_": "threshold", "direction_": "score direction"}
+
+
+def fitted_view(fitted: dict) -> dict[str, str]:
+    """Fitted attributes with human labels; a model object's repr becomes its class name, never a dump."""
+    out = {}
+    for k, v in fitted.items():
+        label = FITTED_INFO.get(k, k.rstrip("_").replace("_", " "))
+        if isinstance(v, str) and re.match(r"^[A-Za-z_][\w.]*\(", v):
+            out[label] = f"a fitted {v.split('(', 1)[0]} (parameters in results.json)"
+        elif isinstance(v, dict) and k == "sweep_":
+            out[label] = "; ".join(f"t={tk}: {fmt_scalar(tv)}" for tk, tv in list(v.items())[:24])
+        else:
+            out[label] = fmt_scalar(v)
+    return out
 
 
 # ---------------------------------------------------------------- small helpers
@@ -111,6 +160,10 @@ def metric(m: Any) -> dict:
 
 
 def metric_info(key: str) -> tuple[str, str, str, str | None]:
+    """(label, explanation, format, better) as declared in ``METRIC_INFO``, or by one of the families of
+    keys the core writes (TPR at an FPR level, a criterion's holdout rate, per-plugin copies, diversity and
+    AUC in a mitigation summary). An undeclared metric gets a label from its name and no direction:
+    the report shows that it changed, never guesses whether that is better."""
     if key in METRIC_INFO:
         return METRIC_INFO[key]
     if key.startswith("tpr_at_fpr_"):
@@ -125,11 +178,13 @@ def metric_info(key: str) -> tuple[str, str, str, str | None]:
         base = key.removesuffix("_holdout_fpr").removesuffix("_holdout_fraction")
         return (f"{base} criterion on unseen images", "share of real holdout images the criterion flags: its "
                 "false-positive rate", "pct", None)
-    if key.endswith("_fraction"):
-        return (key.removesuffix("_fraction").replace("_", " ") + " (fraction)", "", "pct", "low")
-    if "auc" in key:
-        return (key.replace("_", " "), "", "num", "chance")
-    return (key.replace("_", " "), "", "num", None)
+    for suffix, base in (("_copy_fraction", "copy_fraction"), ("_mean_diversity", "mean_diversity"),
+                         ("_auc", "auc")):  # per-plugin values in a mitigation summary, e.g. nn_copy_fraction
+        if key.endswith(suffix) and key != base:
+            label, help_, kind, better = METRIC_INFO[base]
+            return (f"{key.removesuffix(suffix)}: {label}", help_, kind, better)
+    kind = "pct" if key.endswith("_fraction") else "num"
+    return (key.replace("_", " "), "", kind, None)
 
 
 def fmt_value(v: float | None, kind: str) -> str:
@@ -163,8 +218,9 @@ def fmt_scalar(v: Any) -> str:
     if isinstance(v, dict) and "value" in v:
         return fmt_value(_num(v), "num")
     if isinstance(v, (list, tuple)):
-        return ", ".join(fmt_scalar(x) for x in v) if len(v) <= 12 and all(not isinstance(x, (dict, list)) for x in v) \
-            else json.dumps(v, default=str)[:300]
+        if len(v) <= 12 and all(not isinstance(x, (dict, list)) for x in v):
+            return ", ".join(fmt_scalar(x) for x in v)
+        return f"{len(v)} values (listed in results.json)"  # never a JSON dump cut mid-word
     if isinstance(v, dict):
         return "; ".join(f"{k}: {fmt_scalar(x) if x is not None else 'none'}" for k, x in list(v.items())[:24])
     return "" if v is None else str(v)
@@ -216,6 +272,9 @@ def plain_why(scan: dict) -> list[str]:
     attacks = [p for p in _plugins(scan) if _ok(p) and _section_of(p) == "membership" and _tpr1(p) is not None]
     if attacks:
         p = max(attacks, key=lambda a: (_tpr1(a) or 0, _auc(a) or 0))
+        e = ((scan or {}).get("ensemble") or {}).get("metrics") or {}
+        named = (e.get("tpr_at_fpr_0.01") or {}).get("attack") if isinstance(e.get("tpr_at_fpr_0.01"), dict) else None
+        p = next((a for a in attacks if a.get("name") == named and _tpr1(a) == _tpr1(p)), p)  # the ensemble's pick
         t, auc = _tpr1(p) or 0.0, _auc(p)
         who = THREAT_WORDS.get(str(p.get("threat_model")), "can query the model")
         n = f" (the strongest of {len(attacks)})" if len(attacks) > 1 else ""
@@ -245,8 +304,10 @@ def plain_why(scan: dict) -> list[str]:
         distinct = None if distinct is None else int(distinct)
         of_n = f" of {n}" if n else ""
         if cf > max(2 * q, 0.02) or p.get("severity") in ("medium", "high", "critical"):
-            who = (f"; {distinct} different training images were reproduced" if distinct is not None
-                   else "; at least 20 different training images were reproduced" if mc else "")
+            # a count of 0 beside a non-zero copy fraction means the detector did not attribute its copies to
+            # members (e.g. prompt-level copies): say nothing rather than contradict the fraction
+            who = (f"; {distinct} different training images were reproduced" if distinct
+                   else "; at least 20 different training images were reproduced" if mc and distinct is None else "")
             out.append(f"The model hands back its training images: {cf:.0%}{of_n} images it generated are near-copies of a "
                        f"training image, closer than {1 - nominal:.0%} of genuinely new images ever come{who}.")
         else:
@@ -279,9 +340,34 @@ def verdict_view(scan: dict) -> dict:
     if not any("rules" in _details(p) for p in _plugins(scan)):  # another writer: use the verdict's own list
         fired = [{"level": level, "plugin": "", "text": str(r), "area": ""} for r in v.get("reasons") or []]
     fired.sort(key=lambda f: -(LEVELS.index(f["level"]) if f["level"] in LEVELS else -1))
-    return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": TODO.get(level, TODO["info"]),
+    todo = (MITIGATED_TODO if scan.get("mitigated") else TODO)  # a protected model is not told to mitigate
+    return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": todo.get(level, todo["info"]),
             "why": plain_why(scan), "fired": fired, "warnings": [str(w) for w in v.get("warnings") or []],
             "rules": rules_table(v.get("rules")), "scale": LEVELS}
+
+
+def mitigated_verdict_view(r: dict, v: dict) -> dict:
+    """A mitigation run's verdict: its own level and rules (both score directions, every headline number)."""
+    mv = r["verdict"]
+    level = str(mv.get("level") or "info")
+    fired = [{"level": str(f.get("level", "info")), "plugin": str(f.get("plugin", "")), "text": str(f.get("text", "")),
+              "area": str(f.get("area", ""))} for f in mv.get("fired") or [] if isinstance(f, dict)]
+    # rules a one-sided scan cannot see (a reversed score, a headline number) join "Why" when they raised the
+    # level of their area above what the scan's own rules found; the "no evidence" sentence of that area goes
+    rank = lambda lv: LEVELS.index(lv) if lv in LEVELS else -1
+    scan_level = {a: max((rank(str(p.get("severity"))) for p in _plugins(r.get("after")) if _ok(p)
+                          and _section_of(p) == a), default=-1) for a in ("membership", "replication")}
+    extra = [f for f in fired if (f["plugin"] == "headline" or f["text"].startswith("score reversed"))
+             and rank(f["level"]) > scan_level.get(f["area"], -1)][:2]
+    why = v["why"]
+    if extra:
+        areas = {f["area"] for f in extra}
+        quiet = {"membership": "Membership: ", "replication": "Copies: "}
+        why = [w for w in why if not any(w.startswith(quiet[a]) for a in areas if a in quiet)]
+        why = [("The protected model still leaks (headline number): " if f["plugin"] == "headline" else
+                f"The protected model still leaks ({f['plugin']} attack): ") + f["text"] + "." for f in extra] + why
+    return {**v, "level": level, "answer": MITIGATED_ANSWERS.get(level, ANSWERS.get(level, ANSWERS["info"])),
+            "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]), "fired": fired or v["fired"], "why": why}
 
 
 # ---------------------------------------------------------------- header
@@ -339,7 +425,7 @@ def membership_view(scan: dict) -> dict:
                      "queries": p.get("queries_per_image"), "severity": p.get("severity", "info"),
                      "metrics": [fmt_metric(k, ms[k]) for k in keys], "finding": p.get("finding", ""),
                      "rules": d.get("rules") or [], "split": ev, "seconds": p.get("seconds"),
-                     "fitted": {k: fmt_scalar(v) for k, v in fitted.items()},
+                     "fitted": fitted_view(fitted),
                      "references": p.get("references") or [], "params": p.get("params") or {}})
         roc = d.get("roc")
         if isinstance(roc, dict) and isinstance(roc.get("fpr"), list) and isinstance(roc.get("tpr"), list):
@@ -489,6 +575,9 @@ def _replication_plots(p: dict, d: dict, criteria: list[dict]) -> tuple[list, li
             continue
         seen.append((edges, series))
         xlabel = str(h.get("x") or key.replace("_", " "))
+        space = str(d.get("feature_space") or d.get("features") or "")
+        if "distance" in xlabel and space and space not in xlabel:  # a distance without its space has no unit
+            xlabel += f" (L2, {space} features)"
         for s_ in series:
             s_["label"] = SERIES_NAMES.get(s_["label"], s_["label"] if s_["label"] != "counts" else xlabel)
         markers = []
@@ -629,10 +718,7 @@ def _judge(key: str, area: str, a: float | None, b: float | None) -> tuple[str, 
         return "", ""
     if abs(b - a) < 1e-9:
         return "same", "same"
-    better = metric_info(key)[3]
-    neutral = key.endswith("_holdout_fraction") or key.endswith("_holdout_fpr") or key.endswith("_real_baseline")
-    if better is None and area in ("membership", "replication") and not neutral:
-        better = "low"
+    better = metric_info(key)[3]  # declared, never guessed from the name
     if better == "chance":
         good = abs(b - 0.5) < abs(a - 0.5)
     elif better == "low":
@@ -641,9 +727,8 @@ def _judge(key: str, area: str, a: float | None, b: float | None) -> tuple[str, 
         good = b > a
     else:
         return "changed", "same"
-    if area in ("membership", "replication") or key in METRIC_INFO:
-        return ("better", "better") if good else ("worse", "worse")
-    return "changed", "same"
+    arrow = " up" if b > a else " down"  # the arrow shows which way the number moved
+    return ("better", "better" + arrow) if good else ("worse", "worse" + arrow)
 
 
 def comparison_view(before: dict, after: dict, *, labels: tuple[str, str]) -> dict:
@@ -779,8 +864,9 @@ def headline_deltas(before: dict, after: dict) -> list[dict]:
             continue
         kind = metric_info(key)[2]
         word, cls = _judge(key, area, b and b["value"], a and a["value"])
-        out.append({"label": label, "before": fmt_value(b and b["value"], kind), "after": fmt_value(a and a["value"], kind),
-                    "word": word, "cls": cls})
+        out.append({"key": key, "label": label, "before": fmt_value(b and b["value"], kind),
+                    "after": fmt_value(a and a["value"], kind), "word": word, "cls": cls,
+                    "values": (b and b["value"], a and a["value"])})
     return out
 
 
@@ -842,6 +928,22 @@ def controls_table(controls: list[dict]) -> dict:
     return {"cols": [metric_info(k)[0] for k in cols], "rows": rows}
 
 
+def matched_view(m: dict) -> dict:
+    """The placebo comparison at matched quality: its reading in words and the compared points as a table."""
+    q = str(m.get("quality_metric") or "quality")
+    ql = metric_info(q)[0]
+    overlap = m.get("overlap") if isinstance(m.get("overlap"), list) else []
+    kv = {"quality measure": ql, "quality range compared": " to ".join(fmt_scalar(x) for x in overlap) or "n/a",
+          "reading": str(m.get("verdict") or "n/a"), "beats placebo": fmt_scalar(m.get("beats_placebo")),
+          "mean copy-fraction advantage over the placebo": fmt_scalar(m.get("mean_copy_advantage")),
+          "tolerance": fmt_scalar(m.get("tolerance"))}
+    points = [p for p in m.get("points") or [] if isinstance(p, dict)]
+    table = {"cols": [ql, "copies, mitigation", "copies, placebo"],
+             "rows": [[fmt_scalar(p.get("quality")), fmt_value(_num(p.get("mitigation_copy_fraction")), "pct"),
+                       fmt_value(_num(p.get("placebo_copy_fraction")), "pct")] for p in points]}
+    return {"kv": kv, "table": table if points else None, "note": str(m.get("note") or "")}
+
+
 def mitigation_view(r: dict) -> dict:
     before = r.get("before") if isinstance(r.get("before"), dict) else {}
     after = r.get("after") if isinstance(r.get("after"), dict) else {}
@@ -856,10 +958,40 @@ def mitigation_view(r: dict) -> dict:
         sweep_table["rows"] = [[str(i)] + row for i, row in enumerate(sweep_table["rows"], 1)]
     timing = next((c.get("timing") for c in controls if isinstance(c.get("timing"), dict)), None)
     matched = r.get("matched_quality") if isinstance(r.get("matched_quality"), dict) else None
+    if recommended:
+        sweep_table["highlight"] = recommended[0] - 1
     white = [w for w in r.get("white_box") or [] if isinstance(w, dict)]
-    return {"method": r.get("method", "unknown"), "headline": headline_deltas(before, after),
-            "params": {k: fmt_scalar(v) for k, v in (r.get("params") or {}).items()},
-            "comparison": comparison_view(before, after, labels=("before (no mitigation)", "after (protected)")),
+    comparison = comparison_view(before, after, labels=("before (no mitigation)", "after (protected)"))
+    mv = r.get("verdict") if isinstance(r.get("verdict"), dict) else {}
+    if mv.get("level"):  # the mitigation's own verdict (both score directions, headline numbers), not the scan's
+        comparison["after_level"] = str(mv["level"])
+    headline = headline_deltas(before, after)
+    rev = mv.get("reversed") if isinstance(mv.get("reversed"), dict) else {}
+    flipped = [metric((m or {}).get("tpr_at_fpr_0.01"))["value"] for m in rev.values() if isinstance(m, dict)]
+    flipped = [v for v in flipped if v is not None]
+    for h in headline:  # the protected model is judged in both score directions: so is its headline TPR
+        if h["key"] == "tpr_at_fpr_0.01" and flipped and h["values"][1] is not None and max(flipped) > h["values"][1]:
+            b, a = h["values"][0], max(flipped)
+            word, cls = _judge("tpr_at_fpr_0.01", "membership", b, a)
+            h.update(after=fmt_value(a, "pct") + " (score reversed)", word=word, cls=cls)
+    if len(controls) >= 2:  # the two-sided AUC the verdict also judges replaces the one-sided one
+        b2, a2 = (_num((c.get("metrics") or {}).get("membership_auc_two_sided")) for c in controls[:2])
+        if b2 is not None or a2 is not None:
+            word, cls = _judge("membership_auc_two_sided", "membership", b2, a2)
+            headline = [h for h in headline if h["key"] != "auc"]
+            headline.insert(min(2, len(headline)), {"key": "membership_auc_two_sided",
+                "label": "membership AUC, two-sided (an attacker may reverse a score; 0.5 is guessing)",
+                "before": fmt_value(b2, "num"), "after": fmt_value(a2, "num"), "word": word, "cls": cls})
+    if not any("Frechet" in h["label"] for h in headline):  # the cost side must never silently vanish
+        headline.append({"key": "frechet_distance", "label": "quality (Frechet distance): not measured; add the quality detector "
+                                  "(--detectors nn,quality) to see what the protection costs",
+                         "before": "n/a", "after": "n/a", "word": "", "cls": ""})
+    weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
+    same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
+    return {"method": r.get("method", "unknown"), "headline": headline,
+            "raw_weights": [{"file": f, "short": _short(h), "sha256": str(h)} for f, h in same.items()],
+            "params": {k: fmt_scalar(v) if v is not None else "none" for k, v in (r.get("params") or {}).items()},
+            "comparison": comparison,
             "controls": controls_table(controls), "has_controls": bool(controls),
             "timing": ", ".join(f"{k} {fmt_scalar(v)}" for k, v in timing.items()) if timing else "",
             "sweep": sweep_table, "has_sweep": bool(sweep), "tradeoffs": tradeoff_plots(sweep, controls),
@@ -867,9 +999,9 @@ def mitigation_view(r: dict) -> dict:
                              "numbers": {k: fmt_scalar(v) for k, v in _flat(recommended[1]).items()}}
                             if recommended else None),
             "targets": {metric_info(k)[0]: fmt_scalar(v) for k, v in (r.get("targets") or {}).items()},
-            "matched": {k.replace("_", " "): fmt_scalar(v) for k, v in matched.items()} if matched else None,
+            "matched": matched_view(matched) if matched else None,
             "white_box": _table(white) if white else None,
-            "guard": {k: fmt_scalar(v) for k, v in guard.items()},
+            "guard": {k.replace("_", " "): fmt_scalar(v) for k, v in guard.items()},
             "details_title": str(r.get("details_title") or ("Guard classifier" if "guard" in r
                                                              else "What the mitigation trained")),
             "findings": [str(x) for x in r.get("findings") or []],
@@ -885,7 +1017,8 @@ GENERIC_LIMITS = (
     "listed here, with this query budget and this holdout set, found no leakage.",
     "Membership numbers assume members and holdout come from the same distribution; the blind-baseline check "
     "above tests that, and a positive result makes every membership number suspect.",
-    "Confidence intervals are bootstrap intervals over the evaluation images; small sets give wide intervals.",
+    "95% intervals are exact (Clopper-Pearson) for proportions such as TPR and copy fraction, and Hanley-McNeil "
+    "widened by the bootstrap for AUC, over the evaluation images; small sets give wide intervals, never a point.",
     "Replication is judged in one feature space: copies that differ in that space (crops, colour changes, style) "
     "may be missed unless a detector with a suitable extractor was run.",
     "This report embeds training images unless rendered with --redact omit (see the notice at the top), and "
@@ -988,6 +1121,8 @@ def build(r: dict, *, baseline: dict | None, redact: str, version: str) -> dict:
     empty_scan: dict = {}
     ctx["header"] = guard("header", lambda: header_view(r, scan), header_view({}, empty_scan))
     ctx["verdict"] = guard("verdict", lambda: verdict_view(scan), verdict_view(empty_scan))
+    if kind == "mitigation" and isinstance(r.get("verdict"), dict):
+        ctx["verdict"] = guard("verdict", lambda: mitigated_verdict_view(r, ctx["verdict"]), ctx["verdict"])
     ctx["mitigation"] = guard("before/after", lambda: mitigation_view(r), None) if kind == "mitigation" else None
     ctx["before_verdict"] = (guard("before verdict", lambda: verdict_view(r["before"]), None)
                              if kind == "mitigation" and isinstance(r.get("before"), dict) else None)

@@ -17,6 +17,12 @@ def body(results: dict) -> dict:
     return copy.deepcopy({k: v for k, v in results.items() if k not in ("scores", "tables")})
 
 
+# the columns a real all-attacks mitigation run adds to the controls table (one AUC per attack, probes, quality)
+WIDE_METRICS = {f"{a}_auc": 0.5 for a in ("loss", "secmi", "pia", "pian", "sima", "gsa")} | {
+    "white_box_auc": 1.0, "nn_mean_diversity": 0.61, "precision": 0.8, "recall": 0.7, "guided_fraction": 0.217,
+    "mean_guard_confidence": 0.66}
+
+
 def mitigation_results(before: dict, after: dict) -> dict:
     """A ``kind: mitigation`` run in the shape ``privaudit/mitigate.py`` writes, built from two real scans.
 
@@ -29,7 +35,7 @@ def mitigation_results(before: dict, after: dict) -> dict:
     def control(name, family, copy, auc, fd, secs, **extra):
         return {"name": name, "description": f"{name} (test stand-in)", "family": family, "params": extra,
                 "metrics": {"copy_fraction": copy, "membership_auc": auc, "membership_auc_two_sided": max(auc, 1 - auc),
-                            "frechet_distance": fd}, "sampling_seconds": secs, "sampling_ratio": secs / 1.0,
+                            "frechet_distance": fd, **WIDE_METRICS}, "sampling_seconds": secs, "sampling_ratio": secs / 1.0,
                 "timing": timing, "verdict": "low", "details": {"huge": list(range(100))}}
 
     sweep = [{"name": f"{fam} alpha={al} scale={s:g}", "family": fam, "alpha": al, "scale": s,

@@ -114,4 +114,22 @@ def test_proportion_interval_is_exact_at_the_ends():
     assert proportion_ci(0, 50)[0] == 0.0 and 0 < proportion_ci(0, 50)[1] < 0.1
     assert proportion_ci(50, 50)[1] == 1.0 and 0.9 < proportion_ci(50, 50)[0] < 1
     lo, hi = proportion_ci(10, 100)
-    assert 0.05 < lo < 0.1 < hi < 0.18
+    assert 0.045 < lo < 0.1 < hi < 0.18
+
+
+def test_intervals_never_collapse_to_a_point_with_finite_samples():
+    import numpy as np
+
+    from privaudit.metrics import auc_interval, clopper_pearson, membership_metrics, proportion_ci
+
+    for k, n in ((0, 32), (32, 32), (1, 1), (0, 1)):
+        lo, hi = proportion_ci(k, n)
+        assert hi - lo > 0.05 and lo <= k / n <= hi
+    assert clopper_pearson(32, 32)[0] < 0.9  # the exact bound: 0.025 ** (1 / 32)
+    assert abs(clopper_pearson(32, 32)[0] - 0.025 ** (1 / 32)) < 1e-9
+    lo, hi = auc_interval(1.0, 32, 32)
+    assert 0.98 < lo < 1.0 and hi == 1.0
+    # perfectly separated scores: every interval has width, although every bootstrap resample gives 1.0
+    r = membership_metrics(np.arange(32) + 100.0, np.arange(32) * 1.0, threshold=50.0, n_boot=50)
+    for key in ("auc", "tpr_at_fpr_0.01", "balanced_accuracy"):
+        assert r[key].value == 1.0 and r[key].ci[0] < 1.0, key

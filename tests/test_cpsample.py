@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ARTIFACTS
 
 from privaudit.data import load_images
 from privaudit.denoiser import sample
@@ -58,7 +59,7 @@ def protected(mitigation_run):
 
 @pytest.fixture(scope="session")
 def copy_criterion(digits_target):
-    """The calibrated copy test of the nn detector, in pixels: closer to a member than 99% of holdout images."""
+    """The calibrated copy test, in pixels: closer to a member than 99% of holdout images."""
     m = load_images(digits_target / "members", name="members", channels=1, size=8).tensor().flatten(1)
     h = load_images(digits_target / "holdout", name="holdout", channels=1, size=8).tensor().flatten(1)
     thr = float(np.quantile(torch.cdist(h, m).min(1).values.numpy(), 0.01))
@@ -281,3 +282,102 @@ def test_summary_headline_is_the_worst_detectors_copy_fraction():
     assert s["copy_fraction"] == 0.4 and s["nn_copy_fraction"] == 0.0 and s["promptcopy_copy_fraction"] == 0.4
     assert s["promptcopy_mean_diversity"] == 2.0
     assert set(summarize({"plugins": [det("nn", 0.1)]})) == {"copy_fraction"}
+
+
+RANK = ("info", "low", "medium", "high", "critical")
+
+
+def _implied_levels(saved: dict, method: str) -> list[tuple[str, str]]:
+    """Every level a membership or replication number in results.json reaches by the documented rules,
+    re-derived here from the numbers alone (either score direction for the protected model)."""
+    from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, TPR_CRITICAL, TPR_HIGH
+
+    out = []
+    ours = next(c for c in saved["controls"] if c["family"] == method)["metrics"]
+    if ours.get("membership_auc_two_sided", 0) >= AUC_HIGH:
+        out.append(("high", f"headline two-sided AUC {ours['membership_auc_two_sided']}"))
+    cf = ours.get("copy_fraction", 0)
+    if cf >= COPY_HIGH:
+        out.append(("critical" if cf >= COPY_CRITICAL else "high", f"headline copy fraction {cf}"))
+    for p in saved["after"]["plugins"]:
+        if p["status"] != "ok":
+            continue
+        m = p["metrics"]
+        if "auc" in m:
+            auc, (lo, hi) = m["auc"]["value"], m["auc"]["ci"]
+            if (auc >= AUC_HIGH and lo > 0.5) or (1 - auc >= AUC_HIGH and 1 - hi > 0.5):
+                out.append(("high", f"{p['name']} AUC {auc} (two-sided)"))
+        t = m.get("tpr_at_fpr_0.01")
+        if t and t["ci"][0] > 0.01:
+            if t["value"] >= TPR_CRITICAL:
+                out.append(("critical", f"{p['name']} TPR {t['value']}"))
+            elif t["value"] >= TPR_HIGH:
+                out.append(("high", f"{p['name']} TPR {t['value']}"))
+        c = m.get("copy_fraction")
+        if c and c["value"] >= COPY_HIGH:
+            out.append(("critical" if c["value"] >= COPY_CRITICAL else "high", f"{p['name']} copies {c['value']}"))
+    return out
+
+
+def test_mitigation_verdict_follows_from_every_number_it_shows(mitigation_run):
+    out, r = mitigation_run
+    saved = json.loads((out / "results.json").read_text())
+    v = saved["verdict"]
+    assert v["before"] == saved["before"]["verdict"]["level"]
+    implied = _implied_levels(saved, "cpsample")
+    for level, why in implied:
+        assert RANK.index(v["level"]) >= RANK.index(level), (v["level"], why)
+    assert RANK.index(v["level"]) >= RANK.index(saved["after"]["verdict"]["level"])  # never below the scan's rules
+    if v["level"] not in ("low", "info"):
+        assert v["fired"] and all(f["level"] in RANK and f["text"] for f in v["fired"])
+    html = (out / "report.html").read_text()
+    first = html[:html.index('<nav class="toc"')]  # the first screen: verdict box
+    assert f'<span class="badge {v["level"]} big">' in first
+    # the protected folder holds the raw UNet: said on the first screen, with the sha256 that proves it
+    assert saved["weights"]["raw_weights_shipped"]
+    unet = next(f for f in saved["weights"]["sha256"] if f.startswith("unet/"))
+    assert saved["before"]["target"]["weights_sha256"][unet] == saved["after"]["target"]["weights_sha256"][unet]
+    assert "ships the raw model" in first and saved["weights"]["sha256"][unet][:12] in first
+    # the quality cost beside the privacy gain (this fixture runs no quality detector: the screen says so)
+    assert "Frechet distance" in first and ("not measured" in first) != any(
+        "frechet_distance" in c["metrics"] for c in saved["controls"])
+    assert "privaudit mitigate --method cpsample" not in first  # no advice to mitigate what already is
+    after_html = (out / "after" / "report.html").read_text()
+    assert "privaudit mitigate --method cpsample" not in after_html[:after_html.index('<nav class="toc"')]
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "mitigation-report.html").write_text(html)  # for a reviewer to open
+
+
+def test_reversed_scores_raise_the_mitigated_verdict():
+    """A mitigation that turns members into the least member-like images (AUC near 0) is not 'low'."""
+    import pandas as pd
+
+    from privaudit.mitigate import mitigation_verdict
+    from privaudit.runner import AuditSettings
+
+    n = 40
+    scores = pd.DataFrame({"image_id": [str(i) for i in range(2 * n)], "set": ["member"] * n + ["holdout"] * n,
+                           "loss": np.r_[np.arange(n) * 1.0, np.arange(n) + 100.0]})
+    plugin = {"name": "loss", "kind": "attack", "status": "ok", "severity": "low", "metrics": {},
+              "details": {"rules": []}, "threat_model": "gray-box"}
+    after = {"plugins": [plugin], "scores": scores, "verdict": {"level": "low", "warnings": []}}
+    v = mitigation_verdict(before={"verdict": {"level": "critical"}}, after_res=after, row={"metrics": {}},
+                           settings=AuditSettings(n_boot=50))
+    assert v["level"] == "critical" and v["fired"][0]["text"].startswith("score reversed")
+    v = mitigation_verdict(before={"verdict": {"level": "critical"}}, after_res={**after, "scores": None},
+                           row={"metrics": {"membership_auc_two_sided": 0.88, "copy_fraction": 0.01}},
+                           settings=AuditSettings(n_boot=50))
+    assert v["level"] == "high" and "two-sided" in v["fired"][0]["text"]
+
+
+def test_mitigation_exports_carry_the_protected_verdict(mitigation_run):
+    import xml.etree.ElementTree as ET
+
+    out, _ = mitigation_run
+    saved = json.loads((out / "results.json").read_text())
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["kind"], s["verdict"], s["verdict_before"]) == ("mitigation", saved["verdict"]["level"],
+                                                              saved["before"]["verdict"]["level"])
+    assert s["raw_weights_shipped"] is True and [c["name"] for c in s["served"]][:2] == ["no mitigation", "cpsample"]
+    case = next(c for c in ET.parse(out / "junit.xml").getroot() if c.get("name") == "verdict.protected")
+    assert (case.find("failure") is not None) == (saved["verdict"]["level"] in ("medium", "high", "critical"))

@@ -122,7 +122,6 @@ def test_unknown_plugin_is_a_usage_error(t, tmp_path, capsys):
 
 
 def test_exact_duplicates_are_reported(t, tmp_path):
-    from conftest import run_scan
 
     hold = tmp_path / "holdout"
     shutil.copytree(t / "holdout", hold)

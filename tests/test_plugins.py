@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from privaudit.errors import PluginError
-from privaudit.plugin import (CAPABILITIES, KINDS, THREAT_MODELS, FeatureExtractor, MembershipAttack, Mitigation,
-                              Plugin, Registry, ReplicationDetector)
+from privaudit.plugin import (
+    CAPABILITIES,
+    KINDS,
+    THREAT_MODELS,
+    FeatureExtractor,
+    MembershipAttack,
+    Mitigation,
+    Registry,
+    ReplicationDetector,
+)
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 BASES = {"attack": MembershipAttack, "detector": ReplicationDetector, "feature": FeatureExtractor,

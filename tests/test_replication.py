@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import plugin
 
 from privaudit.data import ImageSet, load_images
 from privaudit.errors import InputError
@@ -20,8 +21,6 @@ from privaudit.plugins.detectors.nn import NearestNeighbourDetector
 from privaudit.plugins.detectors.quality import QualityDetector, frechet_distance, precision_recall
 from privaudit.plugins.features.pixels import PixelFeatures
 from privaudit.search import ArraySource, FunctionSource, KnnStream, l2_normalize, search
-
-from conftest import plugin
 
 N_MEM, N_HOLD, N = 200, 400, 200
 
@@ -270,7 +269,7 @@ def test_memorising_target_is_flagged_and_null_control_is_not(digits_scan, null_
     assert nn["severity"] in ("high", "critical") and null["severity"] in ("low", "info")
     by_name = {c["name"]: c for c in nn["details"]["criteria"]}
     assert by_name["calibrated"]["holdout_fpr"] <= 0.05
-    # the literal Carlini ratio flags real unseen digits too (see the nn detector docstring): its rate is shown beside it
+    # the literal Carlini ratio flags real unseen digits too: its rate is shown beside it
     assert by_name["carlini"]["holdout_fpr"] > 0.05
     for c in plugin(null_scan, "nn")["details"]["criteria"]:
         assert c["fraction"] <= c["holdout_fpr"] + 0.1, c["name"]  # the null looks like the holdout

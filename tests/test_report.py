@@ -9,11 +9,9 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from markupsafe import escape
-
 from conftest import plugin
-from report_helpers import DATA_URI, PAYLOAD, body, decode_images, hostile, mitigation_results, \
-    nearest_member_rms
+from markupsafe import escape
+from report_helpers import DATA_URI, PAYLOAD, body, decode_images, hostile, mitigation_results, nearest_member_rms
 
 SCAN_SECTIONS = ("verdict", "membership", "replication", "quality", "rules", "limits", "provenance")
 
@@ -242,6 +240,8 @@ def test_report_cli_rerenders_scan_baseline_and_mitigation(digits_scan, null_sca
         assert text in html, text
     assert "huge" not in html  # per-control details stay in results.json
     assert html.count("Trade-off: ") == 2  # copies and membership AUC, each against quality
+    rec = re.findall(r'<tr class="recommended"><td>(\d+)</td>', html)
+    assert rec == ["3"]  # the recommended sweep row is highlighted, and only it
 
     assert main(["report", str(tmp_path / "missing")]) == 2
 
@@ -305,3 +305,166 @@ def test_prompt_examples_and_record_lists_render_and_redact(digits_scan):
     assert len(DATA_URI.findall(html)) >= len(DATA_URI.findall(render_html(body(digits_scan)))) + 4
     omitted = render_html(r, redact="omit")
     assert DATA_URI.findall(omitted) == [] and "generations withheld" in omitted
+
+
+def _every_embedded_image(folder) -> dict:
+    """file name -> every ``data:image`` payload in it, decoded (any text file, anywhere in the folder)."""
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        text = f.read_text(errors="replace")
+        uris = re.findall(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", text)
+        out[str(f.relative_to(folder))] = decode_images(" ".join(uris))
+        assert len(out[str(f.relative_to(folder))]) == len(uris), f  # nothing hidden in an undecodable form
+    return out
+
+
+@pytest.mark.parametrize("mode", ["omit", "blur"])
+def test_rerendering_with_redact_redacts_every_file_of_the_run(digits_target, digits_scan, tmp_path, mode):
+    from privaudit.cli import main
+    from privaudit.runner import write_run
+
+    run = tmp_path / "run"
+    write_run(run / "before", digits_scan)  # a mitigation-style folder: sub-runs and a top-level results.json
+    write_run(run / "after", digits_scan, baseline=body(digits_scan))
+    write_run(run, digits_scan)
+    pair = plugin(digits_scan, "nn")["details"]["pairs"][0]
+    (run / "extra.csv").write_text(f"member_id,member_png\n{pair['member_id']},{pair['member_png']}\n")
+    members = _members(digits_target)
+    before = _every_embedded_image(run)
+    # positive control: the thumbnail run holds member images in results.json, the reports and the CSV
+    for name in ("results.json", "before/results.json", "after/report.html", "extra.csv"):
+        assert min(nearest_member_rms(i, members) for i in before[name]) < 0.01, name
+
+    assert main(["report", str(run), "--redact", mode]) == 0
+    after = _every_embedded_image(run)
+    if mode == "omit":
+        assert {k: len(v) for k, v in after.items() if v} == {}
+    else:
+        floor = _holdout_floor(digits_target, members)
+        shown = [i for imgs in after.values() for i in imgs]
+        assert shown and min(nearest_member_rms(i, members) for i in shown) > floor
+    assert plugin(json.loads((run / "results.json").read_text()), "nn")["details"]["pairs"]  # ids stay
+
+
+def test_report_out_writes_elsewhere_and_leaves_the_run_alone(digits_scan, tmp_path):
+    from privaudit.cli import main
+    from privaudit.runner import write_run
+
+    run = write_run(tmp_path / "run", digits_scan)
+    files = {f: f.read_bytes() for f in run.iterdir()}
+    assert main(["report", str(run), "--out", str(tmp_path / "shared.html"), "--redact", "omit"]) == 0
+    assert {f: f.read_bytes() for f in run.iterdir()} == files
+    html = (tmp_path / "shared.html").read_text()
+    assert DATA_URI.findall(html) == [] and "Verdict" in html
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 2  # a folder is not a file
+
+
+def test_summary_json_and_junit_beside_results(digits_scan, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from privaudit.runner import write_run
+
+    run = write_run(tmp_path / "run", digits_scan)
+    s = json.loads((run / "summary.json").read_text())
+    assert "data:image" not in (run / "summary.json").read_text()
+    assert s["verdict"] == digits_scan["verdict"]["level"] and s["kind"] == "scan"
+    fired = {(f["plugin"], f["text"]) for f in s["fired"]}
+    assert fired == {(p["name"], r) for p in digits_scan["plugins"] for r in p["details"].get("rules", [])}
+    nn = next(p for p in s["plugins"] if p["name"] == "nn")
+    cf = plugin(digits_scan, "nn")["metrics"]["copy_fraction"]
+    assert nn["metrics"]["copy_fraction"]["value"] == cf["value"] and nn["metrics"]["copy_fraction"]["ci"] == list(cf["ci"])
+    suite = ET.parse(run / "junit.xml").getroot()
+    cases = suite.findall("testcase")
+    assert len(cases) == len(digits_scan["plugins"]) == int(suite.get("tests"))
+    failing = {c.get("name").split(".", 1)[1] for c in cases if c.find("failure") is not None}
+    assert failing == {p["name"] for p in digits_scan["plugins"] if p["severity"] in ("medium", "high", "critical")}
+    assert failing and int(suite.get("failures")) == len(failing)  # the memorising target fails CI
+
+
+def test_prose_has_no_raw_internals_and_arrows_follow_the_change(digits_scan, null_scan):
+    from privaudit.reports import render_html
+    from privaudit.reports.view import _judge, plain_why
+
+    r = mitigation_results(digits_scan, null_scan)
+    r["params"]["seed"] = None
+    r["after"]["plugins"][0]["details"]["fitted"] = {"classifier_": "Pipeline(steps=[('scale', StandardScaler())])",
+                                                     "sweep_": {"50": 1.0, "200": 0.91}, "timestep_": 50}
+    r["matched_quality"] = {"quality_metric": "frechet_distance", "overlap": [1.0, 3.0], "verdict": "beats",
+                            "beats_placebo": True, "mean_copy_advantage": 0.2, "tolerance": 0.02, "note": "fronts",
+                            "points": [{"quality": q, "mitigation_copy_fraction": 0.1, "placebo_copy_fraction": 0.3}
+                                       for q in range(30)]}
+    html = render_html(r)
+    text = re.sub(r"<pre[^>]*>.*?</pre>", "", html, flags=re.S)  # the manifest dump is JSON on purpose
+    for raw in ("sweep_", "classifier_", "Pipeline(steps", "membership_auc_two_sided", "seed = ,", "DESIGN.md",
+                '{"quality"'):
+        assert raw not in text, raw
+    assert "seed = none" in html and "timestep chosen = 50" in html and "t=200: 0.91" in html
+    # "better" is the metric's declared direction; the arrow is the number's
+    assert _judge("recall", "quality", 0.2, 0.6) == ("better", "better up")
+    assert _judge("copy_fraction", "replication", 0.6, 0.2) == ("better", "better down")
+    assert _judge("frechet_distance", "quality", 1.0, 3.0) == ("worse", "worse up")
+    # a detector that reports copies it cannot attribute to members must not say "0 ... reproduced"
+    scan = {"plugins": [{"name": "promptcopy", "kind": "detector", "status": "ok", "severity": "critical",
+                         "metrics": {"copy_fraction": {"value": 1.0}, "copied_members": {"value": 0}},
+                         "params": {"n_samples": 64}, "details": {"false_positive_rate": 0.01}}]}
+    why = plain_why(scan)
+    assert len(why) == 1 and "100%" in why[0] and " 0 different" not in why[0]
+
+
+def test_plot_ticks_are_distinct_and_tradeoff_labels_do_not_collide():
+    from privaudit.reports import svg
+
+    ticks = svg.nice_ticks(-0.0031, -0.0009, 5)
+    labels = svg.distinct_labels(ticks)
+    assert len(set(labels)) == len(labels) == len(ticks)
+    assert "-2e-3" not in labels or labels.count("-2e-3") == 1
+    # 16 settings crowded into a corner, two families, two controls: the worst case of a real sweep
+    pts = [{"x": 1.0 + 0.01 * i, "y": 0.02 + 0.001 * (i % 4), "label": f"s{i}", "number": i + 1,
+            "series": "cpsample" if i % 2 else "placebo", "recommended": i == 5} for i in range(16)]
+    pts += [{"x": 1.05, "y": 0.9, "label": "no mitigation", "series": None},
+            {"x": 3.0, "y": 0.0, "label": "rejection sampling", "series": None}]
+    out = str(svg.tradeoff(pts, xlabel="Frechet distance", ylabel="copies"))
+    legend = re.search(r'<g class="legend".*?<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', out)
+    lx, ly, lw, lh = map(float, legend.groups())
+    frame = re.search(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" fill="none" stroke="#555"/>', out)
+    assert ly + lh <= float(frame.group(2)) + 1  # the legend sits above the plot area: it covers no point
+    boxes = []
+    for m in re.finditer(r'<text x="([\d.]+)" y="([\d.]+)" font-size="(1[01])"[^>]*text-anchor="(start|end)"[^>]*>([^<]+)<', out):
+        x, y, size, anchor, text = float(m[1]), float(m[2]), int(m[3]), m[4], m[5]
+        w = 0.6 * size * len(text)
+        x0 = x if anchor == "start" else x - w
+        boxes.append((x0, y - size, x0 + w, y, text))
+    # crowded numbers are left out rather than drawn over one another (the table lists every setting)
+    assert len(boxes) >= 4 and any(b[4] == "recommended: #6" for b in boxes)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] - 1 and b[0] < a[2] - 1 and a[1] < b[3] - 1 and b[1] < a[3] - 1), (a, b)
+
+
+def test_redaction_refuses_a_file_it_cannot_redact_and_changes_nothing(digits_scan, tmp_path):
+    from privaudit.cli import main
+    from privaudit.runner import write_run
+
+    run = write_run(tmp_path / "run", digits_scan)
+    pair = plugin(digits_scan, "nn")["details"]["pairs"][0]
+    (run / "notes.txt").write_text(f"look: {pair['member_png']}\n")
+    files = {f: f.read_bytes() for f in run.iterdir()}
+    assert main(["report", str(run), "--redact", "omit"]) == 2
+    assert {f: f.read_bytes() for f in run.iterdir()} == files  # all planned before anything is written
+    (run / "notes.txt").unlink()
+    (run / "after").mkdir()
+    (run / "after" / "results.json").write_text("{not json")
+    assert main(["report", str(run), "--redact", "blur"]) == 2
+    assert "data:image" in (run / "results.json").read_text()  # untouched
+
+
+def test_direction_comes_from_declarations_not_names():
+    from privaudit.reports.view import METRIC_INFO, _judge, metric_info
+
+    # an undeclared plugin metric ending in "_fraction" is shown as changed, never judged from its name
+    assert metric_info("guided_fraction")[3] is None and _judge("guided_fraction", "replication", 0.2, 0.5)[0] == "changed"
+    assert _judge("copy_holdout_fpr", "replication", 0.01, 0.02)[0] == "changed"  # a reference rate
+    # declared families: per-plugin copies and AUCs in a mitigation summary take the base metric's direction
+    assert metric_info("nn_copy_fraction")[3] == METRIC_INFO["copy_fraction"][3] == "low"
+    assert metric_info("loss_auc")[3] == "chance" and metric_info("loss_auc")[0].startswith("loss: ")
+    assert _judge("mean_diversity", "replication", 0.3, 0.6) == ("better", "better up")

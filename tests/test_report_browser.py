@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ARTIFACTS, plugin
 from report_helpers import PAYLOAD, body, hostile, mitigation_results
 
@@ -173,6 +172,10 @@ PAGE_FACTS = """JSON.stringify((() => {
     svgs: [...document.querySelectorAll('svg')].map(s => ({
       role: s.getAttribute('role'), title: !!s.querySelector('title'), width: s.getBoundingClientRect().width})),
     overflow: document.documentElement.scrollWidth - window.innerWidth,
+    // every element's right edge, scroll containers included: a table cut off or scrolled sideways is not read
+    overflowing: [...document.querySelectorAll('body *')].filter(e => {
+      const r = e.getBoundingClientRect(); return r.width > 0 && r.right > window.innerWidth + 1;
+    }).slice(0, 5).map(e => e.tagName + ' ' + (e.innerText || '').slice(0, 60)),
     text: document.body.innerText,
   };
 })())"""
@@ -216,7 +219,33 @@ def _check_page(browser: DevTools, path: Path, sections: tuple[str, ...]) -> dic
     assert all(i["decoded"] and i["alt"] for i in facts["images"]), facts["images"]
     assert all(s["role"] == "img" and s["title"] and s["width"] > 0 for s in facts["svgs"])
     assert facts["overflow"] <= 0, "the page scrolls sideways on a laptop screen"
+    assert facts["overflowing"] == [], facts["overflowing"]
     return facts
+
+
+# Letter paper at 96 px/in less the report's print margins (12 mm at the sides, 14 mm top and bottom).
+PRINT_WIDTH, PRINT_HEIGHT = 816 - 2 * 45, 1056 - 2 * 53
+
+
+def _page_one_shows_the_verdict(browser: DevTools) -> None:
+    """In print layout, the verdict badge and answer end within the first page, and the verdict box
+    is not kept whole (which would push it to page 2 when it is taller than what is left of page 1)."""
+    browser.send("Emulation.setEmulatedMedia", {"media": "print"})
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": PRINT_WIDTH, "height": PRINT_HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        f = json.loads(browser.evaluate("""JSON.stringify((() => {
+          const v = document.querySelector('#verdict');
+          return {answer: document.querySelector('#verdict .answer').getBoundingClientRect().bottom + window.scrollY,
+                  top: v.getBoundingClientRect().top + window.scrollY, height: v.getBoundingClientRect().height,
+                  avoid: getComputedStyle(v).breakInside};
+        })())"""))
+    finally:
+        browser.send("Emulation.setEmulatedMedia", {"media": ""})
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    assert f["answer"] <= PRINT_HEIGHT, f
+    assert f["avoid"] != "avoid" or f["top"] + f["height"] <= PRINT_HEIGHT, f
 
 
 def test_scan_report_in_chromium(browser, digits_scan, tmp_path):
@@ -234,6 +263,7 @@ def test_scan_report_in_chromium(browser, digits_scan, tmp_path):
     browser.screenshot(ARTIFACTS / "report.png")
     browser.screenshot(ARTIFACTS / "report-full.png", full=True)
     browser.pdf(ARTIFACTS / "report.pdf")
+    _page_one_shows_the_verdict(browser)
     assert (ARTIFACTS / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (ARTIFACTS / "report.pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -246,6 +276,7 @@ def test_mitigation_report_in_chromium(browser, digits_scan, null_scan, tmp_path
     facts = _check_page(browser, path, ("verdict", "before-after", "membership", "replication", "limits",
                                         "provenance"))
     assert "before mitigation" in facts["verdict"]
+    _page_one_shows_the_verdict(browser)
     browser.screenshot(ARTIFACTS / "report-mitigation.png")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-
 from conftest import plugin
 
 
@@ -73,10 +72,11 @@ def test_fail_on_exit_code(digits_target, tmp_path):
 
 
 def test_sample_cache_is_reused(digits_denoiser, tmp_path):
+    import numpy as np
+
     from privaudit.data import ImageSet
     from privaudit.plugin import Registry
     from privaudit.runner import AuditContext, AuditSettings
-    import numpy as np
 
     empty = ImageSet.from_array(np.zeros((1, 1, 8, 8), np.uint8), name="x")
     ctx = AuditContext(denoiser=digits_denoiser, members=empty, holdout=empty, registry=Registry(),

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import plugin
+
 from privaudit.data import ImageSet, load_images
 from privaudit.errors import InputError
 
@@ -279,9 +279,9 @@ def test_empty_prompt_mode_and_written_run(digits_text_target, tmp_path):
 
 
 def test_prompt_detectors_skip_pixel_models():
+    from privaudit.oracles import EmpiricalOracle
     from privaudit.plugin import Registry
     from privaudit.runner import AuditSettings, audit
-    from privaudit.oracles import EmpiricalOracle
 
     x = np.random.default_rng(0).integers(0, 255, (8, 1, 8, 8), dtype=np.uint8)
     m, h = ImageSet.from_array(x[:4], name="m"), ImageSet.from_array(x[4:], name="h")

@@ -13,7 +13,7 @@ Threat model: gray box (noise predictions at chosen timesteps). Queries per imag
 per candidate on calibration images only).
 
 Differences from the literature: Matsumoto et al. evaluate one noise draw per image at each
-of several timesteps and report the best timestep on the evaluation data (t = 200 of 1000
+of several timesteps and report the best timestep on the evaluation data (Matsumoto et al.: t = 200
 for DDPMs); we average ``k = 4`` draws (less noisy scores) and pick the timestep on the
 calibration split, so the reported numbers are not tuned on themselves.
 """

@@ -12,7 +12,7 @@ Criteria, each reported side by side with its own false-positive rate on the hol
 (real images the model never saw: the null). Holdout rates of calibrated criteria are
 measured out of sample (2-fold cross-fitting).
 
-- ``copy_fraction`` (headline, calibrated; ARCHITECTURE.md, "Replication"): a sample is a copy when
+- ``copy_fraction`` (headline, calibrated): a sample is a copy when
   its nearest-member distance is below the ``quantile`` (default 1%) of the holdout's
   nearest-member distances. Its false-positive rate is known (about ``quantile``) whatever
   the dimension or data; ``details["false_positive_rate"]`` is the larger of the nominal
@@ -240,7 +240,7 @@ class NearestNeighbourDetector(ReplicationDetector):
 
         crit = {"copy": R.calibrated("calibrated", "copy_fraction", d[:, 0], dh[:, 0], q=q, seed=seed,
                                      what="nearest-member distance",
-                                     reference="privaudit: holdout-calibrated nearest-member distance (the nn detector's documentation)")}
+                                     reference="holdout-calibrated nearest-member distance")}
         cr, crh = R.carlini_ratio(d, self.alpha), R.carlini_ratio(dh, self.alpha)
         crit["carlini"] = R.Criterion(
             "carlini", "carlini_fraction",

@@ -1,7 +1,7 @@
 """The ``cpsample`` mitigation: train a guard, save a protected pipeline, build the controls.
 
 CPSample (Kazdan et al., "CPSample: Classifier Protected Sampling for Guarding Training
-Data During Diffusion", ICLR 2025, arXiv 2409.07025; ARCHITECTURE.md, "CPSample"):
+Data During Diffusion", ICLR 2025, arXiv 2409.07025):
 
 1. every member gets a fixed random label (seeded; ``DIR/guard/labels.csv``);
 2. a small time-conditioned classifier (``guard.py``) learns the labels from noised
@@ -303,7 +303,7 @@ class CPSample(Mitigation):
                 "The guard needs the training set to be trained, and retraining when the training set changes.",
                 f"alpha and scale trade privacy for quality; this run used alpha={self.alpha:g}, scale={self.scale:g} "
                 "(--sweep shows the frontier).",
-                "The guidance term is privaudit's reconstruction of CPSample's rule from the paper, not the "
+                "The guidance term is privaudit's reconstruction of CPSample's rule, not the "
                 "authors' code; guard recipe: " + self.recipe() + ".",
             ])
 

@@ -11,7 +11,7 @@ For x_t at timestep t, with guard probability p = sigmoid(c_phi(x_t, t)):
 - elsewhere eps_hat = eps_theta(x_t, t), bit for bit.
 
 (Kazdan et al., ICLR 2025, arXiv 2409.07025; this exact form is privaudit's
-reconstruction from the paper's description: keep the guard uncertain, near 1/2.)
+reconstruction.)
 
 Only the guard is differentiated, never the UNet (its output is computed without a graph),
 and only the gated rows' log-probabilities enter the backward pass; rows where the gate is
