@@ -159,11 +159,32 @@ def metric(m: Any) -> dict:
     return {"value": _num(m), "ci": None, "reliable": True, "note": ""}
 
 
+UNIT_FORMATS = {"rate": "pct", "number": "num", "count": "count", "ratio": "ratio", "seconds": "num"}
+# metric specs the plugins of the run being rendered declared (``details.metric_specs``): ``build`` fills it
+DECLARED: dict[str, dict] = {}
+
+
+def declared_specs(*runs: Any) -> dict[str, dict]:
+    """Every metric spec the plugins of ``runs`` (scan results) declared, by metric name (first wins)."""
+    out: dict[str, dict] = {}
+    for run in runs:
+        for p in _plugins(run) if isinstance(run, dict) else ():
+            for k, spec in ((p.get("details") or {}).get("metric_specs") or {}).items():
+                if isinstance(spec, dict):
+                    out.setdefault(k, spec)
+    return out
+
+
 def metric_info(key: str) -> tuple[str, str, str, str | None]:
-    """(label, explanation, format, better) as declared in ``METRIC_INFO``, or by one of the families of
+    """(label, explanation, format, better): as the plugin declared it (``MetricSpec``, carried in the
+    results), else as declared in ``METRIC_INFO`` (results written before plugins declared), or by one of the families of
     keys the core writes (TPR at an FPR level, a criterion's holdout rate, per-plugin copies, diversity and
     AUC in a mitigation summary). An undeclared metric gets a label from its name and no direction:
     the report shows that it changed, never guesses whether that is better."""
+    spec = DECLARED.get(key)
+    if spec is not None:
+        return (str(spec.get("label") or key), str(spec.get("description") or ""),
+                UNIT_FORMATS.get(str(spec.get("unit")), "num"), spec.get("better"))
     if key in METRIC_INFO:
         return METRIC_INFO[key]
     if key.startswith("tpr_at_fpr_"):
@@ -235,6 +256,9 @@ def _ok(p: dict) -> bool:
 
 
 def is_quality(p: dict) -> bool:
+    specs = (p.get("details") or {}).get("metric_specs") if isinstance(p.get("details"), dict) else None
+    if isinstance(specs, dict) and specs:  # declared by the plugin
+        return all(isinstance(v, dict) and v.get("section") == "quality" for v in specs.values())
     return p.get("name") == "quality" or any(k in (p.get("metrics") or {}) for k in ("frechet_distance", "precision"))
 
 
@@ -1100,6 +1124,8 @@ def provenance_view(r: dict, scans: list[dict]) -> dict:
 
 def build(r: dict, *, baseline: dict | None, redact: str, version: str) -> dict:
     svg.reset_ids()
+    DECLARED.clear()
+    DECLARED.update(declared_specs(r, r.get("before"), r.get("after"), baseline))
     kind = r.get("kind") or ("mitigation" if "before" in r and "after" in r else "scan")
     if kind == "mitigation":
         scan = r.get("after") if isinstance(r.get("after"), dict) else {}

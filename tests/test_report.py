@@ -324,9 +324,9 @@ def test_rerendering_with_redact_redacts_every_file_of_the_run(digits_target, di
     from privaudit.runner import write_run
 
     run = tmp_path / "run"
-    write_run(run / "before", digits_scan)  # a mitigation-style folder: sub-runs and a top-level results.json
+    write_run(run, digits_scan)  # a mitigation-style folder: a top-level results.json and sub-runs
+    write_run(run / "before", digits_scan)
     write_run(run / "after", digits_scan, baseline=body(digits_scan))
-    write_run(run, digits_scan)
     pair = plugin(digits_scan, "nn")["details"]["pairs"][0]
     (run / "extra.csv").write_text(f"member_id,member_png\n{pair['member_id']},{pair['member_png']}\n")
     members = _members(digits_target)
