@@ -112,3 +112,16 @@ def test_variant_roles_are_declared():
     assert Variant(name="p", description="", denoiser=den, role="placebo").role == "placebo"
     with pytest.raises(PluginError, match="role"):
         Variant(name="p", description="", denoiser=den, role="sham")
+
+
+def test_report_reads_declared_specs_not_names():
+    """A third-party metric is labelled and judged as its plugin declared it; an undeclared one is never judged."""
+    from privaudit.reports import view
+
+    run = {"plugins": [{"name": "widget", "kind": "detector", "status": "ok", "metrics": {"widgetness": 0.3},
+                        "details": {"metric_specs": {"widgetness": MetricSpec(
+                            "widgetness", "widget score", "quality", "high", "rate", "how widgety").to_json()}}}]}
+    view.build(run, baseline=None, redact="thumbnails", version="test")
+    assert view.metric_info("widgetness") == ("widget score", "how widgety", "pct", "high")
+    assert view.is_quality(run["plugins"][0])
+    assert view.metric_info("sprocket_count")[3] is None  # undeclared: shown, never called better or worse
