@@ -4,8 +4,9 @@ PY := $(VENV)/bin/python
 .PHONY: setup demo test lint bench clean
 
 # The plugin API and the model layer are type-checked; ruff checks every Python folder.
-TYPED := privaudit/api.py privaudit/plugin.py privaudit/testing.py privaudit/denoiser.py privaudit/images.py \
-	privaudit/prompts.py privaudit/errors.py privaudit/results.py privaudit/io.py
+TYPED := privaudit/api.py privaudit/plugin.py privaudit/testing.py privaudit/params.py privaudit/denoiser.py \
+	privaudit/flow.py privaudit/families.py privaudit/images.py privaudit/prompts.py privaudit/errors.py \
+	privaudit/results.py privaudit/io.py
 
 setup: $(VENV)/.installed
 

@@ -61,8 +61,8 @@ class SDXLDenoiser(LatentTextDenoiser):
         return cls(pipe=pipe, device=device)
 
     def _encode(self, prompts: list[str]):
-        h1, _ = _clip(self.tokenizer, self.text_encoder, prompts, self.device)
-        h2, pooled = _clip(self.tokenizer_2, self.text_encoder_2, prompts, self.device)
+        h1, _ = _clip(self.tokenizer, self.encoders["text_encoder"], prompts, self.device)
+        h2, pooled = _clip(self.tokenizer_2, self.encoders["text_encoder_2"], prompts, self.device)
         emb = torch.cat([h1, h2], -1)
         if self.zero_empty:  # as the SDXL pipeline encodes the empty (negative) prompt
             empty = torch.tensor([p == "" for p in prompts], device=self.device)
@@ -125,7 +125,9 @@ class PixArtDenoiser(LatentTextDenoiser):
         tok = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                              add_special_tokens=True, return_tensors="pt")
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
-        return {"emb": self.text_encoder(ids, attention_mask=mask)[0], "mask": mask}
+        t5 = self.encoders["text_encoder"]
+        assert t5 is not None  # checked by from_pipeline
+        return {"emb": t5(ids, attention_mask=mask)[0], "mask": mask}
 
     def _forward(self, net, x_t, t, cond):
         return run_in(net, x_t, encoder_hidden_states=cond["emb"], encoder_attention_mask=cond["mask"], timestep=t,
@@ -151,14 +153,14 @@ class SD3Denoiser(LatentTextDenoiser):
         return cls(pipe=pipe, device=device)
 
     def _encode(self, prompts: list[str]):
-        h1, p1 = _clip(self.tokenizer, self.text_encoder, prompts, self.device)
-        h2, p2 = _clip(self.tokenizer_2, self.text_encoder_2, prompts, self.device)
+        h1, p1 = _clip(self.tokenizer, self.encoders["text_encoder"], prompts, self.device)
+        h2, p2 = _clip(self.tokenizer_2, self.encoders["text_encoder_2"], prompts, self.device)
         clip = torch.cat([h1, h2], -1)
         clip = F.pad(clip, (0, self.joint_dim - clip.shape[-1]))
-        if self.text_encoder_3 is not None and self.tokenizer_3 is not None:
+        if self.encoders["text_encoder_3"] is not None and self.tokenizer_3 is not None:
             ids = self.tokenizer_3(prompts, padding="max_length", max_length=self.t5_length, truncation=True,
                                    add_special_tokens=True, return_tensors="pt").input_ids.to(self.device)
-            t5 = self.text_encoder_3(ids)[0]
+            t5 = self.encoders["text_encoder_3"](ids)[0]
         else:  # SD3 without its T5 encoder: zeros, as diffusers' pipeline does
             t5 = torch.zeros((len(prompts), self.t5_length, self.joint_dim), dtype=clip.dtype, device=self.device)
         return {"emb": torch.cat([clip, t5], -2), "pooled": torch.cat([p1, p2], -1)}

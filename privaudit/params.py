@@ -117,7 +117,7 @@ def _describe(constraint: Any) -> str:
 
 
 def keyword_params(cls: type) -> list[str]:
-    sig = inspect.signature(cls.__init__)
+    sig = inspect.signature(cls)  # the __init__ signature, without self
     return [k for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
 
 

@@ -115,7 +115,7 @@ def _check_round_trip(cls: type[Plugin]) -> str | None:
 
 
 # values outside almost any declared constraint: each declared parameter must reject at least one
-_OUTSIDE = (-1, 0, -0.5, 1.5, 10 ** 12, float("nan"), float("inf"), "not-a-valid-value", True, None, (), [])
+_OUTSIDE: tuple[object, ...] = (-1, 0, -0.5, 1.5, 10 ** 12, float("nan"), float("inf"), "not-a-valid-value", True, None, (), [])
 
 
 def _check_constraints(cls: type[Plugin]) -> str | None:
