@@ -21,15 +21,22 @@ The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows non
    else the fewest copies), and, where the sweep has a ``placebo`` family, the two families'
    Pareto fronts compared at matched quality (``matched_quality``).
 
+6. **verdict** (``mitigation_verdict``): the protected model's level, from every membership and
+   replication number the report shows: the after-audit's rules, the same rules on each
+   attack's reversed score, and the headline two-sided AUC and copy fraction.
+
 Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html, exactly as
-``scan``), ``DIR/results.json`` (``kind: "mitigation"``; shape below) and ``DIR/report.html``::
+``scan``), ``DIR/results.json`` (``kind: "mitigation"``; shape below), ``DIR/summary.json``,
+``DIR/junit.xml`` (``privaudit.exports``) and ``DIR/report.html``::
 
     {"schema_version", "kind": "mitigation", "method", "params", "before": <scan results>,
      "after": <scan results>, "controls": [{"name", "description", "family", "params",
      "metrics": {...}, "sampling_seconds", "sampling_ratio", "details"}], "sweep": [{"name",
      "family", <params>, "metrics", "sampling_seconds", "meets_targets", "recommended"}],
      "matched_quality": {...} | null, "white_box": [...], "details": {...}, "details_title": str, "targets": {...},
-     "findings": [str], "warnings": [str], "limits": [str], "manifest": {...}}
+     "findings": [str], "warnings": [str], "limits": [str], "manifest": {...},
+     "verdict": {"level", "before", "fired": [{"level", "plugin", "area", "text"}], "reversed": {...},
+     "reasons", "warnings", "rules"}, "weights": {"same_files", "sha256", "raw_weights_shipped"}}
 """
 
 from __future__ import annotations
