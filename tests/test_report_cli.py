@@ -34,7 +34,9 @@ def test_help_states_the_real_detectors_default(command, default):
 
     sub = _subparsers(build_parser())[command]
     action = next(a for a in sub._actions if a.dest == "detectors")
-    assert ",".join(action.default) == default and f"(default: {default})" in action.help
+    # no explicit default (None): the command's own default applies, plus a text target's prompt detectors
+    assert action.default is None and ",".join(sub.get_default("default_detectors")) == default
+    assert f"(default: {default}," in action.help
 
 
 def test_demo_audits_the_mitigation_with_the_scans_attacks(monkeypatch, tmp_path):
