@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -130,6 +131,16 @@ def cond_tile(cond: Any, n: int) -> Any:
         return cond_map(lambda e: e.repeat(n // b, *[1] * (e.ndim - 1)), cond)
     raise ValueError(f"conditioning for {b} rows cannot be tiled to a batch of {n} rows "
                      "(attacks must stack repeats of a batch in block order, x.repeat(k, ...))")
+
+
+_WHITE_BOX_SHA: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def white_box_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a white-box network's weights, computed once per module object."""
+    if module not in _WHITE_BOX_SHA:
+        _WHITE_BOX_SHA[module] = state_sha256({"": module})
+    return _WHITE_BOX_SHA[module]
 
 
 # ---------------------------------------------------------------------------- the noise convention
@@ -256,6 +267,11 @@ class Denoiser:
     def conditioning(self, n: int) -> torch.Tensor | None:
         """Per-row conditioning of a batch of ``n`` rows that ``white_box`` takes as its third argument."""
         return None
+
+    def query_fingerprint(self) -> str:
+        """Identity of what gray-box queries (``eps``) return: the fingerprint, unless a wrapper serves
+        another model's noise predictions unchanged (rejection sampling), then that model's."""
+        return self.fingerprint
 
     def draw_samples(self, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int = 0, batch_size: int = 256,
                      progress: bool = False) -> torch.Tensor:

@@ -29,7 +29,7 @@ from privaudit import __version__
 from privaudit.api import AuditContext, AuditSettings, ReplicationDetector, capabilities_of, default_cache_dir  # noqa: F401 (AuditSettings, AuditContext, default_cache_dir: re-exported)
 from privaudit.checks import run_checks
 from privaudit.data import ImageSet, load_images
-from privaudit.denoiser import Denoiser
+from privaudit.denoiser import Denoiser, white_box_sha256
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
 from privaudit.exports import write_exports
@@ -84,8 +84,41 @@ def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, 
     return np.concatenate(out) if out else np.zeros(0)
 
 
+# An attack's result depends only on what it can query: the weights (white box) or the noise predictions
+# (gray box), the data and the settings. Mitigation runs audit several ways of serving one model, and
+# most leave one of these unchanged (a sampling-time mitigation keeps the raw weights; rejection sampling
+# serves the raw noise predictions): such an attack is computed once per process and its result reused.
+_ATTACK_MEMO: dict[str, tuple[PluginResult, np.ndarray]] = {}
+
+
+def _memo_key(attack, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, s: AuditSettings) -> str | None:
+    if attack.threat_model == "white-box" and denoiser.white_box is not None:
+        model = "white-box:" + white_box_sha256(denoiser.white_box)
+    elif attack.threat_model == "gray-box" and denoiser.white_box is not None:  # weights, so a real fingerprint
+        model = "gray-box:" + denoiser.query_fingerprint()
+    else:
+        return None  # black-box attacks sample: their result depends on how the model is served
+    parts = (attack.name, type(attack).__module__, repr(sorted(attack.get_params().items(), key=lambda kv: kv[0])),
+             model, members.source, "|".join(members.ids), holdout.source, "|".join(holdout.ids), s.seed,
+             s.batch_size, s.calibration_fraction, s.n_boot, s.prompt)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
 def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, settings: AuditSettings,
                scores: pd.DataFrame) -> PluginResult:
+    key = _memo_key(attack, denoiser, members, holdout, settings)
+    if key is not None and key in _ATTACK_MEMO:
+        res, column = _ATTACK_MEMO[key]
+        scores[attack.name] = column
+        return res
+    res = _run_attack(attack, denoiser=denoiser, members=members, holdout=holdout, settings=settings, scores=scores)
+    if key is not None:
+        _ATTACK_MEMO[key] = (res, scores[attack.name].to_numpy().copy())
+    return res
+
+
+def _run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, settings: AuditSettings,
+                scores: pd.DataFrame) -> PluginResult:
     s = settings
     cal_m, ev_m = calibration_split(len(members), fraction=s.calibration_fraction, seed=s.seed)
     cal_h, ev_h = calibration_split(len(holdout), fraction=s.calibration_fraction, seed=s.seed + 1)

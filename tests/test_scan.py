@@ -87,3 +87,37 @@ def test_sample_cache_is_reused(digits_denoiser, tmp_path):
     b = ctx.samples(n=8, steps=5)
     assert not ctx.sample_seconds and (a == b).all()
     assert not (ctx.samples(n=8, steps=5, seed=1) == a).all()
+
+
+def test_attack_results_are_reused_only_where_the_queried_model_is_the_same(digits_target, tmp_path):
+    """A mitigation run audits several ways of serving one model: an attack is recomputed only when what it
+    queries changed (white-box: the weights; gray-box: the noise predictions)."""
+    import privaudit.runner as R
+    from privaudit.data import load_images
+    from privaudit.plugin import Registry
+    from privaudit.target import load_target
+
+    den, _, _ = load_target(digits_target / "model", device="cpu")
+    members = load_images(digits_target / "members", name="members")
+    holdout = load_images(digits_target / "holdout", name="holdout")
+    settings = R.AuditSettings(attacks=("loss", "gsa"), detectors=(), progress=False, n_boot=20,
+                               plugin_params={"gsa": {"n_timesteps": 2}})
+    calls = []
+    real = R._run_attack
+    R._ATTACK_MEMO.clear()
+    try:
+        R._run_attack = lambda attack, **kw: calls.append(attack.name) or real(attack, **kw)
+        first = R.audit(denoiser=den, members=members, holdout=holdout, registry=Registry.build(), settings=settings)
+        again = R.audit(denoiser=den, members=members, holdout=holdout, registry=Registry.build(), settings=settings)
+        assert calls == ["loss", "gsa"] and first["plugins"] == [dict(p, seconds=q["seconds"]) for p, q in
+                                                                   zip(again["plugins"], first["plugins"])]
+        from privaudit.plugins.mitigations.cpsample.guard import guard_for
+        from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+
+        guarded = ProtectedDenoiser(base=den, guard=guard_for(den.unet.config, block_out_channels=(8, 8)),
+                                    alpha=0.5, scale=10.0)
+        R.audit(denoiser=guarded, members=members, holdout=holdout, registry=Registry.build(), settings=settings)
+        assert calls == ["loss", "gsa", "loss"]  # new noise predictions: loss again; the same weights: gsa reused
+    finally:
+        R._run_attack = real
+        R._ATTACK_MEMO.clear()

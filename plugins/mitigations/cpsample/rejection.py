@@ -63,6 +63,9 @@ class RejectionSampledDenoiser(Denoiser):
     def inner(self) -> Denoiser:
         return self.base
 
+    def query_fingerprint(self) -> str:
+        return self.base.query_fingerprint()  # eps is the base model's: gray-box results are the base's
+
     def _feats(self, x: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(self.extractor.transform(x), dtype=np.float32)
 
