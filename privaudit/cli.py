@@ -263,7 +263,6 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="privaudit", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"privaudit {__version__}")
-
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="audit a diffusers pipeline folder")
@@ -346,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    threads = None
     if getattr(a, "threads", None):
         import torch
 
+        threads = torch.get_num_threads()
         torch.set_num_threads(a.threads)
     try:
         with warnings.catch_warnings():
@@ -361,3 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("privaudit: interrupted", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        if threads is not None:  # a caller embedding main keeps its own setting
+            import torch
+
+            torch.set_num_threads(threads)
