@@ -55,8 +55,8 @@ class Interval:
         kind = "an integer" if self.type is int else "a number"
         if self.lo is None and self.hi is None:
             return kind
-        left = "[" if self.closed in ("both", "left") else "("
-        right = "]" if self.closed in ("both", "right") else ")"
+        left = "[" if self.closed in ("both", "left") and self.lo is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.hi is not None else ")"
         lo = "-inf" if self.lo is None else f"{self.lo:g}"
         hi = "inf" if self.hi is None else f"{self.hi:g}"
         return f"{kind} in {left}{lo}, {hi}{right}"

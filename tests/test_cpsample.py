@@ -202,16 +202,17 @@ def test_protected_denoiser_contract(protected, digits_denoiser):
     assert torch.isfinite(x_ddpm).all() and x_ddpm.abs().max() <= 1
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"alpha": 0.0}, "alpha=0.0: must lie in"),
-    ({"alpha": 0.7}, "alpha=0.7: must lie in"),
-    ({"scale": -1.0}, "scale=-1.0: must be"),
-    ({"max_unseen_gate": "none"}, "max_unseen_gate='none': must lie in .* or null"),
+@pytest.mark.parametrize("params, match", [  # the plugin's declared constraints (privaudit.params)
+    ({"alpha": 0.0}, r"cpsample: alpha=0.0 is invalid; expected a number in \(0, 0.5\]"),
+    ({"alpha": 0.7}, r"alpha=0.7 is invalid; expected a number in \(0, 0.5\]"),
+    ({"scale": -1.0}, r"scale=-1.0 is invalid; expected a number in \[0, inf\)"),
+    ({"max_unseen_gate": "none"}, r"max_unseen_gate='none' is invalid; expected None or a number in \[0, 1\]"),
 ])
 def test_bad_parameters_fail_before_any_work(digits_target, tmp_path, params, match):
+    from privaudit.errors import PluginError
     from privaudit.mitigate import mitigate
 
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(PluginError, match=match):
         mitigate(model_dir=digits_target / "model", members=digits_target / "members", holdout=digits_target / "holdout",
                  out=tmp_path, method="cpsample", params=params, settings=_settings(), device="cpu")
     assert not any(tmp_path.iterdir())
