@@ -6,6 +6,7 @@ results; ``scan`` wraps it with loading and writing, which is what ``privaudit s
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -456,7 +457,8 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
                **results}
     data = {"members": mem.fingerprint(), "holdout": hold.fingerprint(),
             **({"reference": ref.fingerprint()} if ref else {})}
-    results["manifest"] = manifest(argv=argv, device=denoiser.device, settings=settings, info=info, data=data,
+    ran = dataclasses.replace(settings, detectors=tuple(p["name"] for p in results["plugins"] if p["kind"] == "detector"))
+    results["manifest"] = manifest(argv=argv, device=denoiser.device, settings=ran, info=info, data=data,
                                    registry=registry, seconds=time.perf_counter() - start)
     results["data"] = data
     write_run(out, results, redact=redact)
