@@ -316,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 clean, 1 a finding at or above --fail-on (or an inconclusive verdict), 2 usage or input "
         "error, 3 runtime error."))
     ap.add_argument("--version", action="version", version=f"privaudit {__version__}")
-
     sub = ap.add_subparsers(dest="command", required=True)
 
     model_help = "a local diffusers pipeline folder (model_index.json, unet/, scheduler/)"
@@ -407,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    threads = None
     if getattr(a, "threads", None):
         import torch
 
+        threads = torch.get_num_threads()
         torch.set_num_threads(a.threads)
     try:
         with warnings.catch_warnings():
@@ -422,3 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("privaudit: interrupted", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        if threads is not None:  # a caller embedding main keeps its own setting
+            import torch
+
+            torch.set_num_threads(threads)

@@ -6,6 +6,7 @@ results; ``scan`` wraps it with loading and writing, which is what ``privaudit s
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -422,7 +423,9 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     res = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
-    results = scan_results(res, info=info, data=data_fingerprints(mem, hold, ref), settings=settings,
+    # the manifest lists the detectors that actually ran (the target's capabilities may have added some)
+    ran = dataclasses.replace(settings, detectors=tuple(p["name"] for p in res["plugins"] if p["kind"] == "detector"))
+    results = scan_results(res, info=info, data=data_fingerprints(mem, hold, ref), settings=ran,
                            registry=registry, argv=argv, device=denoiser.device, seconds=time.perf_counter() - start)
     write_run(out, results, redact=redact)
     return results
