@@ -31,7 +31,7 @@ class CheckResult:
 
 
 def exact_duplicates(members: ImageSet, holdout: ImageSet) -> CheckResult:
-    mh = {}
+    mh: dict[str, int] = {}
     for i, h in enumerate(members.content_hashes()):
         mh.setdefault(h, i)
     pairs = [(members.ids[mh[h]], holdout.ids[j]) for j, h in enumerate(holdout.content_hashes()) if h in mh]
@@ -139,6 +139,7 @@ def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_d
     perms = np.stack([perm_rng.permutation(y) for _ in range(n_perm)], axis=1)
     null = _rank_auc(cv_scores(perms), perms)
     p_value = float((1 + np.sum(null >= auc.value)) / (1 + n_perm))
+    assert auc.ci is not None  # membership_metrics always gives intervals
     shifted = p_value < 0.05 and auc.ci[0] > 0.5
     msg = (f"a classifier on the images alone separates members from holdout (AUC {auc.value:.2f}, "
            f"95% CI {auc.ci[0]:.2f}-{auc.ci[1]:.2f}, permutation p = {p_value:.3f}): the two sets differ in "

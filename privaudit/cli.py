@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from privaudit import __version__
 from privaudit.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, InputError, PrivauditError
@@ -240,7 +241,7 @@ def cmd_fixture(a: argparse.Namespace) -> int:
 
     from privaudit.fixtures import digits, digits_text, digits_variants
 
-    builders = {"digits": digits.build, "digits-text": digits_text.build,
+    builders: dict[str, Callable[..., Path]] = {"digits": digits.build, "digits-text": digits_text.build,
                 **{name: partial(digits_variants.build, name=name) for name in digits_variants.VARIANTS}}
     if a.name not in builders:
         raise InputError(f"fixture {a.name!r}: unknown; available: {', '.join(builders)}")

@@ -47,18 +47,18 @@ class ImageSet:
     source: str
     ids: tuple[str, ...]
     shape: tuple[int, int, int]
-    _read: Callable[[Sequence[int]], np.ndarray] = field(repr=False, compare=False)
+    _read: Callable[[Sequence[int] | np.ndarray], np.ndarray] = field(repr=False, compare=False)
     files: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def uint8(self, index: Sequence[int] | None = None) -> np.ndarray:
+    def uint8(self, index: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Images ``index`` (all by default) as uint8 (n, C, H, W)."""
         return self._read(range(len(self)) if index is None else index)
 
-    def tensor(self, index: Sequence[int] | None = None, *, device: str | torch.device = "cpu") -> torch.Tensor:
+    def tensor(self, index: Sequence[int] | np.ndarray | None = None, *, device: str | torch.device = "cpu") -> torch.Tensor:
         """Images as float32 in [-1, 1], (n, C, H, W)."""
         x = torch.from_numpy(np.ascontiguousarray(self.uint8(index))).to(device)
         return x.float().div_(127.5).sub_(1.0)
@@ -69,7 +69,7 @@ class ImageSet:
             idx = np.arange(start, min(start + batch_size, len(self)))
             yield idx, self.tensor(idx, device=device)
 
-    def subset(self, index: Sequence[int], *, name: str | None = None) -> "ImageSet":
+    def subset(self, index: Sequence[int] | np.ndarray, *, name: str | None = None) -> "ImageSet":
         index = np.asarray(index, dtype=int)
         parent = self._read
         return ImageSet(
@@ -165,7 +165,7 @@ def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
 
     first = open_one(files[0])
 
-    def read(idx: Sequence[int]) -> np.ndarray:
+    def read(idx: Sequence[int] | np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), *first.shape), dtype=np.uint8)
         for j, i in enumerate(idx):
             img = open_one(files[i])
@@ -243,7 +243,7 @@ def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> Image
         return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
     first_shape = _pil_to_array(images[0][image_col], source=f"{path}[0]", channels=channels).shape
 
-    def read(idx: Sequence[int]) -> np.ndarray:
+    def read(idx: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = [int(i) for i in idx]
         out = [_pil_to_array(im, source=f"{path}[{i}]", channels=channels)
                for i, im in zip(idx, images.select(idx)[image_col])] if idx else []
@@ -326,9 +326,9 @@ def _load_array(path: Path, *, name: str) -> ImageSet:
         if lo < 0 or hi > 1:
             raise InputError(f"{path}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
 
-    def read(idx: Sequence[int]) -> np.ndarray:
+    def read(idx: Sequence[int] | np.ndarray) -> np.ndarray:
         a = np.asarray(arr[np.asarray(idx, dtype=int)])
         return a if a.dtype == np.uint8 else np.round(a * 255).astype(np.uint8)
 
     return ImageSet(name=name, source=str(path), ids=tuple(f"{path.name}[{i}]" for i in range(len(arr))),
-                    shape=tuple(int(s) for s in arr.shape[1:]), _read=read)
+                    shape=(int(arr.shape[1]), int(arr.shape[2]), int(arr.shape[3])), _read=read)

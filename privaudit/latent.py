@@ -35,7 +35,7 @@ Wrappers such as a CPSample ``ProtectedDenoiser`` return the latent model from `
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -67,14 +67,16 @@ class LatentTextDenoiser(Denoiser):
     """
 
     text_conditional = True
+    text_encoder: Any = None  # set by _setup from the family's encoders
+    vae: Any  # diffusers AutoencoderKL (its config is read; typed loosely as diffusers' configs are)
 
-    def __init__(self, *, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer,
+    def __init__(self, *, unet: torch.nn.Module, vae: Any, text_encoder: Any, tokenizer,
                  scheduler, device: torch.device | str = "cpu"):
         self._setup(net=unet, vae=vae, scheduler=scheduler, device=device, encoders={"text_encoder": text_encoder})
         self.tokenizer = tokenizer
         self.max_length = int(min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings))
 
-    def _setup(self, *, net: torch.nn.Module, vae: torch.nn.Module, scheduler, device: torch.device | str,
+    def _setup(self, *, net: Any, vae: Any, scheduler, device: torch.device | str,
                encoders: dict[str, torch.nn.Module | None], alphas_cumprod: torch.Tensor | None = None,
                prediction_type: str | None = None) -> None:
         self.device = torch.device(device)
@@ -103,7 +105,8 @@ class LatentTextDenoiser(Denoiser):
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         self.sample_shape = (int(cfg.in_channels), int(size), int(size))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.image_shape = (vae.config.in_channels, size * self.vae_scale_factor, size * self.vae_scale_factor)
+        self.image_shape = (int(vae.config.in_channels), int(size) * self.vae_scale_factor,
+                            int(size) * self.vae_scale_factor)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.white_box = self.net  # raw: ConditionedDenoiser wraps it as f(x_t, t, cond) -> eps
@@ -119,7 +122,7 @@ class LatentTextDenoiser(Denoiser):
         return cls(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                    scheduler=pipe.scheduler, device=device)
 
-    @property
+    @property  # type: ignore[misc]
     def fingerprint(self) -> str:
         """sha256 over all weights (network, VAE, encoders) and the schedule."""
         if self._fingerprint is None:
@@ -155,7 +158,7 @@ class LatentTextDenoiser(Denoiser):
             chunk = todo[s:s + 256]
             enc = self._encode(chunk)
             for i, p in enumerate(chunk):
-                self._prompt_cache[p] = cond_map(lambda e, i=i: e[i], enc)
+                self._prompt_cache[p] = cond_map(lambda e, i=i: e[i], enc)  # type: ignore[misc]
         if not prompts:  # zero rows shaped like the empty prompt's
             self.prompt_embeddings([""])
             return cond_map(lambda e: e[None][:0], self._prompt_cache[""])
@@ -279,7 +282,7 @@ class ConditionedDenoiser(Denoiser):
     def inner(self) -> Denoiser:
         return self.denoiser
 
-    @property
+    @property  # type: ignore[misc]
     def fingerprint(self) -> str:
         return self.denoiser.fingerprint
 
@@ -301,7 +304,7 @@ class ConditionedDenoiser(Denoiser):
         return self.denoiser.eps(x_t, t, self._bound(len(x_t)) if cond is None else cond)
 
 
-def batch_captions(images, index: Sequence[int], prompt: str) -> list[str]:
+def batch_captions(images, index: Sequence[int] | np.ndarray, prompt: str) -> list[str]:
     """The prompts a batch is conditioned on: its captions, or "" (empty prompt / uncaptioned)."""
     if prompt not in PROMPT_MODES:
         raise InputError(f"prompt conditioning {prompt!r}: choose {' or '.join(PROMPT_MODES)}")
@@ -311,7 +314,7 @@ def batch_captions(images, index: Sequence[int], prompt: str) -> list[str]:
     return [caps[int(i)] for i in index]
 
 
-def attack_inputs(denoiser, images, index: Sequence[int], x: torch.Tensor, *, prompt: str = "caption"):
+def attack_inputs(denoiser, images, index: Sequence[int] | np.ndarray, x: torch.Tensor, *, prompt: str = "caption"):
     """(denoiser, x) as an attack should see them: unchanged for pixel models; for latent text
     models, the batch's latents and a view bound to the batch's conditioning."""
     lat = latent_of(denoiser)
@@ -321,7 +324,7 @@ def attack_inputs(denoiser, images, index: Sequence[int], x: torch.Tensor, *, pr
     return ConditionedDenoiser(denoiser, cond=emb, prompt=prompt), lat.encode(x)
 
 
-def fit_inputs(denoiser, members, cal_m: Sequence[int], holdout, cal_h: Sequence[int], *, prompt: str = "caption"):
+def fit_inputs(denoiser, members, cal_m: Sequence[int] | np.ndarray, holdout, cal_h: Sequence[int] | np.ndarray, *, prompt: str = "caption"):
     """(denoiser, members x, holdout x) for ``attack.fit`` on the calibration splits.
 
     Latent text models: latents, and a view that conditions each call by its row count
@@ -353,7 +356,7 @@ def conditioning_details(denoiser, members, *, prompt: str) -> dict:
     """What a membership result on a latent text model was conditioned on (empty for pixel models)."""
     if latent_of(denoiser) is None:
         return {}
-    used = "captions" if prompt == "caption" and getattr(members, "captions", ()) else "empty prompt"
+    used = "captions" if prompt == "caption" and members.captions else "empty prompt"
     return {"conditioning": {"space": f"latent {list(denoiser.sample_shape)}", "prompt": used}}
 
 

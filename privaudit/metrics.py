@@ -22,6 +22,7 @@ resample finds all, and the interval collapses to [1, 1]. So:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -99,7 +100,7 @@ def membership_metrics(member_scores: np.ndarray, holdout_scores: np.ndarray, *,
     if len(m) < 2 or len(h) < 2:
         raise ValueError("membership metrics need at least 2 members and 2 holdout images")
     y, s = np.r_[np.ones(len(m)), np.zeros(len(h))], np.r_[m, h]
-    boot = dict(members=m, holdout=h, n_boot=n_boot, seed=seed)
+    boot: dict[str, Any] = dict(members=m, holdout=h, n_boot=n_boot, seed=seed)
     auc = float(roc_auc_score(y, s))
     out = {"auc": Metric(auc, _hull(auc_interval(auc, len(m), len(h)), _bootstrap(roc_auc_score, **boot)))}
     for f in fpr_levels:

@@ -87,26 +87,28 @@ def _value(m: Any) -> float | None:
 def summarize(results: dict) -> dict:
     """The numbers compared across variants, from one audit's plugin results (by metric name)."""
     out: dict[str, float] = {}
-    served, white, two_sided = [], [], []
+    served: list[float] = []
+    white: list[float] = []
+    two_sided: list[float] = []
     copies: dict[str, float] = {}
     for p in results["plugins"]:
         if p["status"] != "ok":
             continue
         m = p["metrics"]
-        if p["kind"] == "attack" and "auc" in m:
-            auc = _value(m["auc"])
+        auc = _value(m.get("auc"))
+        if p["kind"] == "attack" and auc is not None:  # an AUC that is null (not finite) compares nothing
             out[f"{p['name']}_auc"] = auc
             (white if p["threat_model"] == "white-box" else served).append(auc)
             cands = [auc] + [float(v) for v in ((p.get("details") or {}).get("fitted") or {}).get("sweep_", {}).values()
                              if isinstance(v, (int, float))]
             two_sided.append(max(max(c, 1 - c) for c in cands))
-        if _value(m.get("copy_fraction")) is not None:
-            copies[p["name"]] = _value(m["copy_fraction"])
-        if _value(m.get("mean_diversity")) is not None:
-            out[f"{p['name']}_mean_diversity"] = _value(m["mean_diversity"])
+        if (cf := _value(m.get("copy_fraction"))) is not None:
+            copies[p["name"]] = cf
+        if (div := _value(m.get("mean_diversity"))) is not None:
+            out[f"{p['name']}_mean_diversity"] = div
         for key in ("frechet_distance", "precision", "recall"):
-            if key in m and key not in out and _value(m[key]) is not None:
-                out[key] = _value(m[key])
+            if key not in out and (v := _value(m.get(key))) is not None:
+                out[key] = v
     if copies:
         # several detectors (unconditional samples, per-prompt generations): each one's, and the
         # worst as the headline, so no way of asking the model hides its copies
@@ -363,7 +365,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     data = data_fingerprints(mem, hold, ref)
     if split_note:
         data["reference_from_holdout"] = split_note
-    common = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
+    common: dict[str, Any] = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
 
     say("mitigate: auditing the raw model (before)")
     t0 = time.perf_counter()

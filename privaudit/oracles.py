@@ -55,13 +55,14 @@ class _ClosedFormDenoiser(Denoiser):
 
     white_box = None
 
-    def __init__(self, *, sample_shape: tuple[int, int, int], scheduler=None, device: torch.device | str = "cpu"):
+    def __init__(self, *, sample_shape: tuple[int, ...], scheduler=None, device: torch.device | str = "cpu"):
         from diffusers import DDPMScheduler
 
         # Default: the DDPM linear schedule (beta 1e-4..0.02, T = 1000), as in the built-in target.
         self.scheduler = scheduler if scheduler is not None else DDPMScheduler(num_train_timesteps=1000)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.detach().float().cpu()
-        self.sample_shape = tuple(int(s) for s in sample_shape)
+        c, h, w = (int(s) for s in sample_shape)
+        self.sample_shape = (c, h, w)
         self.device = torch.device(device)
         self._acp64 = self.scheduler.alphas_cumprod.detach().double().to(self.device)
 

@@ -41,7 +41,7 @@ ENTRY_POINT_GROUP = "privaudit.plugins"
 class Registration:
     name: str
     kind: str
-    cls: type
+    cls: type[Plugin]
     origin: str
 
 

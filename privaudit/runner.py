@@ -125,7 +125,7 @@ def _run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: Image
     cal_h, ev_h = calibration_split(len(holdout), fraction=s.calibration_fraction, seed=s.seed + 1)
     fit_den, fit_m, fit_h, _, _ = fit_inputs(denoiser, members, cal_m, holdout, cal_h, prompt=s.prompt)
     attack.fit(fit_den, members=fit_m, holdout=fit_h, seed=s.seed)
-    kw = dict(batch_size=s.batch_size, seed=s.seed, prompt=s.prompt, progress=s.progress)
+    kw: dict[str, Any] = dict(batch_size=s.batch_size, seed=s.seed, prompt=s.prompt, progress=s.progress)
     sm = score_set(attack, denoiser, members, label="members", **kw)
     sh = score_set(attack, denoiser, holdout, label="holdout", **kw)
     bad = int((~np.isfinite(sm)).sum() + (~np.isfinite(sh)).sum())
@@ -138,6 +138,7 @@ def _run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: Image
     scores[attack.name] = np.r_[sm, sh]
     severity, rules = membership_severity(metrics)
     auc, tpr = metrics["auc"], metrics["tpr_at_fpr_0.01"]
+    assert auc.ci is not None  # membership_metrics always gives intervals
     finding = (f"{attack.name} separates members from holdout with AUC {auc.value:.3f} "
                f"(95% CI {auc.ci[0]:.3f}-{auc.ci[1]:.3f}) and TPR {tpr.value:.3f} at 1% FPR "
                f"on {len(ev_m)} members / {len(ev_h)} holdout images not used for calibration.")

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -124,7 +124,8 @@ class KnnStream:
         self._faiss_metric = _metric(metric)
         self._heap = _faiss().ResultHeap(len(self.queries), self.k, keep_max=metric == "ip")
         self.shard_size = int(shard_size or max(16_384, SHARD_BYTES // (4 * max(1, self.queries.shape[1]))))
-        self._template, self._shard = index, None
+        self._template = index
+        self._shard: Any = None  # a faiss index filled with the current shard
         self._exact = None
         self.n_members = 0
         self._gpu = None
@@ -154,11 +155,13 @@ class KnnStream:
             d, i = _faiss().knn(self.queries, xb, min(self.k, len(xb)), metric=self._faiss_metric)
             self._heap.add_result(d, np.where(i >= 0, i + start, -1))
             return
+        assert self._exact is not None  # made with the IVF template
         self._exact.add(xb, start)
         if self._shard is None:
             self._shard = _faiss().clone_index(self._template)
-        self._shard.add_with_ids(xb, np.arange(start, start + len(xb), dtype=np.int64))
-        if self._shard.ntotal >= self.shard_size:
+        shard = self._shard
+        shard.add_with_ids(xb, np.arange(start, start + len(xb), dtype=np.int64))
+        if shard.ntotal >= self.shard_size:
             self._flush()
 
     def _flush(self) -> None:
@@ -180,6 +183,7 @@ class KnnStream:
         if self._template is None:
             return Neighbours(d, i, self.metric, "exact", self.n_members,
                               params={"device": "cpu" if self._gpu is None else str(self._gpu.device)})
+        assert self._exact is not None
         ex = self._exact.result()
         mine = i[self._recall_idx]
         r1 = float(np.mean(mine[:, 0] == ex.indices[:, 0]))

@@ -118,7 +118,7 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
     if any(isinstance(v, list) and v and v[0] == "transformers" for v in spec.values()):
-        _quiet_transformers(model_dir)
+        _quiet_transformers(Path(model_dir))
     # components saved as absent ([null, null], e.g. SD3 without its T5 encoder) are passed as None
     absent = {k: None for k, v in spec.items() if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
     try:
@@ -243,7 +243,7 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
         num_train_timesteps=len(den.alphas_cumprod),
         scheduler_class=type(getattr(pipe, "scheduler", den.scheduler)).__name__,
         weights_sha256={str(p.relative_to(model_dir)): sha256_file(p) for p in weight_files(model_dir)},
-        latent_shape=tuple(den.sample_shape) if image_shape != den.sample_shape else None,
+        latent_shape=den.sample_shape if image_shape != den.sample_shape else None,
         text_conditional=latent_of(den) is not None,
         prediction_type="flow" if is_flow(getattr(pipe, "scheduler", None)) else den.prediction_type,
         dtype=str(next(den.white_box.parameters()).dtype).removeprefix("torch.") if den.white_box is not None else "",
