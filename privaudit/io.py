@@ -71,17 +71,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(stage: str | Path, out: str | Path) -> None:
+    """``stage`` (a finished folder beside ``out``) becomes ``out`` with one rename; a previous ``out`` is
+    first moved into a hidden sibling and removed after the swap, so ``out`` is never half old, half new."""
+    stage, out = Path(stage), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / "previous")
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)  # rename(2) replaces an empty folder
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

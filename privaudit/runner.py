@@ -34,7 +34,7 @@ from privaudit.denoiser import Denoiser, white_box_sha256
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
 from privaudit.exports import write_exports
-from privaudit.io import csv_safe, write_json, write_text
+from privaudit.io import csv_safe, publish_dir, write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
 from privaudit.plugin import Registry
@@ -347,22 +347,11 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
         write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
         write_exports(stage, body)  # summary.json, junit.xml: for CI
         write_text(stage / "report.html", html)
-        _publish(stage, out)
+        publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return out
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """``stage`` becomes ``out``; a previous run there (checked replaceable) is removed after the swap."""
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-        os.replace(out, old / "run")
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)  # rename(2) replaces an empty folder
 
 
 def check_plan(registry: Registry, settings: AuditSettings) -> None:
