@@ -326,10 +326,6 @@ class UNetDenoiser(Denoiser):
         return to_eps(out, x_t, a, s, self.prediction_type)
 
 
-def num_train_timesteps(denoiser: Denoiser) -> int:
-    return len(denoiser.alphas_cumprod)
-
-
 def reference_alphas_cumprod() -> torch.Tensor:
     """The schedule the literature's timestep defaults are given on: DDPM's linear betas
     (1e-4 to 0.02, T = 1000; Ho et al. 2020). t = 200 there: abar 0.656, SNR 1.91."""
@@ -348,11 +344,6 @@ def scale_t(denoiser: Denoiser, t: int, reference: int = 1000) -> int:
     acp = denoiser.alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
     log_snr = (acp / (1 - acp)).log()
     return int((log_snr - target).abs().argmin())
-
-
-def noised(denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = a_t x0 + s_t eps on the denoiser's schedule."""
-    return add_noise(x0, t, eps, denoiser.alphas_cumprod)
 
 
 # ---------------------------------------------------------------------------- sampling

@@ -227,7 +227,6 @@ def to_model_space(denoiser, x: torch.Tensor) -> torch.Tensor:
     return x if lat is None else lat.encode(x.to(lat.device))
 
 
-tile = cond_tile  # conditioning for B rows tiled to k * B rows (kept under its 0.1 name)
 
 
 def latent_of(denoiser, depth: int = 8) -> LatentTextDenoiser | None:
@@ -288,12 +287,12 @@ class ConditionedDenoiser(Denoiser):
 
     def _bound(self, n: int) -> torch.Tensor:
         if self.cond is not None:
-            return tile(self.cond, n)
+            return cond_tile(self.cond, n)
         fits = [m for m in self.by_rows if n % m == 0]  # fit_inputs makes the set sizes coprime
         if len(fits) != 1:
             raise ValueError(f"cannot tell which image set a batch of {n} rows belongs to "
                              f"(sets of {sorted(self.by_rows)} rows); condition the batch explicitly")
-        return tile(self.by_rows[fits[0]], n)
+        return cond_tile(self.by_rows[fits[0]], n)
 
     def conditioning(self, n: int) -> torch.Tensor:
         """The bound prompt embeddings of a batch of ``n`` rows, (n, L, D): what ``white_box``

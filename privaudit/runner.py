@@ -49,12 +49,6 @@ from privaudit.verdict import (
     replication_severity,
 )
 
-
-def denoiser_fingerprint(denoiser: Denoiser) -> str:
-    """Identifies a model for caches (kept for callers of 0.1; use ``denoiser.fingerprint``)."""
-    return denoiser.fingerprint
-
-
 # capabilities every target is assumed to have for the default plugins; others pick extra detectors
 _GENERIC_CAPS = {"sampling", "white_box"}
 

@@ -144,7 +144,8 @@ def test_scan_accepts_saved_datasets(digits_text_target, tmp_path):
 # ---------------------------------------------------------------------------- loading and the denoiser
 
 def test_latent_denoiser_encodes_conditions_and_tiles(digits_text_denoiser, digits_text_target):
-    from privaudit.latent import LatentTextDenoiser, tile
+    from privaudit.denoiser import cond_tile as tile
+    from privaudit.latent import LatentTextDenoiser
 
     den = digits_text_denoiser
     assert isinstance(den, LatentTextDenoiser) and den.text_conditional

@@ -137,12 +137,6 @@ class CPSample(Mitigation):
                  sweep_scales: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0)):
         store_params(self, locals())
 
-    # ------------------------------------------------------------------ validation
-
-    def validate(self) -> None:
-        """Bad settings fail before any work, naming the parameter (the declared constraints above)."""
-        super().validate()
-
     def recipe(self) -> str:
         parts = ["random labels on members"]
         if self.nonmember_weight > 0:
@@ -381,17 +375,6 @@ def _network(pipe):
     """The pipeline's denoising network: its ``unet`` or (DiT, PixArt, SD3) its ``transformer``."""
     unet = getattr(pipe, "unet", None)
     return unet if unet is not None else getattr(pipe, "transformer", None)
-
-
-def check_alpha(alpha: float, name: str) -> None:
-    if not (isinstance(alpha, (int, float)) and 0 < alpha <= 0.5):
-        raise InputError(f"{name}={alpha}: must lie in (0, 0.5] (guidance fires where the guard's confidence "
-                         "max(p, 1-p) exceeds 1 - alpha)")
-
-
-def check_scale(scale: float, name: str) -> None:
-    if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale >= 0):
-        raise InputError(f"{name}={scale}: must be a finite number >= 0 (0 turns guidance off)")
 
 
 def _csv_safe(row: str) -> str:

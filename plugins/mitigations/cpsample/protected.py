@@ -37,11 +37,6 @@ import torch.nn.functional as F
 from privaudit.denoiser import Denoiser, state_sha256
 
 
-def module_sha256(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names and float32 bytes), device independent."""
-    return state_sha256({"": module})
-
-
 class ProtectedDenoiser(Denoiser):
     """A Denoiser serving eps_hat: the base model's noise prediction plus guard guidance.
 
@@ -69,7 +64,7 @@ class ProtectedDenoiser(Denoiser):
     @property
     def guard_sha256(self) -> str:
         if self._guard_sha256 is None:
-            self._guard_sha256 = module_sha256(self.guard)
+            self._guard_sha256 = state_sha256({"": self.guard})
         return self._guard_sha256
 
     @property

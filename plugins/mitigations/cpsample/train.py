@@ -74,10 +74,6 @@ class GuardEval:
         return {"accuracy": self.accuracy, "confidence": self.confidence, "gate_rate": self.gate_rate}
 
 
-def _noised(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
-    return add_noise(x0, t, eps, acp)
-
-
 @torch.no_grad()
 def evaluate_guard(guard: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, *,
                    alphas_cumprod: torch.Tensor, alpha: float, draws: int = 4, seed: int = 0,
@@ -96,7 +92,7 @@ def evaluate_guard(guard: torch.nn.Module, x0: torch.Tensor, labels: torch.Tenso
                 x = x0[s:s + batch_size].to(device)
                 t = torch.randint(lo, hi, (len(x),), generator=gen).to(device)
                 eps = torch.randn(x.shape, generator=gen).to(device)
-                p = torch.sigmoid(guard(_noised(x, t, eps, acp), t))
+                p = torch.sigmoid(guard(add_noise(x, t, eps, acp), t))
                 if labels is not None:
                     hits += ((p > 0.5).float() == labels[s:s + batch_size].to(device).float()).sum().item()
                 c_sum += (p - 0.5).abs().sum().item()
@@ -126,7 +122,7 @@ def _low_noise_logits(guard: torch.nn.Module, x0: torch.Tensor, *, alphas_cumpro
                 x = x0[s:s + 1024].to(device)
                 t = torch.randint(0, max(1, round(fit_t * T)), (len(x),), generator=gen).to(device)
                 eps = torch.randn(x.shape, generator=gen).to(device)
-                out.append(guard(_noised(x, t, eps, acp), t).cpu())
+                out.append(guard(add_noise(x, t, eps, acp), t).cpu())
     guard.train(was_training)
     return torch.cat(out).view(draws, len(x0))
 
@@ -231,13 +227,13 @@ def _train(guard, *, members, labels, alphas_cumprod, nonmembers, nonmember_weig
         idx = torch.randint(len(members), (batch_size,), generator=gen).to(device)
         t = torch.randint(T, (batch_size,), generator=gen).to(device)
         eps = torch.randn((batch_size, *members.shape[1:]), generator=gen).to(device)
-        loss = F.binary_cross_entropy_with_logits(guard(_noised(members[idx], t, eps, acp), t), y[idx])
+        loss = F.binary_cross_entropy_with_logits(guard(add_noise(members[idx], t, eps, acp), t), y[idx])
         if use_nm:
             j = torch.randint(len(nm), (batch_size,), generator=gen).to(device)
             tn = torch.randint(T, (batch_size,), generator=gen).to(device)
             en = torch.randn((batch_size, *nm.shape[1:]), generator=gen).to(device)
             half = torch.full((batch_size,), 0.5, device=device)
-            loss = loss + nonmember_weight * F.binary_cross_entropy_with_logits(guard(_noised(nm[j], tn, en, acp), tn), half)
+            loss = loss + nonmember_weight * F.binary_cross_entropy_with_logits(guard(add_noise(nm[j], tn, en, acp), tn), half)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
