@@ -346,6 +346,11 @@ def scale_t(denoiser: Denoiser, t: int, reference: int = 1000) -> int:
     return int((log_snr - target).abs().argmin())
 
 
+def noised(denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = a_t x0 + s_t eps on the denoiser's schedule."""
+    return add_noise(x0, t, eps, denoiser.alphas_cumprod)
+
+
 # ---------------------------------------------------------------------------- sampling
 
 SAMPLERS = ("ddim", "ddpm")
