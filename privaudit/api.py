@@ -45,6 +45,7 @@ from privaudit.images import png_data_uri
 from privaudit.io import atomic_dir, write_json, write_text
 from privaudit.latent import latent_of
 from privaudit.metrics import membership_metrics, proportion_ci
+from privaudit.noise import Noise, sample_generators, seed_of
 from privaudit.params import InstanceOf, Interval, Options, SequenceOf, validate_params
 from privaudit.prompts import read_prompt_file
 from privaudit.results import Metric
@@ -56,9 +57,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CAPABILITIES", "KINDS", "THREAT_MODELS", "AuditContext", "AuditSettings", "Denoiser", "DetectorOutput",
     "FeatureExtractor", "ImageSet", "InputError", "MembershipAttack", "Metric", "MetricSpec", "Mitigation",
-    "MitigationContext", "MitigationOutput", "Plugin", "PluginError", "PrivauditError", "ReplicationDetector",
+    "MitigationContext", "MitigationOutput", "Noise", "Plugin", "PluginError", "PrivauditError", "ReplicationDetector",
     "Variant", "InstanceOf", "Interval", "Options", "SequenceOf", "validate_params", "KnnStream", "choose_method", "default_nlist", "l2_normalize", "search", "train_ivf", "atomic_dir", "capabilities_of", "default_cache_dir", "membership_metrics", "png_data_uri",
-    "proportion_ci", "read_prompt_file", "store_params", "to_uint8", "write_json", "write_text",
+    "proportion_ci", "sample_generators", "seed_of", "read_prompt_file", "store_params", "to_uint8", "write_json", "write_text",
 ]
 
 KINDS = ("attack", "detector", "mitigation", "feature")
@@ -178,8 +179,10 @@ class MembershipAttack(Plugin):
     """Scores images; higher = more member-like.
 
     ``fit`` may make choices (a timestep, a classifier) and sees calibration data only.
-    ``score`` is called batch by batch on calibration and evaluation images alike, with a
-    generator seeded per batch; it returns one float per image.
+    ``score`` is called batch by batch on calibration and evaluation images alike and returns one
+    float per image. Its randomness comes only from ``noise`` (``noise.randn(shape, tag=...)``),
+    keyed per image, so an image's score does not depend on the batch, shard or worker it was
+    scored in. (0.1 passed a per-batch ``generator`` instead.)
     """
 
     kind: ClassVar[str] = "attack"
@@ -188,7 +191,7 @@ class MembershipAttack(Plugin):
     def fit(self, denoiser: Denoiser, *, members: torch.Tensor, holdout: torch.Tensor, seed: int) -> "MembershipAttack":
         return self
 
-    def score(self, denoiser: Denoiser, x0: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    def score(self, denoiser: Denoiser, x0: torch.Tensor, *, noise: Noise) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from privaudit.noise import sample_generators
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -400,8 +402,11 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: Any = None,
 @torch.no_grad()
 def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int = 0,
            batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Draw ``n`` images in [-1, 1] from any Denoiser, seeded per batch.
+    """Draw ``n`` images in [-1, 1] from any Denoiser, seeded per sample.
 
+    Sample ``i`` comes from its own generator keyed by (seed, i) (``privaudit.noise``), for its
+    initial noise and, with "ddpm", every step's noise: it is the same image whatever
+    ``batch_size`` is or which worker draws it.
     ``sampler``: "ddim" (eta 0, deterministic given the initial noise) or "ddpm".
     Uses the denoiser's scheduler config, so the schedule matches training. Guidance
     inside ``denoiser.eps`` (a protected model) may enable gradients itself. Latent models
@@ -416,11 +421,11 @@ def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim"
     out = []
     bar = tqdm(total=n * len(sched.timesteps), desc=f"sampling ({sampler}, {steps} steps)", disable=not progress,
                unit="img-step")
-    for b, start in enumerate(range(0, n, batch_size)):
-        gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + b)
-        m = min(batch_size, n - start)
-        x = torch.randn((m, *denoiser.sample_shape), generator=gen).to(denoiser.device)
-        x = denoise(denoiser, x, scheduler=sched, step_kwargs={"generator": gen} if sampler == "ddpm" else None,
+    for start in range(0, n, batch_size):
+        gens = sample_generators(seed, start, min(batch_size, n - start))
+        x = torch.stack([torch.randn(denoiser.sample_shape, generator=g) for g in gens]).to(denoiser.device)
+        # DDPM steps draw their noise row by row from the same generators (diffusers' randn_tensor takes a list)
+        x = denoise(denoiser, x, scheduler=sched, step_kwargs={"generator": gens} if sampler == "ddpm" else None,
                     on_step=bar.update)
         out.append((x if lat is None else lat.decode(x)).clamp(-1, 1).cpu())
     bar.close()

@@ -37,6 +37,7 @@ from privaudit.exports import write_exports
 from privaudit.io import csv_safe, publish_dir, write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
+from privaudit.noise import Noise, image_keys
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
 from privaudit.target import ModelInfo, load_target
@@ -59,11 +60,6 @@ def target_detectors(registry: Registry, caps: set[str], *, chosen: tuple[str, .
                  and set(r.cls.requires) - _GENERIC_CAPS and set(r.cls.requires) <= caps)
 
 
-def _generator(seed: int, *parts: str) -> torch.Generator:
-    digest = hashlib.sha256("|".join([str(seed), *parts]).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
 def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str,
               prompt: str = "caption", progress: bool = False) -> np.ndarray:
     from tqdm.auto import tqdm
@@ -71,9 +67,10 @@ def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, 
     out = []
     with tqdm(total=len(images), desc=f"{attack.name}: scoring {label}", unit="img", disable=not progress,
               leave=False) as bar:
-        for b, (idx, x) in enumerate(images.batches(batch_size, device=denoiser.device)):
+        for idx, x in images.batches(batch_size, device=denoiser.device):
+            noise = Noise(image_keys(images.uint8(idx)), seed=seed, stream=attack.name)  # per image, not per batch
             den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
-            s = attack.score(den, x, generator=_generator(seed, attack.name, label, str(b)))
+            s = attack.score(den, x, noise=noise)
             out.append(s.detach().float().cpu().numpy())
             bar.update(len(idx))
     return np.concatenate(out) if out else np.zeros(0)

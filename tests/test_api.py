@@ -65,7 +65,7 @@ class _Broken(MembershipAttack):
         self.k = k
         self.cache = {}  # not a parameter: __init__ must only store parameters
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         return torch.rand(len(x0) + 1)  # wrong shape, and ignores the generator
 
 

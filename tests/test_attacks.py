@@ -14,6 +14,7 @@ from privaudit.data import ImageSet
 from privaudit.denoiser import Denoiser
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError
+from privaudit.noise import Noise
 from privaudit.oracles import EmpiricalOracle, GaussianOracle
 from privaudit.plugin import ENTRY_POINT_GROUP, Registration, Registry
 from privaudit.plugins.attacks.gsa import GSAAttack
@@ -57,8 +58,8 @@ class ToyDenoiser(Denoiser):
 X0 = torch.tensor([[0.5, -1.0, 0.25, 0.0], [1.0, 1.0, -0.5, 0.75], [-0.2, 0.1, 0.9, -0.6]]).view(3, 1, 2, 2)
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _noise(seed: int = 0) -> Noise:
+    return Noise.for_images(X0, seed=seed, stream="test")
 
 
 # ---------------------------------------------------------------- hand computations
@@ -67,8 +68,8 @@ def _gen(seed: int = 0) -> torch.Generator:
 def test_loss_signal_by_hand():
     den = ToyDenoiser()
     attack = LossAttack(timesteps=(200,), k=2).fit(den, members=X0, holdout=X0, seed=0)
-    got = attack.score(den, X0, generator=_gen()).numpy()
-    e = torch.randn((6, 1, 2, 2), generator=_gen()).double().numpy()  # k draws, stacked
+    got = attack.score(den, X0, noise=_noise()).numpy()
+    e = _noise().randn((6, 1, 2, 2), tag=200).double().numpy()  # k draws, stacked
     a, x = den.a(200), np.tile(X0.double().numpy(), (2, 1, 1, 1))
     x_t = math.sqrt(a) * x + math.sqrt(1 - a) * e
     err = ((den.c(200) * x_t - e) ** 2).reshape(6, -1).mean(1).reshape(2, 3).mean(0)
@@ -84,7 +85,7 @@ def _ddim_gain(den: ToyDenoiser, s: int, s2: int) -> float:
 def test_secmi_signal_by_hand():
     den = ToyDenoiser()
     # float64 input: the error is a small difference of nearly equal numbers
-    got = SecMIAttack(t_sec=100, k=10).score(den, X0.double(), generator=_gen()).numpy()
+    got = SecMIAttack(t_sec=100, k=10).score(den, X0.double(), noise=_noise()).numpy()
     g = math.prod(_ddim_gain(den, s, s + 10) for s in range(0, 90, 10))  # x0 -> x_90
     roundtrip = _ddim_gain(den, 90, 100) * _ddim_gain(den, 100, 90)
     expected = -((roundtrip - 1) * g) ** 2 * X0.double().pow(2).flatten(1).sum(1).numpy()
@@ -95,10 +96,10 @@ def test_pia_and_pian_signals_by_hand():
     den = ToyDenoiser()
     a, c0, ct = den.a(200), den.c(0), den.c(200)
     x = X0.double().flatten(1).numpy()
-    got = PIAAttack(t=200, p=4).score(den, X0, generator=_gen()).numpy()
+    got = PIAAttack(t=200, p=4).score(den, X0, noise=_noise()).numpy()
     gain = c0 - ct * (math.sqrt(a) + math.sqrt(1 - a) * c0)  # eps0 - eps_t = gain * x0
     np.testing.assert_allclose(got, -(np.abs(gain * x) ** 4).sum(1), rtol=1e-4)
-    got = PIANAttack(t=200, p=4).score(den, X0, generator=_gen()).numpy()
+    got = PIANAttack(t=200, p=4).score(den, X0, noise=_noise()).numpy()
     g = math.sqrt(2 / math.pi) / np.abs(x).mean(1, keepdims=True)  # normalised eps0 = g * x0
     gain = g - ct * (math.sqrt(a) + math.sqrt(1 - a) * g)
     np.testing.assert_allclose(got, -(np.abs(gain * x) ** 4).sum(1), rtol=1e-4)
@@ -107,7 +108,7 @@ def test_pia_and_pian_signals_by_hand():
 def test_sima_signal_by_hand():
     den = ToyDenoiser()
     attack = SimAAttack(timesteps=(40,), p=4).fit(den, members=X0, holdout=X0, seed=0)
-    got = attack.score(den, X0, generator=_gen()).numpy()
+    got = attack.score(den, X0, noise=_noise()).numpy()
     np.testing.assert_allclose(got, -(np.abs(den.c(40) * X0.double().flatten(1).numpy()) ** 4).sum(1), rtol=1e-5)
 
 
@@ -135,9 +136,9 @@ def test_gsa_gradient_features_by_hand(variant):
     den = _WhiteBox()
     attack = GSAAttack(n_timesteps=4, variant=variant)
     assert attack.timesteps(den) == [249, 499, 749, 999]
-    got = attack.features(den, X0, generator=_gen())
+    got = attack.features(den, X0, noise=_noise())
     a = den.alphas_cumprod[[249, 499, 749, 999]].double().numpy().reshape(1, 4, 1)
-    e = torch.randn((3, 4, 1, 2, 2), generator=_gen()).double().numpy().reshape(3, 4, 4)
+    e = _noise().randn((3, 4, 1, 2, 2), tag="gsa").double().numpy().reshape(3, 4, 4)
     x = X0.double().numpy().reshape(3, 1, 4)
     x_t = np.sqrt(a) * x + np.sqrt(1 - a) * e  # (image, timestep, pixel)
     r = 0.7 * x_t - 0.2 - e
@@ -177,7 +178,7 @@ def test_scoring_cost_is_the_minimum_and_timesteps_follow_the_schedule(name):
     attack = CLASSES[name]()
     attack.fit(den, members=X0, holdout=X0 * 2, seed=0)
     den.calls.clear()
-    attack.score(den, X0, generator=_gen())
+    attack.score(den, X0, noise=_noise())
     rows = sum(n for _, n in den.calls)
     assert rows == attack.queries_per_image() * len(X0)
     ts = [t for ts, _ in den.calls for t in ts]
@@ -192,9 +193,9 @@ def test_scoring_cost_is_the_minimum_and_timesteps_follow_the_schedule(name):
 def test_bad_parameters_are_clear_errors():
     den = ToyDenoiser()
     with pytest.raises(InputError, match="secmi: need integers 1 <= k <= t_sec"):
-        SecMIAttack(k=0).score(den, X0, generator=_gen())
+        SecMIAttack(k=0).score(den, X0, noise=_noise())
     with pytest.raises(InputError, match="pia: p must be"):
-        PIAAttack(p=-1).score(den, X0, generator=_gen())
+        PIAAttack(p=-1).score(den, X0, noise=_noise())
     with pytest.raises(InputError, match="sima: timesteps"):
         SimAAttack(timesteps=(2000,)).fit(den, members=X0, holdout=X0, seed=0)
     with pytest.raises(InputError, match="gsa: variant"):

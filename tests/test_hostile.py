@@ -185,7 +185,7 @@ class NanAttack(MembershipAttack):
     name = "nanattack"
     id = "test.nanattack"
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         return torch.full((len(x0),), float("nan"))
 '''
 

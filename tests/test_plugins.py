@@ -99,7 +99,7 @@ def test_dropin_file_and_blocking(tmp_path):
         "class Zero(MembershipAttack):\n"
         "    '''Scores zero.'''\n"
         "    name = 'zero'\n    id = 'DROPIN-1'\n"
-        "    def score(self, denoiser, x0, *, generator):\n        return x0.new_zeros(len(x0))\n")
+        "    def score(self, denoiser, x0, *, noise):\n        return x0.new_zeros(len(x0))\n")
     reg = Registry.build(plugins_dir=tmp_path)
     assert reg.get("zero").origin == f"file {tmp_path / 'mine.py'}"
     assert "loss" not in Registry.build(plugins_dir=tmp_path, blocked=["loss"])
@@ -109,7 +109,7 @@ def test_duplicate_name_names_both_origins(tmp_path):
     (tmp_path / "dup.py").write_text(
         "from privaudit.plugin import MembershipAttack\n"
         "class Loss2(MembershipAttack):\n    '''Clash.'''\n    name = 'loss'\n    id = 'DUP'\n"
-        "    def score(self, denoiser, x0, *, generator):\n        return x0.flatten(1).mean(1)\n")
+        "    def score(self, denoiser, x0, *, noise):\n        return x0.flatten(1).mean(1)\n")
     with pytest.raises(PluginError) as e:
         Registry.build(plugins_dir=tmp_path)
     msg = str(e.value)

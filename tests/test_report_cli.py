@@ -88,7 +88,7 @@ def test_attacks_show_progress_unless_quiet(digits_target, digits_denoiser, caps
     class Mean:
         name = "mean"
 
-        def score(self, den, x, *, generator):
+        def score(self, den, x, *, noise):
             return x.flatten(1).mean(1)
 
     images = load_images(digits_target / "holdout", name="holdout", channels=1, size=8)

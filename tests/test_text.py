@@ -13,6 +13,7 @@ from conftest import plugin
 
 from privaudit.data import ImageSet, load_images
 from privaudit.errors import InputError
+from privaudit.noise import Noise
 
 pytest.importorskip("transformers")
 
@@ -208,11 +209,12 @@ def test_gsa_takes_gradients_at_each_images_caption(digits_text_denoiser, digits
     members = load_images(digits_text_target / "members", name="m")
     view, z = attack_inputs(digits_text_denoiser, members, [0, 1], members.tensor([0, 1]))
     attack = GSAAttack(n_timesteps=2)
-    got = attack.features(view, z, generator=torch.Generator().manual_seed(0), cond=view.conditioning(2))
-    empty = attack.features(view, z, generator=torch.Generator().manual_seed(0))
+    noise = Noise.for_images(z, seed=0)
+    got = attack.features(view, z, noise=noise, cond=view.conditioning(2))
+    empty = attack.features(view, z, noise=noise)
     ts = torch.tensor(attack.timesteps(view))
     a = view.alphas_cumprod[ts].view(-1, 1, 1, 1)
-    eps = torch.randn((2, len(ts), *z.shape[1:]), generator=torch.Generator().manual_seed(0))
+    eps = noise.randn((2, len(ts), *z.shape[1:]), tag="gsa")
     unet = digits_text_denoiser.unet
     params = [p for p in unet.parameters()]
     for i in range(2):

@@ -9,23 +9,19 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from privaudit.denoiser import add_noise, scale_t
-
-
-def randn(shape, *, generator: torch.Generator, device) -> torch.Tensor:
-    """Noise drawn on the CPU generator, so scores do not depend on the device."""
-    return torch.randn(tuple(shape), generator=generator).to(device)
-
+from privaudit.noise import Noise
 
 # Images per model pass when an attack fits on a whole calibration set: memory stays bounded
 # however many members there are (the default --batch-size, so scoring batches are unchanged).
 FIT_CHUNK = 128
 
 
-def image_chunks(denoiser, x0: torch.Tensor, size: int = FIT_CHUNK):
-    """(denoiser, images) pairs of at most ``size`` images covering ``x0`` in order. A view conditioned
-    by row count (a text model's fit set) is re-bound to each chunk's own conditioning."""
+def image_chunks(denoiser, x0: torch.Tensor, noise: Noise, size: int = FIT_CHUNK):
+    """(denoiser, images, noise) triples of at most ``size`` images covering ``x0`` in order, each image
+    keeping its own noise. A view conditioned by row count (a text model's fit set) is re-bound to each
+    chunk's own conditioning."""
     if len(x0) <= size:
-        yield denoiser, x0
+        yield denoiser, x0, noise
         return
     cond = None
     if getattr(denoiser, "by_rows", None):
@@ -34,9 +30,10 @@ def image_chunks(denoiser, x0: torch.Tensor, size: int = FIT_CHUNK):
         cond = denoiser.conditioning(len(x0))
     for s in range(0, len(x0), size):
         if cond is None:
-            yield denoiser, x0[s:s + size]
+            yield denoiser, x0[s:s + size], noise[s:s + size]
         else:
-            yield ConditionedDenoiser(denoiser.denoiser, cond=cond[s:s + size], prompt=denoiser.prompt), x0[s:s + size]
+            yield (ConditionedDenoiser(denoiser.denoiser, cond=cond[s:s + size], prompt=denoiser.prompt),
+                   x0[s:s + size], noise[s:s + size])
 
 
 def calibration_auc(member_scores: torch.Tensor, holdout_scores: torch.Tensor) -> float:

@@ -41,9 +41,8 @@ import warnings
 import numpy as np
 import torch
 
-from privaudit.api import InputError, Interval, MembershipAttack, Options, store_params
+from privaudit.api import InputError, Interval, MembershipAttack, Noise, Options, store_params
 from privaudit.denoiser import cond_map, signal_noise
-from privaudit.plugins.attacks._common import randn
 
 VARIANTS = ("gsa1", "gsa2")
 CLASSIFIERS = ("logistic", "boosting")
@@ -82,7 +81,7 @@ class GSAAttack(MembershipAttack):
         T = len(denoiser.alphas_cumprod)
         return sorted({max(0, round((i + 1) * T / self.n_timesteps) - 1) for i in range(self.n_timesteps)})
 
-    def features(self, denoiser, x0: torch.Tensor, *, generator: torch.Generator,
+    def features(self, denoiser, x0: torch.Tensor, *, noise: Noise,
                  cond: torch.Tensor | None = None) -> np.ndarray:
         """Per-image gradient norms, (B, number of parameter tensors), float64. ``cond``: per-image
         conditioning (B, ...) passed to the network as its third argument (text models)."""
@@ -97,7 +96,7 @@ class GSAAttack(MembershipAttack):
         names = list(params)
         ts = torch.tensor(self.timesteps(denoiser), device=x0.device)
         sig, noi = signal_noise(denoiser.alphas_cumprod, ts, x0)  # (k, 1, 1, 1) each
-        eps = randn((len(x0), len(ts), *x0.shape[1:]), generator=generator, device=x0.device)
+        eps = noise.randn((len(x0), len(ts), *x0.shape[1:]), tag="gsa", device=x0.device)
 
         def loss(p, x, e, t, a, s, c):  # x (C, H, W); e (k, C, H, W): the mean loss over k timesteps
             x_t = a * x + s * e
@@ -144,12 +143,12 @@ class GSAAttack(MembershipAttack):
 
     def fit(self, denoiser, *, members, holdout, seed):
         self._check()
-        gen = torch.Generator().manual_seed(seed)
         bs = max(1, int(self.fit_batch_size))
         feats = []
         for x in (members, holdout):
             cond = denoiser.conditioning(len(x))  # per set, before chunking: it is bound by set size
-            feats += [self.features(denoiser, x[i:i + bs], generator=gen,
+            noise = Noise.for_images(x, seed=seed, stream="gsa/fit")
+            feats += [self.features(denoiser, x[i:i + bs], noise=noise[i:i + bs],
                                     cond=None if cond is None else cond_map(lambda e, i=i: e[i:i + bs], cond))
                       for i in range(0, len(x), bs)]
         X = self._log(np.concatenate(feats))
@@ -159,8 +158,8 @@ class GSAAttack(MembershipAttack):
         self.timesteps_ = self.timesteps(denoiser)
         return self
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         if not hasattr(self, "classifier_"):
             raise InputError("gsa: call fit() on labelled calibration data before score()")
-        X = self._log(self.features(denoiser, x0, generator=generator, cond=denoiser.conditioning(len(x0))))
+        X = self._log(self.features(denoiser, x0, noise=noise, cond=denoiser.conditioning(len(x0))))
         return torch.from_numpy(np.asarray(self.classifier_.decision_function(X), dtype=np.float64))

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import Interval, MembershipAttack, SequenceOf, store_params
+from privaudit.api import Interval, MembershipAttack, Noise, SequenceOf, store_params
 from privaudit.denoiser import scale_t
-from privaudit.plugins.attacks._common import calibration_auc, eps_at, image_chunks, noise_to, randn
+from privaudit.plugins.attacks._common import calibration_auc, eps_at, image_chunks, noise_to
 
 
 class LossAttack(MembershipAttack):
@@ -43,15 +43,15 @@ class LossAttack(MembershipAttack):
     def queries_per_image(self) -> float:
         return float(self.k)
 
-    def _loss(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+    def _loss(self, denoiser, x0: torch.Tensor, t: int, noise: Noise) -> torch.Tensor:
         """Per-image loss, a bounded number of images per model pass (the timestep sweep sees a whole
         calibration set)."""
-        return torch.cat([self._loss_chunk(d, x, t, generator) for d, x in image_chunks(denoiser, x0)])
+        return torch.cat([self._loss_chunk(d, x, t, n) for d, x, n in image_chunks(denoiser, x0, noise)])
 
-    def _loss_chunk(self, denoiser, x0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
+    def _loss_chunk(self, denoiser, x0: torch.Tensor, t: int, noise: Noise) -> torch.Tensor:
         b = len(x0)
         x = x0.repeat(self.k, *[1] * (x0.ndim - 1))  # all k draws in one forward pass
-        eps = randn(x.shape, generator=generator, device=x.device)
+        eps = noise.randn(x.shape, tag=t, device=x.device)  # row j*b+i: image i, draw j
         with torch.no_grad():
             err = (eps_at(denoiser, noise_to(denoiser, x, t, eps), t) - eps).pow(2).flatten(1).mean(1)
         return err.view(self.k, b).mean(0)
@@ -61,14 +61,14 @@ class LossAttack(MembershipAttack):
         if len(ts) == 1:
             self.timestep_, self.sweep_ = ts[0], {}
             return self
-        gen = torch.Generator().manual_seed(seed)
-        self.sweep_ = {t: calibration_auc(-self._loss(denoiser, members, t, gen), -self._loss(denoiser, holdout, t, gen))
+        nm, nh = (Noise.for_images(x, seed=seed, stream="loss/fit") for x in (members, holdout))
+        self.sweep_ = {t: calibration_auc(-self._loss(denoiser, members, t, nm), -self._loss(denoiser, holdout, t, nh))
                        for t in ts}
         self.timestep_ = max(self.sweep_, key=self.sweep_.get)
         return self
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         t = getattr(self, "timestep_", None)
         if t is None:
             t = scale_t(denoiser, self.timesteps[0])
-        return -self._loss(denoiser, x0, t, generator)
+        return -self._loss(denoiser, x0, t, noise)

@@ -46,7 +46,7 @@ class PIAAttack(MembershipAttack):
     def _initial_noise(self, eps0: torch.Tensor) -> torch.Tensor:
         return eps0
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         if not (isinstance(self.p, (int, float)) and self.p > 0):
             raise InputError(f"{self.name}: p must be a positive number, got {self.p!r}")
         t = scale_t(denoiser, self.t)

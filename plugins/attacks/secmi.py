@@ -55,7 +55,7 @@ class SecMIAttack(MembershipAttack):
     def queries_per_image(self) -> float:
         return float(len(range(0, self.t_sec, self.k)) + 1)
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         grid, top = self._grid(denoiser)
         with torch.no_grad():
             x = x0

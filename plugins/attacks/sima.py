@@ -61,7 +61,7 @@ class SimAAttack(MembershipAttack):
             denoiser, ts, lambda x, t: self._signal(denoiser, x, t), members=members, holdout=holdout)
         return self
 
-    def score(self, denoiser, x0, *, generator):
+    def score(self, denoiser, x0, *, noise):
         t = getattr(self, "timestep_", None)
         if t is None:  # unfitted: the smallest candidate
             self._check()

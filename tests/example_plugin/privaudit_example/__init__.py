@@ -31,5 +31,5 @@ class BrightnessAttack(MembershipAttack):
     def __init__(self, *, sign: float = 1.0):
         self.sign = sign
 
-    def score(self, denoiser, x0: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    def score(self, denoiser, x0: torch.Tensor, *, noise) -> torch.Tensor:
         return self.sign * x0.flatten(1).mean(1)
