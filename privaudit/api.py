@@ -334,9 +334,9 @@ class AuditContext:
 
     def samples(self, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int | None = None) -> torch.Tensor:
         """``n`` samples in [-1, 1] (through the denoiser's ``draw_samples``), cached on disk by
-        (model fingerprint, sampler, steps, seed, n)."""
+        (model fingerprint, sampler, steps, seed, n; "keyed": samples seeded per index since 0.2)."""
         seed = self.seed if seed is None else seed
-        key = hashlib.sha256(f"{self.denoiser.fingerprint}|{sampler}|{steps}|{seed}|{n}".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"keyed|{self.denoiser.fingerprint}|{sampler}|{steps}|{seed}|{n}".encode()).hexdigest()[:24]
         cache = (self.settings.cache_dir or default_cache_dir()) / "samples" / f"{key}.npy"
         if cache.exists():
             return torch.from_numpy(np.load(cache))
