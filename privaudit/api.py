@@ -317,6 +317,12 @@ class AuditSettings:
     # default plugins (the user chose none): also run every detector that needs a capability only
     # some targets have (e.g. "text": prompt-level detectors) when this target has it
     follow_target: bool = False
+    # where per-image work runs (``privaudit.engine``): "local" (this process) or "ray"; results do not
+    # depend on it. ``resume``: keep the finished shards of an interrupted run in the same folder.
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    resume: bool = False
 
 
 _FITTED_FEATURES: dict[tuple, FeatureExtractor] = {}
@@ -341,8 +347,15 @@ class AuditContext:
         if cache.exists():
             return torch.from_numpy(np.load(cache))
         start = time.perf_counter()
-        x = self.denoiser.draw_samples(n=n, steps=steps, sampler=sampler, seed=seed,
-                                       batch_size=self.settings.batch_size * 2, progress=self.progress)
+        from privaudit.engine import active_session
+
+        run = active_session()
+        if run is not None and type(self.denoiser).draw_samples is Denoiser.draw_samples:  # sharded, resumable
+            x = run.samples(self.denoiser, n=n, steps=steps, sampler=sampler, seed=seed,
+                            batch_size=self.settings.batch_size * 2, key=key)
+        else:  # a denoiser with its own sampler (e.g. rejection sampling) draws the whole set itself
+            x = self.denoiser.draw_samples(n=n, steps=steps, sampler=sampler, seed=seed,
+                                           batch_size=self.settings.batch_size * 2, progress=self.progress)
         if not torch.isfinite(x).all():  # never cache or measure broken samples: distances would be inf/NaN
             from privaudit.verdict import Inconclusive
 

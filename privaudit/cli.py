@@ -96,6 +96,14 @@ def _add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = 
     p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
                    help="text-conditional models: condition attacks on each image's caption or the empty prompt "
                         "(default: caption)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where scoring and sampling run: this process (default) or a Ray cluster (pip install "
+                        "'privaudit[ray]'); results are the same")
+    p.add_argument("--ray-address", metavar="auto|ADDR", help="--engine ray: join this cluster (auto: the one "
+                   "started with `ray start --head`; default: start Ray on this machine)")
+    p.add_argument("--workers", type=int, help="--engine ray: actors (default: one per GPU, else one per CPU)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR "
+                   "(same model, data and settings): finished shards are reused, only the rest is computed")
 
 
 def _settings(a: argparse.Namespace):
@@ -104,13 +112,18 @@ def _settings(a: argparse.Namespace):
     params: dict[str, dict] = {}
     for plugin, key, value in a.param:
         params.setdefault(plugin, {})[key] = value
+    if a.engine != "ray" and (a.ray_address or a.workers is not None):
+        raise InputError(f"--{'ray-address' if a.ray_address else 'workers'}: needs --engine ray")
+    if a.workers is not None and a.workers < 1:
+        raise InputError(f"--workers {a.workers}: must be at least 1")
     if not 0 < a.calibration_fraction < 1:
         raise InputError(f"--calibration-fraction {a.calibration_fraction}: must lie strictly between 0 and 1")
     return AuditSettings(attacks=a.attacks, detectors=a.default_detectors if a.detectors is None else a.detectors,
                          follow_target=a.detectors is None, plugin_params=params, seed=a.seed,
                          batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
                          n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir,
-                         prompt=a.prompt)
+                         prompt=a.prompt, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
+                         resume=a.resume is not None)
 
 
 def _check_fpr(a: argparse.Namespace, holdout_count: int) -> None:
@@ -159,6 +172,17 @@ def _summary(results: dict, out: Path) -> None:
     print(out / "report.html")
 
 
+def _out(a: argparse.Namespace, kind: str) -> Path:
+    """The run folder: --out, or the folder --resume continues (both given: they must agree)."""
+    if a.resume is not None:
+        if a.out is not None and Path(a.out).resolve() != Path(a.resume).resolve():
+            raise InputError(f"--resume {a.resume}: resumes into its own folder; drop --out {a.out} or make them equal")
+        if not Path(a.resume).is_dir():
+            raise InputError(f"{a.resume}: --resume needs the folder of an earlier run")
+        return Path(a.resume)
+    return a.out or _default_out(kind)
+
+
 def cmd_scan(a: argparse.Namespace) -> int:
     from privaudit.data import load_images
     from privaudit.runner import scan
@@ -166,7 +190,7 @@ def cmd_scan(a: argparse.Namespace) -> int:
     settings = _settings(a)
     if a.fpr:
         _check_fpr(a, len(load_images(a.holdout, name="holdout")))
-    out = a.out or _default_out("scan")
+    out = _out(a, "scan")
     results = scan(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, settings=settings,
                    device=a.device, allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, reference=a.reference,
                    argv=sys.argv, redact=a.redact, dtype=a.dtype)
@@ -301,7 +325,7 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
         params["alpha"] = a.alpha
     if a.scale is not None:
         params["scale"] = a.scale
-    out = a.out or _default_out("mitigate")
+    out = _out(a, "mitigate")
     with run_folder(out):  # checked and locked before any work
         results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
                            params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,

@@ -401,12 +401,13 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: Any = None,
 
 @torch.no_grad()
 def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim", seed: int = 0,
-           batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+           batch_size: int = 256, progress: bool = False, first: int = 0) -> torch.Tensor:
     """Draw ``n`` images in [-1, 1] from any Denoiser, seeded per sample.
 
     Sample ``i`` comes from its own generator keyed by (seed, i) (``privaudit.noise``), for its
     initial noise and, with "ddpm", every step's noise: it is the same image whatever
-    ``batch_size`` is or which worker draws it.
+    ``batch_size`` is or which worker draws it. ``first``: the index of the first sample (a shard of a
+    larger set: ``first=k`` gives samples k .. k + n - 1 of the set).
     ``sampler``: "ddim" (eta 0, deterministic given the initial noise) or "ddpm".
     Uses the denoiser's scheduler config, so the schedule matches training. Guidance
     inside ``denoiser.eps`` (a protected model) may enable gradients itself. Latent models
@@ -422,7 +423,7 @@ def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim"
     bar = tqdm(total=n * len(sched.timesteps), desc=f"sampling ({sampler}, {steps} steps)", disable=not progress,
                unit="img-step")
     for start in range(0, n, batch_size):
-        gens = sample_generators(seed, start, min(batch_size, n - start))
+        gens = sample_generators(seed, first + start, min(batch_size, n - start))
         x = torch.stack([torch.randn(denoiser.sample_shape, generator=g) for g in gens]).to(denoiser.device)
         # DDPM steps draw their noise row by row from the same generators (diffusers' randn_tensor takes a list)
         x = denoise(denoiser, x, scheduler=sched, step_kwargs={"generator": gens} if sampler == "ddpm" else None,

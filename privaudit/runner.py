@@ -37,7 +37,6 @@ from privaudit.exports import write_exports
 from privaudit.io import csv_safe, publish_dir, write_json, write_text
 from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
-from privaudit.noise import Noise, image_keys
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
 from privaudit.target import ModelInfo, load_target
@@ -62,18 +61,19 @@ def target_detectors(registry: Registry, caps: set[str], *, chosen: tuple[str, .
 
 def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, seed: int, label: str,
               prompt: str = "caption", progress: bool = False) -> np.ndarray:
+    """Per-image scores of ``images``: in this process, or through the engine of the running audit
+    (``privaudit.engine``: sharded, resumable, possibly on Ray); the scores are the same either way."""
     from tqdm.auto import tqdm
 
-    out = []
+    from privaudit.engine import active_session, score_batches
+
+    run = active_session()
+    if run is not None:
+        return run.score(attack, denoiser, images, batch_size=batch_size, seed=seed, label=label, prompt=prompt)
     with tqdm(total=len(images), desc=f"{attack.name}: scoring {label}", unit="img", disable=not progress,
               leave=False) as bar:
-        for idx, x in images.batches(batch_size, device=denoiser.device):
-            noise = Noise(image_keys(images.uint8(idx)), seed=seed, stream=attack.name)  # per image, not per batch
-            den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
-            s = attack.score(den, x, noise=noise)
-            out.append(s.detach().float().cpu().numpy())
-            bar.update(len(idx))
-    return np.concatenate(out) if out else np.zeros(0)
+        return score_batches(attack, denoiser, images, batch_size=batch_size, seed=seed, prompt=prompt,
+                             on_batch=bar.update)
 
 
 # An attack's result depends only on what it can query: the weights (white box) or the noise predictions
@@ -272,11 +272,14 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
 
 # What a privaudit run folder holds at its top level: an existing folder is replaced only when
 # it holds a previous run and nothing else (a user's own files are never deleted).
-RUN_ENTRIES = ("results.json", "report.html", "summary.json", "junit.xml", "*.csv", "before", "after", "guard", "protected")
+RUN_ENTRIES = ("results.json", "report.html", "summary.json", "junit.xml", "*.csv", "before", "after", "guard", "protected",
+               "shards")
+# an interrupted run's finished shards (``privaudit.engine``): kept for --resume, replaced by a new run
+PARTIAL = ".partial"
 
 
 def _is_replaceable_run(out: Path) -> bool:
-    names = [p.name for p in out.iterdir()]
+    names = [p.name for p in out.iterdir() if p.name != PARTIAL]
     return not names or ("results.json" in names and all(any(Path(n).match(g) for g in RUN_ENTRIES) for n in names))
 
 
@@ -320,9 +323,11 @@ def run_folder(out: str | Path) -> Iterator[Path]:
             lock_path.unlink(missing_ok=True)
 
 
-def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
+def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails",
+              shards: Path | None = None) -> Path:
     """Write results.json, scores.csv, per-detector tables and report.html into a fresh hidden folder
-    beside ``out`` and publish it with one rename: ``out`` holds one whole run, never a mix of two."""
+    beside ``out`` and publish it with one rename: ``out`` holds one whole run, never a mix of two.
+    ``shards``: the run's finished shards, moved into ``out/shards``."""
     from privaudit.reports import render_html
     from privaudit.reports.images import redact_images
 
@@ -338,6 +343,8 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
         write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
         write_exports(stage, body)  # summary.json, junit.xml: for CI
         write_text(stage / "report.html", html)
+        if shards is not None and shards.is_dir():
+            shutil.copytree(shards, stage / "shards")
         publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -403,13 +410,38 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
     denoiser, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
-    res = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
+    data = data_fingerprints(mem, hold, ref)
+    with engine_session(Path(out), settings=settings, denoiser=denoiser, data=data, registry=registry) as run:
+        res = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
     # the manifest lists the detectors that actually ran (the target's capabilities may have added some)
     ran = dataclasses.replace(settings, detectors=tuple(p["name"] for p in res["plugins"] if p["kind"] == "detector"))
-    results = scan_results(res, info=info, data=data_fingerprints(mem, hold, ref), settings=ran,
-                           registry=registry, argv=argv, device=denoiser.device, seconds=time.perf_counter() - start)
-    write_run(out, results, redact=redact)
+    results = scan_results(res, info=info, data=data, settings=ran, registry=registry, argv=argv,
+                           device=denoiser.device, seconds=time.perf_counter() - start)
+    results["manifest"]["engine"] = run.describe()
+    write_run(out, results, redact=redact, shards=run.store.root if run.store is not None else None)
     return results
+
+
+# settings that change results (the engine, workers, progress bars and caches do not)
+_RESULT_SETTINGS = ("attacks", "detectors", "plugin_params", "seed", "batch_size", "calibration_fraction", "n_boot",
+                    "prompt", "follow_target")
+
+
+@contextmanager
+def engine_session(out: Path, *, settings: AuditSettings, denoiser: Denoiser, data: dict,
+                   registry: Registry) -> Iterator[Any]:
+    """The audit's engine (``settings.engine``) with the run folder's shard store: shards are tagged with
+    a key of everything that determines the results, so ``--resume`` reuses only shards of this run."""
+    from privaudit.engine import SHARD_BATCHES, open_store, run_key, session
+
+    description = {"privaudit": __version__, "model": denoiser.fingerprint, "data": data,
+                   "settings": {k: getattr(settings, k) for k in _RESULT_SETTINGS},
+                   "plugins": {r.name: r.origin for r in registry}, "shard_batches": SHARD_BATCHES}
+    store = open_store(out, run_key=run_key(description), resume=settings.resume, description=description)
+    cache = Path(settings.cache_dir or default_cache_dir())
+    with session(engine=settings.engine, address=settings.ray_address, workers=settings.workers, store=store,
+                 sample_root=cache / "samples" / "shards", progress=settings.progress) as run:
+        yield run
 
 
 def data_fingerprints(members: ImageSet, holdout: ImageSet, reference: ImageSet | None) -> dict:

@@ -1,0 +1,461 @@
+"""Engines: where per-image scoring and sampling run, and the shards that make a run resumable.
+
+The audit's fitted steps (attack ``fit`` on the calibration split, thresholds, metrics,
+bootstrap, report) always run in the driver process. The per-item work in between (scoring
+every image, drawing samples) is cut into fixed contiguous **shards** and handed to an
+**engine**:
+
+- ``local`` (the default): shard after shard in this process;
+- ``ray`` (``privaudit.ray_engine``, imported only when chosen): Ray Data ``map_batches``
+  stages with a callable class, one actor per GPU (CPU actors otherwise); the model and the
+  fitted attack are shipped once per actor.
+
+Results do not depend on the engine: a shard is a whole number of the run's batches (so every
+batch has the same images whatever ran it) and every random draw is keyed by image content or
+sample index (``privaudit.noise``). A shard's output is written atomically as soon as it is
+finished, tagged with the run's key (a hash of everything that determines the results: model,
+data, settings; not the engine), so a run that dies resumes with only its unfinished shards.
+
+Where shards live: scores under the run folder, ``RUN/.partial/shards/<stage>/<shard>.npz``
+while the run is in progress; a finished run moves them to ``RUN/shards/``. Generated samples
+are images, so they are never written into the run folder: their shards live in the sample
+cache (``--cache-dir``) beside the whole-set sample cache.
+
+Cost: each stage records its wall time, the model queries spent (forward rows through the
+model's networks, counted with forward hooks in whichever process ran the shard), and how many
+shards were computed or reused; the manifest lists them with the engine, workers and devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from privaudit.errors import InputError
+
+ENGINES = ("local", "ray")
+SHARD_BATCHES = 1  # batches per scoring shard: a shard is a whole number of the run's batches
+SHARD_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------- counting queries
+def networks(denoiser: Any) -> list[torch.nn.Module]:
+    """The innermost distinct networks a denoiser (and what it wraps) runs: one forward of such a
+    network on n rows is n model queries. Wrappers (e.g. the white-box view) are not counted twice."""
+    from privaudit.denoiser import Denoiser
+
+    found: list[torch.nn.Module] = []
+    seen: set[int] = set()
+    stack = [denoiser]
+    while stack:
+        d = stack.pop()
+        if d is None or id(d) in seen:
+            continue
+        seen.add(id(d))
+        for v in vars(d).values():
+            if isinstance(v, torch.nn.Module) and id(v) not in seen:
+                seen.add(id(v))
+                found.append(v)
+            elif isinstance(v, Denoiser):
+                stack.append(v)
+        if isinstance(d, Denoiser):
+            stack.append(d.inner())
+    ids = {id(m) for m in found}
+    return [m for m in found if not any(id(sub) in ids for sub in m.modules() if sub is not m)]
+
+
+class QueryCounter:
+    """Counts rows through ``networks(denoiser)`` with forward pre-hooks while attached."""
+
+    def __init__(self, denoiser: Any):
+        self.count = 0
+        self._handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in networks(denoiser)]
+
+    def _hook(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(x, torch.Tensor) and x.ndim > 0:
+            self.count += int(x.shape[0])
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def move_denoiser(denoiser: Any, device: torch.device) -> None:
+    """Move a shipped denoiser (and what it wraps) to a worker's device; nothing when it is already there."""
+    from privaudit.denoiser import Denoiser
+
+    stack, seen = [denoiser], set()
+    while stack:
+        d = stack.pop()
+        if d is None or id(d) in seen or not isinstance(d, Denoiser):
+            continue
+        seen.add(id(d))
+        if getattr(d, "device", device) == device:
+            continue
+        for k, v in vars(d).items():
+            if isinstance(v, torch.nn.Module):
+                v.to(device)
+            elif isinstance(v, Denoiser):
+                stack.append(v)
+        d.device = device
+        stack.append(d.inner())
+
+
+# ---------------------------------------------------------------------------- units of work
+class Work:
+    """One stage's per-shard computation. It is pickled and shipped once to every worker, which
+    calls ``setup`` (device, threads, query counter) once and then ``run`` per shard."""
+
+    stage = "work"
+    unit = "item"
+
+    def setup(self, device: torch.device | None = None) -> None:
+        self._counter: QueryCounter | None = None
+
+    def denoiser(self) -> Any:
+        return None
+
+    def start_counting(self) -> None:
+        if getattr(self, "_counter", None) is None and self.denoiser() is not None:
+            self._counter = QueryCounter(self.denoiser())
+
+    def stop_counting(self) -> None:
+        if getattr(self, "_counter", None) is not None:
+            self._counter.close()
+            self._counter = None
+
+    def queries(self) -> int:
+        return self._counter.count if getattr(self, "_counter", None) is not None else 0
+
+    def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_counter"}
+
+
+def score_batches(attack, denoiser, images, *, batch_size: int, seed: int, prompt: str = "caption",
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Per-image scores of ``images``, batch by batch (the one scoring loop every engine runs)."""
+    from privaudit.latent import attack_inputs
+    from privaudit.noise import Noise, image_keys
+
+    out = []
+    for idx, x in images.batches(batch_size, device=denoiser.device):
+        noise = Noise(image_keys(images.uint8(idx)), seed=seed, stream=attack.name)  # per image, not per batch
+        den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
+        s = attack.score(den, x, noise=noise)
+        out.append(s.detach().float().cpu().numpy())
+        if on_batch is not None:
+            on_batch(len(idx))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+class ScoreWork(Work):
+    """Scores one shard of images with a fitted attack (item: ``pixels`` uint8, ``captions``)."""
+
+    stage = "scores"
+    unit = "img"
+
+    def __init__(self, *, attack, denoiser, batch_size: int, seed: int, prompt: str):
+        self.attack, self.den, self.batch_size, self.seed, self.prompt = attack, denoiser, batch_size, seed, prompt
+
+    def denoiser(self) -> Any:
+        return self.den
+
+    def setup(self, device: torch.device | None = None) -> None:
+        super().setup(device)
+        if device is not None:
+            move_denoiser(self.den, device)
+
+    def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
+        from privaudit.data import ImageSet
+
+        caps = item.get("captions")
+        images = ImageSet.from_array(item["pixels"], name="shard", captions=None if caps is None or not len(caps)
+                                     else [str(c) for c in caps])
+        return score_batches(self.attack, self.den, images, batch_size=self.batch_size, seed=self.seed,
+                             prompt=self.prompt)
+
+
+class SampleWork(Work):
+    """Draws samples ``start .. start + count - 1`` (item: ``start``, ``count``), each seeded by its index."""
+
+    stage = "samples"
+    unit = "sample"
+
+    def __init__(self, *, denoiser, steps: int, sampler: str, seed: int, batch_size: int):
+        self.den, self.steps, self.sampler, self.seed, self.batch_size = denoiser, steps, sampler, seed, batch_size
+
+    def denoiser(self) -> Any:
+        return self.den
+
+    def setup(self, device: torch.device | None = None) -> None:
+        super().setup(device)
+        if device is not None:
+            move_denoiser(self.den, device)
+
+    def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
+        from privaudit.denoiser import sample
+
+        x = sample(self.den, n=int(item["count"]), steps=self.steps, sampler=self.sampler, seed=self.seed,
+                   batch_size=self.batch_size, first=int(item["start"]))
+        return x.numpy()
+
+
+# ---------------------------------------------------------------------------- engines
+class LocalEngine:
+    """Shard after shard in this process (the default)."""
+
+    name = "local"
+
+    def describe(self) -> dict:
+        return {"name": "local", "workers": 1, "devices": ["this process"]}
+
+    def map(self, work: Work, items: Iterable[tuple[int, Callable[[], dict]]]) -> Iterator[tuple[int, np.ndarray, int]]:
+        work.setup(None)
+        work.start_counting()
+        try:
+            for i, make in items:
+                before = work.queries()
+                out = work.run(make())
+                yield i, out, work.queries() - before
+        finally:
+            work.stop_counting()
+
+
+_ENGINES: dict[tuple, Any] = {}
+
+
+def get_engine(name: str = "local", *, address: str | None = None, workers: int | None = None):
+    """The engine called ``name`` (one instance per process and configuration)."""
+    if name not in ENGINES:
+        raise InputError(f"--engine {name}: choose one of {', '.join(ENGINES)}")
+    key = (name, address, workers)
+    if key not in _ENGINES:
+        if name == "ray":
+            from privaudit.ray_engine import RayEngine
+
+            _ENGINES[key] = RayEngine(address=address, workers=workers)
+        else:
+            _ENGINES[key] = LocalEngine()
+    return _ENGINES[key]
+
+
+# ---------------------------------------------------------------------------- shard store
+def _save_npz(path: Path, **arrays: Any) -> None:
+    """Write ``arrays`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ShardStore:
+    """Finished shards of one run: ``root/<stage>/<key>/<index>.npz`` holding the output, the queries it
+    cost and the run key it was computed for. ``root/run.json`` names the run key."""
+
+    def __init__(self, root: Path, *, run_key: str):
+        self.root, self.run_key = Path(root), run_key
+
+    def path(self, stage: str, key: str, index: int) -> Path:
+        return self.root / stage / key / f"{index:06d}.npz"
+
+    def load(self, stage: str, key: str, index: int) -> tuple[np.ndarray, int] | None:
+        p = self.path(stage, key, index)
+        if not p.exists():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if str(z["run_key"]) != self.run_key:
+                    return None
+                return z["data"], int(z["queries"])
+        except (OSError, ValueError, KeyError):  # unreadable: computed again (writes are atomic, so rare)
+            return None
+
+    def save(self, stage: str, key: str, index: int, data: np.ndarray, queries: int) -> None:
+        _save_npz(self.path(stage, key, index), data=data, queries=np.int64(queries), run_key=np.str_(self.run_key),
+                  format=np.int64(SHARD_FORMAT))
+
+
+def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) -> ShardStore:
+    """The shard store of the run folder ``run_dir`` (``RUN/.partial/shards``).
+
+    A fresh run starts with no shards; ``resume`` keeps those of an interrupted run (or of a finished
+    run's ``RUN/shards``) and refuses, naming both keys, when they were written for another run.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / ".partial" / "shards"
+    finished = run_dir / "shards"
+    if not resume:
+        shutil.rmtree(run_dir / ".partial", ignore_errors=True)
+    else:
+        if not root.is_dir() and (finished / "run.json").is_file():
+            shutil.copytree(finished, root)
+        if not (root / "run.json").is_file():
+            raise InputError(f"{run_dir}: --resume: no shards of an earlier run here (expected {root}/run.json); "
+                             "run without --resume to start afresh")
+        try:
+            old = json.loads((root / "run.json").read_text())["run_key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"{root / 'run.json'}: unreadable; run without --resume to start afresh") from None
+        if old != run_key:
+            raise InputError(f"{run_dir}: --resume: its shards belong to another run (run key {old[:12]}, this run "
+                             f"{run_key[:12]}): the model, data or settings differ; run without --resume")
+    from privaudit.io import write_json
+
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "run.json", {"run_key": run_key, "format": SHARD_FORMAT, "run": description})
+    return ShardStore(root, run_key=run_key)
+
+
+def run_key(description: dict) -> str:
+    """The key shards are tagged with: a hash of everything that determines the results."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- session
+@dataclass
+class StageCost:
+    units: int = 0
+    shards: int = 0
+    reused: int = 0
+    queries: int = 0
+    reused_queries: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"items": self.units, "shards": self.shards, "shards_reused": self.reused, "queries": self.queries,
+                "queries_reused": self.reused_queries, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class Session:
+    """An engine and (for a run with a folder) its shard store, active while an audit runs."""
+
+    engine: Any
+    store: ShardStore | None = None
+    sample_root: Path | None = None
+    progress: bool = False
+    costs: dict[str, StageCost] = field(default_factory=dict)
+
+    @property
+    def queries(self) -> int:
+        """Model queries spent in this session (shards reused from an earlier run cost none)."""
+        return sum(c.queries for c in self.costs.values())
+
+    def describe(self) -> dict:
+        return {**self.engine.describe(), "stages": {k: c.to_json() for k, c in self.costs.items()},
+                "queries": self.queries}
+
+    def run(self, work: Work, *, label: str, key: str, sizes: Sequence[int], make: Callable[[int], dict],
+            store: ShardStore | None) -> list[np.ndarray]:
+        """Outputs of every shard (in shard order): finished shards are read back, the rest computed by
+        the engine and each written as soon as it arrives. One progress bar across all workers."""
+        from tqdm.auto import tqdm
+
+        cost = self.costs.setdefault(label, StageCost())
+        start = time.perf_counter()
+        outs: dict[int, np.ndarray] = {}
+        if store is not None:
+            for i in range(len(sizes)):
+                got = store.load(work.stage, key, i)
+                if got is not None:
+                    outs[i] = got[0]
+                    cost.reused += 1
+                    cost.reused_queries += got[1]
+        todo = [i for i in range(len(sizes)) if i not in outs]
+        with tqdm(total=int(sum(sizes)), initial=int(sum(sizes[i] for i in outs)), desc=label, unit=work.unit,
+                  disable=not self.progress, leave=False) as bar:
+            for i, out, queries in self.engine.map(work, ((i, (lambda i=i: make(i))) for i in todo)):
+                if store is not None:
+                    store.save(work.stage, key, i, out, queries)
+                outs[i] = out
+                cost.queries += queries
+                cost.shards += 1
+                bar.update(int(sizes[i]))
+        cost.units += int(sum(sizes))
+        cost.seconds += time.perf_counter() - start
+        return [outs[i] for i in range(len(sizes))]
+
+    def score(self, attack, denoiser, images, *, batch_size: int, seed: int, label: str, prompt: str) -> np.ndarray:
+        size = batch_size * SHARD_BATCHES
+        n = len(images)
+        bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
+        key = hashlib.sha256(repr((
+            attack.name, type(attack).__module__, sorted((k, repr(v)) for k, v in attack.get_params().items()),
+            denoiser.fingerprint, images.source, hashlib.sha256("|".join(images.ids).encode()).hexdigest(),
+            batch_size, size, seed, prompt)).encode()).hexdigest()[:24]
+
+        def make(i: int) -> dict:
+            idx = np.arange(*bounds[i])
+            item: dict[str, Any] = {"pixels": np.ascontiguousarray(images.uint8(idx))}
+            if images.captions:
+                item["captions"] = np.array([images.captions[j] for j in idx], dtype=str)
+            return item
+
+        work = ScoreWork(attack=attack, denoiser=denoiser, batch_size=batch_size, seed=seed, prompt=prompt)
+        outs = self.run(work, label=f"scores:{attack.name}:{label}", key=f"{attack.name}-{key}",
+                        sizes=[b - a for a, b in bounds], make=make, store=self.store)
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros(0, dtype=np.float32)
+
+    def samples(self, denoiser, *, n: int, steps: int, sampler: str, seed: int, batch_size: int,
+                key: str) -> torch.Tensor:
+        bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+        store = None if self.sample_root is None else ShardStore(self.sample_root, run_key=key)
+        work = SampleWork(denoiser=denoiser, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
+        outs = self.run(work, label=f"samples:{sampler}-{steps}", key=key, sizes=[b - a for a, b in bounds],
+                        make=lambda i: {"start": np.int64(bounds[i][0]), "count": np.int64(bounds[i][1] - bounds[i][0])},
+                        store=store)
+        return torch.from_numpy(np.concatenate(outs)) if outs else torch.zeros((0, *denoiser.sample_shape))
+
+
+_ACTIVE: list[Session] = []
+
+
+def active_session() -> Session | None:
+    """The session of the audit running in this process, if any (``score_set`` and ``samples`` use it)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextmanager
+def session(*, engine: str = "local", address: str | None = None, workers: int | None = None,
+            store: ShardStore | None = None, sample_root: Path | None = None, progress: bool = False) -> Iterator[Session]:
+    s = Session(engine=get_engine(engine, address=address, workers=workers), store=store, sample_root=sample_root,
+                progress=progress)
+    _ACTIVE.append(s)
+    try:
+        yield s
+    finally:
+        _ACTIVE.remove(s)
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """Arrays as ``.npz`` bytes (how shard inputs and outputs travel to and from Ray workers: no pickle)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
