@@ -1,0 +1,192 @@
+"""Engines and resumable runs: sharded work gives the same results as one process, a run killed
+midway resumes with only its unfinished shards (counted in model queries), and a resume with other
+settings is refused. The Ray tests (marked ``ray``) start a local Ray instance of 2 CPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from privaudit import runner
+from privaudit.cli import main
+from privaudit.data import load_images
+from privaudit.denoiser import sample
+from privaudit.engine import LocalEngine, QueryCounter, Work, networks, session
+from privaudit.plugin import Registry
+from privaudit.runner import score_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _argv(target: Path, out: Path, *extra: str) -> list[str]:
+    return ["scan", str(target / "model"), "--members", str(target / "members"), "--holdout", str(target / "holdout"),
+            "--out", str(out), "--detectors", "", "--bootstrap", "100", "--quiet", "--device", "cpu", *extra]
+
+
+def _metrics(run: Path) -> dict:
+    body = json.loads((run / "results.json").read_text())
+    return {p["name"]: (p["metrics"], p["details"].get("threshold")) for p in body["plugins"]}
+
+
+def _engine(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())["manifest"]["engine"]
+
+
+def test_query_counter_counts_network_rows_once(digits_denoiser):
+    assert [type(m).__name__ for m in networks(digits_denoiser)] == ["UNet2DModel"]  # not its white-box wrapper too
+    counter = QueryCounter(digits_denoiser)
+    try:
+        digits_denoiser.eps(torch.zeros(5, *digits_denoiser.sample_shape), 10)
+        digits_denoiser.white_box(torch.zeros(3, *digits_denoiser.sample_shape), torch.full((3,), 10))
+    finally:
+        counter.close()
+    assert counter.count == 8
+
+
+def test_sharded_scores_and_samples_equal_one_process(digits_target, digits_denoiser, tmp_path):
+    members = load_images(digits_target / "members", name="members").subset(range(13))
+    attack = Registry.build().create("loss", timesteps=(100,), k=2)
+    plain = score_set(attack, digits_denoiser, members, batch_size=4, seed=1, label="m")
+    with session(engine="local") as run:
+        sharded = score_set(attack, digits_denoiser, members, batch_size=4, seed=1, label="m")
+        x = run.samples(digits_denoiser, n=7, steps=3, sampler="ddpm", seed=2, batch_size=3, key="k")
+    np.testing.assert_array_equal(sharded, plain)  # same batches, same noise: bit for bit
+    assert run.costs["scores:loss:m"].shards == 4 and run.costs["scores:loss:m"].queries == 13 * 2
+    torch.testing.assert_close(x, sample(digits_denoiser, n=7, steps=3, sampler="ddpm", seed=2, batch_size=7),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
+    """A scan killed with SIGKILL after some shards resumes to the same metrics as an uninterrupted run,
+    spending queries only on the shards that were not finished."""
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})  # each run below must really score
+    out = tmp_path / "killed"
+    args = _argv(digits_target, out, "--attacks", "loss,secmi", "--batch-size", "4")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "privaudit", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shards = out / ".partial" / "shards" / "scores"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and len(list(shards.glob("*/*.npz"))) < 40:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    assert not (out / "results.json").exists()
+    done = len(list(shards.glob("*/*.npz")))
+    assert done >= 40
+
+    assert main(args[:args.index("--out")] + args[args.index("--out") + 2:] + ["--resume", str(out)]) in (0, 1)
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    assert main(_argv(digits_target, tmp_path / "whole", "--attacks", "loss,secmi", "--batch-size", "4")) in (0, 1)
+
+    assert _metrics(out) == _metrics(tmp_path / "whole")
+    resumed, whole = _engine(out), _engine(tmp_path / "whole")
+    reused = sum(s["shards_reused"] for s in resumed["stages"].values())
+    computed = sum(s["shards"] for s in resumed["stages"].values())
+    assert reused >= done - 1  # a shard being written at the kill may be lost, never half-read
+    assert computed + reused == sum(s["shards"] for s in whole["stages"].values())
+    assert computed > 0 and resumed["queries"] < whole["queries"]
+    # queries spent on resume are exactly those of the unfinished shards
+    assert resumed["queries"] + sum(s["queries_reused"] for s in resumed["stages"].values()) == whole["queries"]
+    assert (out / "shards" / "run.json").is_file() and not (out / ".partial").exists()
+
+
+def test_resume_refuses_another_run(digits_target, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1")) in (0, 1)
+    code = main(_argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1", "--seed", "5", "--resume", str(out)))
+    assert code == 2
+    assert "belong to another run" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(_argv(digits_target, tmp_path / "new", "--attacks", "loss")[:6] + ["--resume", str(tmp_path / "empty")]) == 2
+    assert "no shards of an earlier run" in capsys.readouterr().err
+
+
+def test_engine_flags_are_checked(digits_target, tmp_path, capsys):
+    assert main(_argv(digits_target, tmp_path / "a", "--workers", "2")) == 2
+    assert "needs --engine ray" in capsys.readouterr().err
+    assert main(_argv(digits_target, tmp_path / "b", "--resume", str(tmp_path / "elsewhere"))) == 2
+
+
+# ---------------------------------------------------------------------------- Ray
+
+@pytest.fixture(scope="session")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=500 * 2**20)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_engine_equals_local_engine(digits_target, tmp_path, ray_local, monkeypatch):
+    args = ["--attacks", "loss", "--param", "loss.k=2", "--batch-size", "32"]
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    assert main(_argv(digits_target, tmp_path / "local", *args)) in (0, 1)
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    assert main(_argv(digits_target, tmp_path / "ray", *args, "--engine", "ray", "--workers", "2")) in (0, 1)
+    assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")  # bit for bit
+    ray_scores = (tmp_path / "ray" / "scores.csv").read_text()
+    assert ray_scores == (tmp_path / "local" / "scores.csv").read_text()
+    eng = _engine(tmp_path / "ray")
+    assert eng["name"] == "ray" and eng["workers"] == 2
+    assert eng["queries"] == _engine(tmp_path / "local")["queries"] > 0
+
+
+@pytest.mark.ray
+def test_ray_one_or_two_workers_same_scores_and_samples(digits_target, digits_denoiser, ray_local):
+    members = load_images(digits_target / "members", name="members").subset(range(20))
+    attack = Registry.build().create("loss", timesteps=(100,), k=2)
+    attack.fit(digits_denoiser, members=members.tensor(), holdout=members.tensor(), seed=0)
+    local = score_set(attack, digits_denoiser, members, batch_size=7, seed=3, label="m")
+    outs = []
+    for workers in (1, 2):
+        with session(engine="ray", workers=workers) as run:
+            outs.append((score_set(attack, digits_denoiser, members, batch_size=7, seed=3, label="m"),
+                         run.samples(digits_denoiser, n=6, steps=3, sampler="ddim", seed=4, batch_size=2, key="k")))
+    np.testing.assert_array_equal(outs[1][0], outs[0][0])  # 1 vs 2 workers: bit for bit
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=0, atol=0)
+    # this process runs torch with other thread counts than the 1-CPU actors: float rounding only
+    np.testing.assert_allclose(outs[0][0], local, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(outs[0][1], sample(digits_denoiser, n=6, steps=3, seed=4, batch_size=6),
+                               rtol=1e-4, atol=1e-4)
+
+
+class _DiesOnce(Work):
+    """Doubles its input; the first worker to reach shard 1 kills its own process (os._exit)."""
+
+    stage = "test"
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def run(self, item):
+        if int(item["i"]) == 1 and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return item["x"] * 2
+
+
+@pytest.mark.ray
+def test_ray_worker_killed_midway_is_retried(tmp_path, ray_local):
+    from privaudit.engine import get_engine
+
+    items = [(i, (lambda i=i: {"i": np.int64(i), "x": np.arange(3.0) + i})) for i in range(4)]
+    got = dict((i, out) for i, out, _ in get_engine("ray", workers=2).map(_DiesOnce(str(tmp_path / "died")), items))
+    assert (tmp_path / "died").exists()  # a worker did die
+    expected = dict((i, out) for i, out, _ in LocalEngine().map(_DiesOnce(str(tmp_path / "died")), items))
+    assert sorted(got) == [0, 1, 2, 3]
+    for i in got:
+        np.testing.assert_array_equal(got[i], expected[i])
