@@ -24,6 +24,7 @@ bench: setup
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/search.py
 	$(PY) benchmarks/cpsample.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) privaudit-runs .pytest_cache test-artifacts

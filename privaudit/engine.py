@@ -134,12 +134,14 @@ class Work:
             self._counter = QueryCounter(self.denoiser())
 
     def stop_counting(self) -> None:
-        if getattr(self, "_counter", None) is not None:
-            self._counter.close()
+        counter = getattr(self, "_counter", None)
+        if counter is not None:
+            counter.close()
             self._counter = None
 
     def queries(self) -> int:
-        return self._counter.count if getattr(self, "_counter", None) is not None else 0
+        counter = getattr(self, "_counter", None)
+        return counter.count if counter is not None else 0
 
     def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -449,7 +451,7 @@ def session(*, engine: str = "local", address: str | None = None, workers: int |
         _ACTIVE.remove(s)
 
 
-def pack(arrays: dict[str, np.ndarray]) -> bytes:
+def pack(arrays: dict[str, Any]) -> bytes:
     """Arrays as ``.npz`` bytes (how shard inputs and outputs travel to and from Ray workers: no pickle)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -27,6 +27,7 @@ import torch
 from privaudit.engine import Work, pack, unpack
 from privaudit.errors import InputError
 
+
 class _Worker:
     """The callable class of the ``map_batches`` stage: sets the work up once per actor."""
 

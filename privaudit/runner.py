@@ -35,7 +35,7 @@ from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
 from privaudit.exports import write_exports
 from privaudit.io import csv_safe, publish_dir, write_json, write_text
-from privaudit.latent import attack_inputs, conditioning_details, fit_inputs, image_shape_of
+from privaudit.latent import conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
@@ -427,16 +427,25 @@ _RESULT_SETTINGS = ("attacks", "detectors", "plugin_params", "seed", "batch_size
                     "prompt", "follow_target")
 
 
+def keep_shards(out: Path) -> None:
+    """A finished run written in place (mitigate): its shards move from ``out/.partial`` to ``out/shards``."""
+    partial = Path(out) / PARTIAL
+    if (partial / "shards").is_dir():
+        shutil.rmtree(Path(out) / "shards", ignore_errors=True)
+        os.replace(partial / "shards", Path(out) / "shards")
+    shutil.rmtree(partial, ignore_errors=True)
+
+
 @contextmanager
-def engine_session(out: Path, *, settings: AuditSettings, denoiser: Denoiser, data: dict,
-                   registry: Registry) -> Iterator[Any]:
+def engine_session(out: Path, *, settings: AuditSettings, denoiser: Denoiser, data: dict, registry: Registry,
+                   extra: dict | None = None) -> Iterator[Any]:
     """The audit's engine (``settings.engine``) with the run folder's shard store: shards are tagged with
     a key of everything that determines the results, so ``--resume`` reuses only shards of this run."""
     from privaudit.engine import SHARD_BATCHES, open_store, run_key, session
 
     description = {"privaudit": __version__, "model": denoiser.fingerprint, "data": data,
                    "settings": {k: getattr(settings, k) for k in _RESULT_SETTINGS},
-                   "plugins": {r.name: r.origin for r in registry}, "shard_batches": SHARD_BATCHES}
+                   "plugins": {r.name: r.origin for r in registry}, "shard_batches": SHARD_BATCHES, **(extra or {})}
     store = open_store(out, run_key=run_key(description), resume=settings.resume, description=description)
     cache = Path(settings.cache_dir or default_cache_dir())
     with session(engine=settings.engine, address=settings.ray_address, workers=settings.workers, store=store,

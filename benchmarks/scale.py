@@ -1,0 +1,179 @@
+"""Scale-out throughput: the local engine vs the Ray engine with 1 and with N workers, same work.
+
+The work is per-image scoring (the part ``--engine ray`` distributes): an attack fitted once in
+this process scores ``--images`` images (the digits fixture's members and holdout, tiled), cut
+into shards of ``--batch-size`` images, through ``privaudit.engine`` exactly
+as an audit does (shards written to a scratch store, so the cost of writing them is included).
+Measured side by side in one run, in this order: local engine (torch with ``--threads``), Ray
+with 1 worker, Ray with ``--workers`` workers (each actor one CPU and one torch thread, or one
+GPU), ``--repeats`` times each, best kept (load only ever slows a timing down). Every Ray stage
+includes starting its actors and shipping the model (what a real run pays once per stage);
+``startup`` is measured apart with a stage of one empty shard and printed, and the rates are
+also given with it subtracted (the steady state of a long stage).
+
+Ray's overhead per shard: a stage of ``--overhead-shards`` shards whose work does nothing, minus
+its startup, divided by the shard count.
+
+Printed: images/s for each, the ratios ray(N)/ray(1) (goal >= 1.7 for 2 workers on 2 idle
+cores) and ray(1)/local (goal >= 0.85), the per-shard overhead, the load average before and
+after, and whether the scores of every engine were identical (they must be).
+
+    python benchmarks/scale.py                       # 2 CPU workers vs 1 vs local, digits fixture
+    python benchmarks/scale.py --images 8192 --attack secmi --repeats 2
+    python benchmarks/scale.py --gpu                 # a GPU machine: all GPUs as actors (see --help)
+    python benchmarks/scale.py --ray-address auto    # an existing cluster (`ray start --head`)
+
+``--gpu``: the model is a full-size pixel UNet (the google/ddpm-celebahq-256 architecture,
+random weights, nothing downloaded) on 256x256 random images; the local engine runs on
+cuda:0, Ray runs one actor per GPU (1 worker vs every GPU of the cluster).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privaudit.data import ImageSet, load_images
+from privaudit.engine import ShardStore, Work, get_engine, session
+from privaudit.plugin import Registry
+
+DDPM256 = dict(sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
+               block_out_channels=(128, 128, 256, 256, 512, 512),
+               down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
+                                 "DownBlock2D"),
+               up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+class _Nothing(Work):
+    """A shard that costs nothing: what is left of its time is the engine's own overhead."""
+
+    stage = "overhead"
+
+    def run(self, item):
+        return np.zeros(1, dtype=np.float32)
+
+
+def digits_work(n: int, *, device: str):
+    from privaudit.fixtures import digits
+    from privaudit.target import load_target
+
+    target = digits.build(out=Path(os.environ.get("PRIVAUDIT_TEST_CACHE", ".pytest_cache/privaudit")) / "digits",
+                          progress=False)
+    den, _, _ = load_target(target / "model", device=device)
+    pool = np.concatenate([load_images(target / s, name=s).uint8() for s in ("members", "holdout")])
+    return den, ImageSet.from_array(np.resize(pool, (n, *pool.shape[1:])), name="bench")
+
+
+def ddpm256_work(n: int, *, device: str):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from privaudit.denoiser import UNetDenoiser
+
+    torch.manual_seed(0)
+    den = UNetDenoiser(unet=UNet2DModel(**DDPM256), scheduler=DDPMScheduler(num_train_timesteps=1000), device=device)
+    rng = np.random.default_rng(0)
+    return den, ImageSet.from_array(rng.integers(0, 256, (n, 3, 256, 256), dtype=np.uint8), name="bench")
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--attack", default="loss", help="attack whose scoring is distributed (default: loss)")
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2, help="Ray workers of the parallel run (--gpu: all GPUs)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the local engine (an actor uses 1)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--overhead-shards", type=int, default=32)
+    ap.add_argument("--ray-address", default=None, help="auto or HOST:PORT (default: a local Ray instance)")
+    ap.add_argument("--gpu", action="store_true", help="full-size 256 px UNet on GPUs, one actor per GPU")
+    a = ap.parse_args()
+
+    import ray
+
+    load_before = os.getloadavg()
+    torch.set_num_threads(a.threads)
+    device = "cuda" if a.gpu else "cpu"
+    den, images = (ddpm256_work if a.gpu else digits_work)(a.images, device=device)
+    attack = Registry.build().create(a.attack)
+    fit = images.tensor(range(min(32, len(images))), device=den.device)
+    attack.fit(den, members=fit[: len(fit) // 2], holdout=fit[len(fit) // 2:], seed=0)
+
+    if a.ray_address:
+        ray.init(address=a.ray_address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=None if a.gpu else a.workers, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=1 << 30)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    workers = gpus if a.gpu else a.workers
+    scratch = Path(tempfile.mkdtemp(prefix="privaudit-scale-"))
+
+    def score(engine: str, n_workers: int | None):
+        root = scratch / f"{engine}-{n_workers}-{time.perf_counter_ns()}"  # fresh store: nothing is reused
+        with session(engine=engine, workers=n_workers, store=ShardStore(root, run_key="bench")) as run:
+            return run.score(attack, den, images, batch_size=a.batch_size, seed=0, label="bench", prompt="caption")
+
+    def startup(n_workers: int) -> float:
+        eng = get_engine("ray", workers=n_workers)
+        t0 = time.perf_counter()
+        list(eng.map(_Nothing(), [(0, lambda: {"x": np.zeros(1)})]))
+        return time.perf_counter() - t0
+
+    try:
+        t_local, s_local = timed(lambda: score("local", None), a.repeats)
+        t_ray1, s_ray1 = timed(lambda: score("ray", 1), a.repeats)
+        t_rayn, s_rayn = timed(lambda: score("ray", workers), a.repeats)
+        up1 = min(startup(1) for _ in range(a.repeats))
+        upn = min(startup(workers) for _ in range(a.repeats))
+        k = a.overhead_shards
+        eng = get_engine("ray", workers=1)
+        t0 = time.perf_counter()
+        list(eng.map(_Nothing(), [(i, (lambda: {"x": np.zeros(1)})) for i in range(k)]))
+        per_shard = max(0.0, time.perf_counter() - t0 - up1) / k
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    n = len(images)
+    identical = bool(np.array_equal(s_ray1, s_rayn))
+    close_to_local = bool(np.allclose(s_ray1, s_local, rtol=1e-5, atol=1e-7))
+    rate = {"local": n / t_local, "ray1": n / t_ray1, f"ray{workers}": n / t_rayn,
+            "ray1_steady": n / max(t_ray1 - up1, 1e-9), f"ray{workers}_steady": n / max(t_rayn - upn, 1e-9)}
+    report = {
+        "work": {"attack": a.attack, "images": n, "batch_size": a.batch_size, "device": device,
+                 "model": "ddpm-celebahq-256 architecture" if a.gpu else "digits fixture",
+                 "local_threads": a.threads, "workers": workers},
+        "images_per_s": {k_: round(v, 2) for k_, v in rate.items()},
+        "seconds": {"local": round(t_local, 2), "ray1": round(t_ray1, 2), f"ray{workers}": round(t_rayn, 2),
+                    "ray1_startup": round(up1, 2), f"ray{workers}_startup": round(upn, 2)},
+        "ratios": {f"ray{workers}/ray1": round(t_ray1 / t_rayn, 3), "ray1/local": round(t_local / t_ray1, 3),
+                   f"ray{workers}/ray1 (steady)": round((t_ray1 - up1) / max(t_rayn - upn, 1e-9), 3),
+                   "ray1/local (steady)": round(t_local / max(t_ray1 - up1, 1e-9), 3)},
+        "ray_overhead_per_shard_ms": round(per_shard * 1000, 2),
+        "scores_identical_across_worker_counts": identical, "scores_equal_local_within_float_rounding": close_to_local,
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(), "gpus": gpus,
+    }
+    print(json.dumps(report, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
