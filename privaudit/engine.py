@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,7 +292,7 @@ class ShardStore:
                 if str(z["run_key"]) != self.run_key:
                     return None
                 return z["data"], int(z["queries"])
-        except (OSError, ValueError, KeyError):  # unreadable: computed again (writes are atomic, so rare)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # unreadable (damaged): computed again
             return None
 
     def save(self, stage: str, key: str, index: int, data: np.ndarray, queries: int) -> None:

@@ -101,6 +101,31 @@ def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     assert (out / "shards" / "run.json").is_file() and not (out / ".partial").exists()
 
 
+def test_resume_recomputes_only_a_damaged_shard(digits_target, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = _argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=3", "--batch-size", "32")
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    assert main(args) in (0, 1)
+    first = _metrics(out)
+    shard = sorted((out / "shards" / "scores").glob("*/*.npz"))[1]
+    shard.write_bytes(shard.read_bytes()[:40])  # truncated: unreadable, so computed again
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    assert main(args + ["--resume", str(out)]) in (0, 1)
+    assert _metrics(out) == first
+    eng = _engine(out)
+    assert sum(s["shards"] for s in eng["stages"].values()) == 1
+    assert eng["queries"] == 32 * 3  # one shard of 32 images, 3 queries each
+
+
+def test_ray_engine_without_ray_is_a_clear_error(monkeypatch):
+    from privaudit.engine import get_engine
+    from privaudit.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    with pytest.raises(InputError, match=r"pip install 'privaudit\[ray\]'"):
+        get_engine("ray", address="nowhere:1", workers=1)
+
+
 def test_resume_refuses_another_run(digits_target, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1")) in (0, 1)
