@@ -8,18 +8,18 @@ Measured side by side in one run, in this order: local engine (torch with ``--th
 with 1 worker, Ray with ``--workers`` workers (each actor one CPU and one torch thread, or one
 GPU), ``--repeats`` times each, best kept (load only ever slows a timing down). Every Ray stage
 includes starting its actors and shipping the model (what a real run pays once per stage);
-``startup`` is measured apart with a stage of one empty shard and printed, and the rates are
+``startup`` is measured apart with a stage of the same work on a single image and printed, and the rates are
 also given with it subtracted (the steady state of a long stage).
 
-Ray's overhead per shard: a stage of ``--overhead-shards`` shards whose work does nothing, minus
-its startup, divided by the shard count.
+Ray's overhead per shard: stages whose shards do nothing, (time of ``--overhead-shards`` shards -
+time of 1 shard) / (shards - 1), best of 3 each, on 1 worker.
 
 Printed: images/s for each, the ratios ray(N)/ray(1) (goal >= 1.7 for 2 workers on 2 idle
 cores) and ray(1)/local (goal >= 0.85), the per-shard overhead, the load average before and
 after, and whether the scores of every engine were identical (they must be).
 
     python benchmarks/scale.py                       # 2 CPU workers vs 1 vs local, digits fixture
-    python benchmarks/scale.py --images 8192 --attack secmi --repeats 2
+    python benchmarks/scale.py --images 32768 --attack loss --repeats 2
     python benchmarks/scale.py --gpu                 # a GPU machine: all GPUs as actors (see --help)
     python benchmarks/scale.py --ray-address auto    # an existing cluster (`ray start --head`)
 
@@ -97,9 +97,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--attack", default="loss", help="attack whose scoring is distributed (default: loss)")
-    ap.add_argument("--images", type=int, default=2048)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--attack", default="secmi", help="attack whose scoring is distributed (default: secmi)")
+    ap.add_argument("--images", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=256, help="images per batch and per shard")
     ap.add_argument("--workers", type=int, default=2, help="Ray workers of the parallel run (--gpu: all GPUs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the local engine (an actor uses 1)")
     ap.add_argument("--repeats", type=int, default=1)
@@ -127,15 +127,15 @@ def main() -> None:
     workers = gpus if a.gpu else a.workers
     scratch = Path(tempfile.mkdtemp(prefix="privaudit-scale-"))
 
-    def score(engine: str, n_workers: int | None):
+    def score(engine: str, n_workers: int | None, subset: ImageSet = images):
         root = scratch / f"{engine}-{n_workers}-{time.perf_counter_ns()}"  # fresh store: nothing is reused
         with session(engine=engine, workers=n_workers, store=ShardStore(root, run_key="bench")) as run:
-            return run.score(attack, den, images, batch_size=a.batch_size, seed=0, label="bench", prompt="caption")
+            return run.score(attack, den, subset, batch_size=a.batch_size, seed=0, label="bench", prompt="caption")
 
     def startup(n_workers: int) -> float:
-        eng = get_engine("ray", workers=n_workers)
+        """A stage of the same work on one image: actors started, model and attack shipped and set up."""
         t0 = time.perf_counter()
-        list(eng.map(_Nothing(), [(0, lambda: {"x": np.zeros(1)})]))
+        score("ray", n_workers, images.subset([0]))
         return time.perf_counter() - t0
 
     try:
@@ -146,9 +146,13 @@ def main() -> None:
         upn = min(startup(workers) for _ in range(a.repeats))
         k = a.overhead_shards
         eng = get_engine("ray", workers=1)
-        t0 = time.perf_counter()
-        list(eng.map(_Nothing(), [(i, (lambda: {"x": np.zeros(1)})) for i in range(k)]))
-        per_shard = max(0.0, time.perf_counter() - t0 - up1) / k
+
+        def nothing(shards: int) -> float:
+            t0 = time.perf_counter()
+            list(eng.map(_Nothing(), [(i, (lambda: {"x": np.zeros(1)})) for i in range(shards)]))
+            return time.perf_counter() - t0
+
+        per_shard = max(0.0, min(nothing(k) for _ in range(3)) - min(nothing(1) for _ in range(3))) / (k - 1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     n = len(images)

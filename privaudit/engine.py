@@ -16,8 +16,8 @@ sample index (``privaudit.noise``). A shard's output is written atomically as so
 finished, tagged with the run's key (a hash of everything that determines the results: model,
 data, settings; not the engine), so a run that dies resumes with only its unfinished shards.
 
-Where shards live: scores under the run folder, ``RUN/.partial/shards/<stage>/<shard>.npz``
-while the run is in progress; a finished run moves them to ``RUN/shards/``. Generated samples
+Where shards live: scores under the run folder, ``RUN/.partial/shards/<stage>/<key>/<shard>.npz``,
+until the run is written (its results replace the folder, shards included). Generated samples
 are images, so they are never written into the run folder: their shards live in the sample
 cache (``--cache-dir``) beside the whole-set sample cache.
 
@@ -303,20 +303,17 @@ class ShardStore:
 def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) -> ShardStore:
     """The shard store of the run folder ``run_dir`` (``RUN/.partial/shards``).
 
-    A fresh run starts with no shards; ``resume`` keeps those of an interrupted run (or of a finished
-    run's ``RUN/shards``) and refuses, naming both keys, when they were written for another run.
+    A fresh run starts with no shards; ``resume`` keeps those of an interrupted run and refuses,
+    naming both keys, when they were written for another run.
     """
     run_dir = Path(run_dir)
     root = run_dir / ".partial" / "shards"
-    finished = run_dir / "shards"
     if not resume:
         shutil.rmtree(run_dir / ".partial", ignore_errors=True)
     else:
-        if not root.is_dir() and (finished / "run.json").is_file():
-            shutil.copytree(finished, root)
         if not (root / "run.json").is_file():
-            raise InputError(f"{run_dir}: --resume: no shards of an earlier run here (expected {root}/run.json); "
-                             "run without --resume to start afresh")
+            raise InputError(f"{run_dir}: --resume: no shards of an unfinished run here (expected {root}/run.json); "
+                             "a finished run has nothing to resume; run without --resume to start afresh")
         try:
             old = json.loads((root / "run.json").read_text())["run_key"]
         except (OSError, ValueError, KeyError, TypeError):

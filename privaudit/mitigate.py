@@ -64,8 +64,8 @@ from privaudit.runner import (
     audit,
     check_plan,
     data_fingerprints,
+    drop_shards,
     engine_session,
-    keep_shards,
     load_data,
     manifest,
     scan_results,
@@ -462,7 +462,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     # the after-run is an audit of an already mitigated model: its report must not advise mitigating it
     write_run(out / "after", {**after, "mitigated": {"method": method}}, baseline=before, redact=redact)
     _write_report(out, results, before=before, after=after, redact=redact)
-    keep_shards(out)
+    drop_shards(out)
     return results
 
 

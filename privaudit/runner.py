@@ -272,9 +272,8 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
 
 # What a privaudit run folder holds at its top level: an existing folder is replaced only when
 # it holds a previous run and nothing else (a user's own files are never deleted).
-RUN_ENTRIES = ("results.json", "report.html", "summary.json", "junit.xml", "*.csv", "before", "after", "guard", "protected",
-               "shards")
-# an interrupted run's finished shards (``privaudit.engine``): kept for --resume, replaced by a new run
+RUN_ENTRIES = ("results.json", "report.html", "summary.json", "junit.xml", "*.csv", "before", "after", "guard", "protected")
+# an unfinished run's finished shards (``privaudit.engine``): kept for --resume, gone once the run is written
 PARTIAL = ".partial"
 
 
@@ -323,11 +322,10 @@ def run_folder(out: str | Path) -> Iterator[Path]:
             lock_path.unlink(missing_ok=True)
 
 
-def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails",
-              shards: Path | None = None) -> Path:
+def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
     """Write results.json, scores.csv, per-detector tables and report.html into a fresh hidden folder
-    beside ``out`` and publish it with one rename: ``out`` holds one whole run, never a mix of two.
-    ``shards``: the run's finished shards, moved into ``out/shards``."""
+    beside ``out`` and publish it with one rename: ``out`` holds one whole run, never a mix of two
+    (an unfinished run's shards in ``out/.partial`` go with the folder it replaces)."""
     from privaudit.reports import render_html
     from privaudit.reports.images import redact_images
 
@@ -343,8 +341,6 @@ def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, r
         write_json(stage / "results.json", redact_images(body, mode=redact))  # no more training images than the report
         write_exports(stage, body)  # summary.json, junit.xml: for CI
         write_text(stage / "report.html", html)
-        if shards is not None and shards.is_dir():
-            shutil.copytree(shards, stage / "shards")
         publish_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -418,7 +414,7 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
     results = scan_results(res, info=info, data=data, settings=ran, registry=registry, argv=argv,
                            device=denoiser.device, seconds=time.perf_counter() - start)
     results["manifest"]["engine"] = run.describe()
-    write_run(out, results, redact=redact, shards=run.store.root if run.store is not None else None)
+    write_run(out, results, redact=redact)
     return results
 
 
@@ -427,13 +423,9 @@ _RESULT_SETTINGS = ("attacks", "detectors", "plugin_params", "seed", "batch_size
                     "prompt", "follow_target")
 
 
-def keep_shards(out: Path) -> None:
-    """A finished run written in place (mitigate): its shards move from ``out/.partial`` to ``out/shards``."""
-    partial = Path(out) / PARTIAL
-    if (partial / "shards").is_dir():
-        shutil.rmtree(Path(out) / "shards", ignore_errors=True)
-        os.replace(partial / "shards", Path(out) / "shards")
-    shutil.rmtree(partial, ignore_errors=True)
+def drop_shards(out: Path) -> None:
+    """A run written in place (mitigate) is finished: its shards are no longer needed."""
+    shutil.rmtree(Path(out) / PARTIAL, ignore_errors=True)
 
 
 @contextmanager
@@ -446,11 +438,19 @@ def engine_session(out: Path, *, settings: AuditSettings, denoiser: Denoiser, da
     description = {"privaudit": __version__, "model": denoiser.fingerprint, "data": data,
                    "settings": {k: getattr(settings, k) for k in _RESULT_SETTINGS},
                    "plugins": {r.name: r.origin for r in registry}, "shard_batches": SHARD_BATCHES, **(extra or {})}
+    existed = out.exists()
     store = open_store(out, run_key=run_key(description), resume=settings.resume, description=description)
     cache = Path(settings.cache_dir or default_cache_dir())
-    with session(engine=settings.engine, address=settings.ray_address, workers=settings.workers, store=store,
-                 sample_root=cache / "samples" / "shards", progress=settings.progress) as run:
-        yield run
+    try:
+        with session(engine=settings.engine, address=settings.ray_address, workers=settings.workers, store=store,
+                     sample_root=cache / "samples" / "shards", progress=settings.progress) as run:
+            yield run
+    except BaseException:
+        if not any(store.root.glob("*/*/*.npz")):  # nothing worth resuming: leave no trace of this run
+            shutil.rmtree(out / PARTIAL, ignore_errors=True)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def data_fingerprints(members: ImageSet, holdout: ImageSet, reference: ImageSet | None) -> dict:

@@ -98,23 +98,39 @@ def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     assert computed > 0 and resumed["queries"] < whole["queries"]
     # queries spent on resume are exactly those of the unfinished shards
     assert resumed["queries"] + sum(s["queries_reused"] for s in resumed["stages"].values()) == whole["queries"]
-    assert (out / "shards" / "run.json").is_file() and not (out / ".partial").exists()
+    assert not (out / ".partial").exists()  # a finished run keeps its results, not its shards
 
 
 def test_resume_recomputes_only_a_damaged_shard(digits_target, tmp_path, monkeypatch):
+    """Interrupted after 4 of 10 shards, one of them then damaged: resume computes the other 7."""
+    from privaudit.engine import ShardStore
+
     out = tmp_path / "run"
     args = _argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=3", "--batch-size", "32")
+    save, saved = ShardStore.save, []
+
+    def save_then_stop(self, *a, **k):
+        save(self, *a, **k)
+        saved.append(1)
+        if len(saved) == 4:
+            raise KeyboardInterrupt("stopped after 4 shards")
+
     monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
-    assert main(args) in (0, 1)
-    first = _metrics(out)
-    shard = sorted((out / "shards" / "scores").glob("*/*.npz"))[1]
-    shard.write_bytes(shard.read_bytes()[:40])  # truncated: unreadable, so computed again
+    monkeypatch.setattr(ShardStore, "save", save_then_stop)
+    assert main(args) == 3  # interrupted
+    monkeypatch.setattr(ShardStore, "save", save)
+    shards = sorted((out / ".partial" / "shards" / "scores").glob("*/*.npz"))
+    assert len(shards) == 4 and not (out / "results.json").exists()
+    shards[1].write_bytes(shards[1].read_bytes()[:40])  # truncated: unreadable, so computed again
     monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
     assert main(args + ["--resume", str(out)]) in (0, 1)
-    assert _metrics(out) == first
     eng = _engine(out)
-    assert sum(s["shards"] for s in eng["stages"].values()) == 1
-    assert eng["queries"] == 32 * 3  # one shard of 32 images, 3 queries each
+    assert sum(s["shards"] for s in eng["stages"].values()) == 7
+    assert sum(s["shards_reused"] for s in eng["stages"].values()) == 3
+    assert eng["queries"] == 7 * 32 * 3  # 7 shards of 32 images, 3 queries each
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    assert main(_argv(digits_target, tmp_path / "whole", *args[args.index("--attacks"):])) in (0, 1)
+    assert _metrics(out) == _metrics(tmp_path / "whole")
 
 
 def test_ray_engine_without_ray_is_a_clear_error(monkeypatch):
@@ -126,15 +142,30 @@ def test_ray_engine_without_ray_is_a_clear_error(monkeypatch):
         get_engine("ray", address="nowhere:1", workers=1)
 
 
-def test_resume_refuses_another_run(digits_target, tmp_path, capsys):
+def test_resume_refuses_another_run(digits_target, tmp_path, capsys, monkeypatch):
+    from privaudit.engine import ShardStore
+
     out = tmp_path / "run"
-    assert main(_argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1")) in (0, 1)
-    code = main(_argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1", "--seed", "5", "--resume", str(out)))
-    assert code == 2
+    args = _argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1")
+    assert main(args) in (0, 1)
+    assert main(args + ["--resume", str(out)]) == 2
+    assert "a finished run has nothing to resume" in capsys.readouterr().err
+    save = ShardStore.save
+
+    def save_then_stop(self, *a, **k):
+        save(self, *a, **k)
+        raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(ShardStore, "save", save_then_stop)
+    assert main(args) == 3
+    monkeypatch.setattr(ShardStore, "save", save)
+    assert main(args + ["--seed", "5", "--resume", str(out)]) == 2
     assert "belong to another run" in capsys.readouterr().err
+    assert len(list((out / ".partial" / "shards").glob("*/*/*.npz"))) == 1  # refused: nothing touched
     (tmp_path / "empty").mkdir()
-    assert main(_argv(digits_target, tmp_path / "new", "--attacks", "loss")[:6] + ["--resume", str(tmp_path / "empty")]) == 2
-    assert "no shards of an earlier run" in capsys.readouterr().err
+    assert main(args[:6] + ["--resume", str(tmp_path / "empty")]) == 2
+    assert "no shards of an unfinished run" in capsys.readouterr().err
 
 
 def test_engine_flags_are_checked(digits_target, tmp_path, capsys):
