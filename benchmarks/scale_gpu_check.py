@@ -1,0 +1,32 @@
+"""Scripted scale-out check for a GPU machine: every GPU of the Ray cluster as one actor.
+
+Runs ``benchmarks/scale.py --gpu``: a full-size pixel UNet (the google/ddpm-celebahq-256
+architecture, random weights, nothing downloaded) scores 256x256 images with the chosen attack on
+the local engine (cuda:0), on Ray with 1 GPU actor and on Ray with one actor per GPU, side by side,
+and prints images/s, the ratios (goal: N GPUs >= 0.85 N x one GPU; Ray with 1 worker within 15% of
+the local engine), Ray's overhead per shard, and whether the scores of 1 and N workers are identical.
+
+    python benchmarks/scale_gpu_check.py                          # this machine's GPUs
+    python benchmarks/scale_gpu_check.py --ray-address auto       # a cluster started with `ray start`
+    python benchmarks/scale_gpu_check.py --images 4096 --attack secmi --batch-size 64
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import scale  # noqa: E402  (benchmarks/scale.py, beside this file)
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    defaults = {"--images": "2048", "--batch-size": "32", "--attack": "loss"}
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    sys.argv = [sys.argv[0], "--gpu", *argv]
+    scale.main()
