@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,10 +62,11 @@ from privaudit.latent import image_shape_of
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
 from privaudit.runner import (
+    PARTIAL,
     audit,
+    bind_run,
     check_plan,
     data_fingerprints,
-    drop_shards,
     engine_session,
     load_data,
     manifest,
@@ -356,7 +358,21 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
              reference: str | Path | None = None, sweep: bool = False, allow_pickle: bool = False,
              plugins_dir: str | Path | None = None, argv: list[str] | None = None, redact: str = "thumbnails",
              log: Callable[[str], None] | None = None, dtype: str = "auto") -> dict:
-    """``privaudit mitigate``: returns the mitigation results written to ``out``."""
+    """``privaudit mitigate``: returns the mitigation results written to ``out``. Its audits and sampling
+    run on the chosen engine, sharded and resumable (``--resume``); the guard trains in this process."""
+    with engine_session(Path(out), settings=settings) as run:
+        results = _mitigate(run, model_dir=model_dir, members=members, holdout=holdout, out=out, method=method,
+                            params=params, settings=settings, device=device, reference=reference, sweep=sweep,
+                            allow_pickle=allow_pickle, plugins_dir=plugins_dir, argv=argv, redact=redact, log=log,
+                            dtype=dtype)
+    shutil.rmtree(Path(out) / PARTIAL, ignore_errors=True)  # finished: its shards are no longer needed
+    return results
+
+
+def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str | Path, out: str | Path, method: str,
+              params: dict | None, settings: AuditSettings, device: str, reference: str | Path | None, sweep: bool,
+              allow_pickle: bool, plugins_dir: str | Path | None, argv: list[str] | None, redact: str,
+              log: Callable[[str], None] | None, dtype: str) -> dict:
     say = log or (lambda msg: print(msg, file=sys.stderr) if settings.progress else None)
     start = time.perf_counter()
     out = Path(out)
@@ -375,68 +391,67 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     data = data_fingerprints(mem, hold, ref)
     if split_note:
         data["reference_from_holdout"] = split_note
+    bind_run(run, out, settings=settings, denoiser=raw, data=data, registry=registry,
+             extra={"mitigation": method, "params": params or {}, "sweep": sweep})
     common: dict[str, Any] = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
 
-    # audits and sampling run on the chosen engine, sharded and resumable; the guard trains in this process
-    with engine_session(out, settings=settings, denoiser=raw, data=data, registry=registry,
-                        extra={"mitigation": method, "params": params or {}, "sweep": sweep}) as run:
-        say("mitigate: auditing the raw model (before)")
-        t0 = time.perf_counter()
-        before_res = audit(denoiser=raw, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
-        before = scan_results(before_res, info=info, data=data, seconds=time.perf_counter() - t0, **common)
+    say("mitigate: auditing the raw model (before)")
+    t0 = time.perf_counter()
+    before_res = audit(denoiser=raw, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
+    before = scan_results(before_res, info=info, data=data, seconds=time.perf_counter() - t0, **common)
 
-        ctx = MitigationContext(model_dir=Path(model_dir), pipeline=pipe, denoiser=raw, members=mem, holdout=hold,
-                                reference=ref, out=out, registry=registry, settings=settings, device=raw.device,
-                                cache_dir=Path(settings.cache_dir or default_cache_dir()), seed=settings.seed,
-                                progress=settings.progress)
-        say(f"mitigate: applying {method}")
-        t0 = time.perf_counter()
-        result: MitigationOutput = mitigation.apply(ctx)
-        apply_seconds = time.perf_counter() - t0
-        for w in result.warnings:
-            say(f"mitigate: warning: {w}")
+    ctx = MitigationContext(model_dir=Path(model_dir), pipeline=pipe, denoiser=raw, members=mem, holdout=hold,
+                            reference=ref, out=out, registry=registry, settings=settings, device=raw.device,
+                            cache_dir=Path(settings.cache_dir or default_cache_dir()), seed=settings.seed,
+                            progress=settings.progress)
+    say(f"mitigate: applying {method}")
+    t0 = time.perf_counter()
+    result: MitigationOutput = mitigation.apply(ctx)
+    apply_seconds = time.perf_counter() - t0
+    for w in result.warnings:
+        say(f"mitigate: warning: {w}")
 
-        say("mitigate: auditing the protected model (after)")
-        t0 = time.perf_counter()
-        _, pinfo, _ = load_target(result.protected_dir, device=str(raw.device))
-        after_res = audit(denoiser=result.denoiser, members=mem, holdout=hold, registry=registry, settings=settings,
-                          reference=ref)
-        after = scan_results(after_res, info=pinfo, data=data, seconds=time.perf_counter() - t0, **common)
+    say("mitigate: auditing the protected model (after)")
+    t0 = time.perf_counter()
+    _, pinfo, _ = load_target(result.protected_dir, device=str(raw.device))
+    after_res = audit(denoiser=result.denoiser, members=mem, holdout=hold, registry=registry, settings=settings,
+                      reference=ref)
+    after = scan_results(after_res, info=pinfo, data=data, seconds=time.perf_counter() - t0, **common)
 
-        auditor = _Auditor(members=mem, holdout=hold, reference=ref, registry=registry, settings=settings,
-                           timing=_sampling_config(before), seed=settings.seed)
-        controls = [auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
-                                description="the raw model as trained"),
-                    auditor.row(name=method, family=method, role="main", params=_scalar_params(result.params), res=after_res,
-                                denoiser=result.denoiser, probe=result.probe,
-                                description="the protected pipeline as saved in protected/ and loaded back")]
-        for v in result.controls:
-            say(f"mitigate: auditing control: {v.name}")
+    auditor = _Auditor(members=mem, holdout=hold, reference=ref, registry=registry, settings=settings,
+                       timing=_sampling_config(before), seed=settings.seed)
+    controls = [auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
+                            description="the raw model as trained"),
+                auditor.row(name=method, family=method, role="main", params=_scalar_params(result.params), res=after_res,
+                            denoiser=result.denoiser, probe=result.probe,
+                            description="the protected pipeline as saved in protected/ and loaded back")]
+    for v in result.controls:
+        say(f"mitigate: auditing control: {v.name}")
+        res = auditor.audit(v.denoiser)
+        controls.append(auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
+                                    denoiser=v.denoiser, probe=v.probe, details=v.details, role=v.role))
+
+    sweep_rows: list[dict] = []
+    matched = None
+    if sweep:
+        variants = mitigation.sweep(ctx, result)
+        for i, v in enumerate(variants, 1):
+            say(f"mitigate: sweep {i}/{len(variants)}: {v.name}")
             res = auditor.audit(v.denoiser)
-            controls.append(auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
-                                        denoiser=v.denoiser, probe=v.probe, details=v.details, role=v.role))
-
-        sweep_rows: list[dict] = []
-        matched = None
-        if sweep:
-            variants = mitigation.sweep(ctx, result)
-            for i, v in enumerate(variants, 1):
-                say(f"mitigate: sweep {i}/{len(variants)}: {v.name}")
-                res = auditor.audit(v.denoiser)
-                row = auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
-                                  denoiser=v.denoiser, probe=v.probe, details=v.details)
-                sweep_rows.append({"name": row["name"], "family": row["family"], "role": v.role, **row["params"], "metrics": row["metrics"],
-                                   "sampling_seconds": row["sampling_seconds"], "sampling_ratio": row["sampling_ratio"],
-                                   "meets_targets": meets_targets(row["metrics"]), "recommended": False,
-                                   "_params": row["params"]})
-            main = [r for r in sweep_rows if r["role"] == "main"]
-            best = recommend(main)
-            if best is not None:
-                main[best]["recommended"] = True
-            placebo = [r for r in sweep_rows if r["role"] == "placebo"]
-            matched = matched_quality(main, placebo, anchor=controls[0])
-            for r in sweep_rows:
-                r.pop("_params")
+            row = auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
+                              denoiser=v.denoiser, probe=v.probe, details=v.details)
+            sweep_rows.append({"name": row["name"], "family": row["family"], "role": v.role, **row["params"], "metrics": row["metrics"],
+                               "sampling_seconds": row["sampling_seconds"], "sampling_ratio": row["sampling_ratio"],
+                               "meets_targets": meets_targets(row["metrics"]), "recommended": False,
+                               "_params": row["params"]})
+        main = [r for r in sweep_rows if r["role"] == "main"]
+        best = recommend(main)
+        if best is not None:
+            main[best]["recommended"] = True
+        placebo = [r for r in sweep_rows if r["role"] == "placebo"]
+        matched = matched_quality(main, placebo, anchor=controls[0])
+        for r in sweep_rows:
+            r.pop("_params")
 
     white = _white_box(before, after)
     findings = _findings(method, controls, sweep_rows, matched, white)
@@ -462,7 +477,6 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
     # the after-run is an audit of an already mitigated model: its report must not advise mitigating it
     write_run(out / "after", {**after, "mitigated": {"method": method}}, baseline=before, redact=redact)
     _write_report(out, results, before=before, after=after, redact=redact)
-    drop_shards(out)
     return results
 
 

@@ -407,7 +407,8 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
     ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     data = data_fingerprints(mem, hold, ref)
-    with engine_session(Path(out), settings=settings, denoiser=denoiser, data=data, registry=registry) as run:
+    with engine_session(Path(out), settings=settings) as run:
+        bind_run(run, Path(out), settings=settings, denoiser=denoiser, data=data, registry=registry)
         res = audit(denoiser=denoiser, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
     # the manifest lists the detectors that actually ran (the target's capabilities may have added some)
     ran = dataclasses.replace(settings, detectors=tuple(p["name"] for p in res["plugins"] if p["kind"] == "detector"))
@@ -423,34 +424,41 @@ _RESULT_SETTINGS = ("attacks", "detectors", "plugin_params", "seed", "batch_size
                     "prompt", "follow_target")
 
 
-def drop_shards(out: Path) -> None:
-    """A run written in place (mitigate) is finished: its shards are no longer needed."""
-    shutil.rmtree(Path(out) / PARTIAL, ignore_errors=True)
-
-
 @contextmanager
-def engine_session(out: Path, *, settings: AuditSettings, denoiser: Denoiser, data: dict, registry: Registry,
-                   extra: dict | None = None) -> Iterator[Any]:
-    """The audit's engine (``settings.engine``) with the run folder's shard store: shards are tagged with
-    a key of everything that determines the results, so ``--resume`` reuses only shards of this run."""
-    from privaudit.engine import SHARD_BATCHES, open_store, run_key, session
+def engine_session(out: Path, *, settings: AuditSettings) -> Iterator[Any]:
+    """The run's engine (``settings.engine``, ``privaudit.engine``) for everything inside; ``bind_run``
+    then gives it the run folder's shard store. Fails without a shard written: no trace of the run."""
+    from privaudit.engine import session
 
-    description = {"privaudit": __version__, "model": denoiser.fingerprint, "data": data,
-                   "settings": {k: getattr(settings, k) for k in _RESULT_SETTINGS},
-                   "plugins": {r.name: r.origin for r in registry}, "shard_batches": SHARD_BATCHES, **(extra or {})}
+    out = Path(out)
     existed = out.exists()
-    store = open_store(out, run_key=run_key(description), resume=settings.resume, description=description)
     cache = Path(settings.cache_dir or default_cache_dir())
     try:
-        with session(engine=settings.engine, address=settings.ray_address, workers=settings.workers, store=store,
+        with session(engine=settings.engine, address=settings.ray_address, workers=settings.workers,
                      sample_root=cache / "samples" / "shards", progress=settings.progress) as run:
             yield run
     except BaseException:
-        if not any(store.root.glob("*/*/*.npz")):  # nothing worth resuming: leave no trace of this run
+        if run_store_empty(out):  # nothing worth resuming
             shutil.rmtree(out / PARTIAL, ignore_errors=True)
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
+
+
+def run_store_empty(out: Path) -> bool:
+    return not any((Path(out) / PARTIAL / "shards").glob("*/*/*.npz"))
+
+
+def bind_run(run: Any, out: Path, *, settings: AuditSettings, denoiser: Denoiser, data: dict, registry: Registry,
+             extra: dict | None = None) -> None:
+    """Give the session the shard store of ``out``, tagged with a key of everything that determines the
+    results (model, data, result settings, plugins), so ``--resume`` reuses only shards of this run."""
+    from privaudit.engine import SHARD_BATCHES, open_store, run_key
+
+    description = {"privaudit": __version__, "model": denoiser.fingerprint, "data": data,
+                   "settings": {k: getattr(settings, k) for k in _RESULT_SETTINGS},
+                   "plugins": {r.name: r.origin for r in registry}, "shard_batches": SHARD_BATCHES, **(extra or {})}
+    run.store = open_store(Path(out), run_key=run_key(description), resume=settings.resume, description=description)
 
 
 def data_fingerprints(members: ImageSet, holdout: ImageSet, reference: ImageSet | None) -> dict:
