@@ -65,6 +65,8 @@ class RayEngine:
             raise InputError("--engine ray: Ray is not installed; pip install 'privaudit[ray]'") from None
         if workers is not None and workers < 1:
             raise InputError(f"--workers {workers}: must be at least 1")
+        if address and address != "auto" and not address.startswith("ray://"):
+            _check_reachable(address)
         if not ray.is_initialized():
             kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             try:
@@ -106,3 +108,15 @@ class RayEngine:
             self.devices.add(str(row["worker"]))
             yield int(row["i"]), unpack(bytes(row["out"]))["out"], int(row["queries"])
 
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray keeps retrying an address where nothing listens for minutes: fail in seconds instead."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e})") from None

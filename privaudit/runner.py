@@ -366,6 +366,10 @@ def check_plan(registry: Registry, settings: AuditSettings) -> None:
         raise InputError(f"--batch-size {settings.batch_size}: must be at least 1")
     if settings.n_boot < 1:
         raise InputError(f"--bootstrap {settings.n_boot}: must be at least 1")
+    if settings.engine != "local":  # start or join the cluster now: a bad address fails before any work
+        from privaudit.engine import get_engine
+
+        get_engine(settings.engine, address=settings.ray_address, workers=settings.workers)
 
 
 def check_distinct_sets(members: str | Path, holdout: str | Path) -> None:

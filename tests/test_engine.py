@@ -142,6 +142,13 @@ def test_ray_engine_without_ray_is_a_clear_error(monkeypatch):
         get_engine("ray", address="nowhere:1", workers=1)
 
 
+def test_unreachable_ray_address_fails_fast_before_any_work(digits_target, tmp_path, capsys):
+    pytest.importorskip("ray")
+    assert main(_argv(digits_target, tmp_path / "out", "--engine", "ray", "--ray-address", "127.0.0.1:1")) == 2
+    assert "no Ray cluster answers there" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_refuses_another_run(digits_target, tmp_path, capsys, monkeypatch):
     from privaudit.engine import ShardStore
 
