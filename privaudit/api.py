@@ -317,6 +317,10 @@ class AuditSettings:
     # default plugins (the user chose none): also run every detector that needs a capability only
     # some targets have (e.g. "text": prompt-level detectors) when this target has it
     follow_target: bool = False
+    # empirical epsilon (privaudit.epsilon): the delta of the bound, and whether members were assigned at
+    # random (canaries): only then is eps_hat a DP lower bound, otherwise it measures distinguishability
+    epsilon_delta: float = 1e-5
+    randomized_membership: bool = False
 
 
 _FITTED_FEATURES: dict[tuple, FeatureExtractor] = {}

@@ -96,6 +96,11 @@ def _add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = 
     p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
                    help="text-conditional models: condition attacks on each image's caption or the empty prompt "
                         "(default: caption)")
+    p.add_argument("--delta", type=float, default=1e-5,
+                   help="delta of the empirical epsilon lower bound eps_hat (default: 1e-5)")
+    p.add_argument("--randomized-membership", action="store_true",
+                   help="members were assigned at random from one pool (canaries): eps_hat is then a DP lower "
+                        "bound; without it, eps_hat is reported as distinguishability")
 
 
 def _settings(a: argparse.Namespace):
@@ -110,7 +115,7 @@ def _settings(a: argparse.Namespace):
                          follow_target=a.detectors is None, plugin_params=params, seed=a.seed,
                          batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
                          n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir,
-                         prompt=a.prompt)
+                         prompt=a.prompt, epsilon_delta=a.delta, randomized_membership=a.randomized_membership)
 
 
 def _check_fpr(a: argparse.Namespace, holdout_count: int) -> None:

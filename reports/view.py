@@ -476,7 +476,40 @@ def membership_view(scan: dict) -> dict:
     ensemble = scan.get("ensemble")
     return {"run": bool(attacks), "rows": rows, "cols": [metric_info(k)[0] for k in cols], "skipped": _not_ok(attacks), "ensemble": ensemble_view(ensemble),
             "roc": svg.roc_loglog(curves, n_holdout=n_holdout) if curves else None, "hists": hists,
-            "n_holdout_eval": n_holdout, "checks": checks_view(scan)}
+            "n_holdout_eval": n_holdout, "checks": checks_view(scan), "epsilon": epsilon_view(attacks, scan.get("epsilon")),
+            "calibration": calibration_view(scan.get("base_calibration"))}
+
+
+def epsilon_view(attacks: list[dict], summary: Any) -> dict | None:
+    """eps_hat per attack (privaudit.epsilon) with its label: a DP lower bound or distinguishability."""
+    rows = []
+    for p in attacks:
+        e = _details(p).get("epsilon")
+        if not _ok(p) or not isinstance(e, dict) or _num(e.get("value")) is None:
+            continue
+        counts = e.get("counts") if isinstance(e.get("counts"), list) and len(e["counts"]) == 4 else None
+        rows.append({"name": p.get("name"), "value": f"{_num(e.get('value')):.2f}",
+                     "tpr": fmt_scalar(e.get("tpr_lower")), "fpr": fmt_scalar(e.get("fpr_upper")),
+                     "counts": f"{counts[0]}/{counts[1]} members, {counts[2]}/{counts[3]} holdout" if counts else "",
+                     "label": str(e.get("label") or "")})
+    if not rows:
+        return None
+    s = summary if isinstance(summary, dict) else {}
+    return {"rows": rows, "delta": fmt_scalar(s.get("delta")), "confidence": fmt_scalar(s.get("confidence")),
+            "dp": bool(s.get("randomized_membership")), "label": str(s.get("label") or rows[0]["label"]),
+            "best": f"{_num(s.get('value')):.2f}" if _num(s.get("value")) is not None else None,
+            "attack": str(s.get("attack") or ""), "note": str(s.get("note") or "")}
+
+
+def calibration_view(c: Any) -> dict | None:
+    """Raw vs base-calibrated attacks side by side (a fine-tune audited against its base model)."""
+    if not isinstance(c, dict) or not isinstance(c.get("pairs"), list):
+        return None
+    rows = [{"attack": str(r.get("attack")), "raw_auc": fmt_scalar(r.get("raw_auc")),
+             "cal_auc": fmt_scalar(r.get("calibrated_auc")), "raw_tpr": fmt_scalar(r.get("raw_tpr_at_fpr_0.01")),
+             "cal_tpr": fmt_scalar(r.get("calibrated_tpr_at_fpr_0.01")), "base_auc": fmt_scalar(r.get("base_auc"))}
+            for r in c["pairs"] if isinstance(r, dict)]
+    return {"rows": rows, "base": str(c.get("base") or ""), "note": str(c.get("note") or "")}
 
 
 def ensemble_view(e: Any) -> dict | None:
