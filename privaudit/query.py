@@ -27,6 +27,7 @@ from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
 from privaudit.runner import (
     CALIBRATED,
+    calibration_slope,
     check_distinct_sets,
     check_plan,
     data_fingerprints,
@@ -113,7 +114,8 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
             if base_den is not None and attack.threat_model == "gray-box":
                 bs = score_set(attack, base_den, sus, label="suspect (base)", **kw)
                 bh = score_set(attack, base_den, hold, label="holdout (base)", **kw)
-                got[name + CALIBRATED] = (ss - bs, sh - bh)
+                beta = calibration_slope(sh[hf], bh[hf])  # fitted on holdout-fit only
+                got[name + CALIBRATED] = (ss - beta * bs, sh - beta * bh)
         except (InputError, PluginError):
             raise
         except Exception as e:  # one broken attack must not lose the others

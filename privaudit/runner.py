@@ -263,13 +263,29 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
 CALIBRATED = " (base-calibrated)"
 
 
+def calibration_slope(finetuned: np.ndarray, base: np.ndarray) -> float:
+    """beta in score(fine-tuned) - beta * score(base): the least-squares slope of the fine-tune's scores on the
+    base's over never-seen images (calibration holdout), clipped to [0, 1].
+
+    beta = 1 is the plain difference, right when the fine-tune is a small change of the base (a real LoRA
+    on a large base model: both models find the same images hard). When the fine-tune moved far from the
+    base, the base's per-image scores carry less over and the plain difference mostly adds the base's
+    noise: on the digits-lora fixture the slope is 0.3-0.4 for loss and the plain difference lowered loss'
+    TPR at 1% FPR (0.44 -> 0.31 at 1200 LoRA steps) where the fitted slope raised it (0.44 -> 0.69)."""
+    f, b = np.asarray(finetuned, float), np.asarray(base, float)
+    if len(b) < 2 or not np.var(b) > 0:
+        return 1.0
+    return float(np.clip(np.cov(f, b)[0, 1] / np.var(b, ddof=1), 0.0, 1.0))
+
+
 def base_calibrated(attack, raw: PluginResult, *, denoiser: Denoiser, base: Denoiser, members: ImageSet,
                     holdout: ImageSet, settings: AuditSettings, scores: pd.DataFrame) -> PluginResult | None:
-    """A gray-box attack calibrated by the base model: score(fine-tuned) - score(base) per image.
+    """A gray-box attack calibrated by the base model: score(fine-tuned) - beta * score(base) per image.
 
     The same fitted attack (same timestep) scores the base with the same per-image noise draws, so the
     difference removes what makes an image easy or hard for any model of this family (LiRA / RMIA's
-    reference model, here free). Its threshold is fitted on the calibration split like any attack's."""
+    reference model, here free). beta (``calibration_slope``, 1 = the plain difference) and the threshold
+    are fitted on the calibration split, like any attack's choices."""
     if attack.threat_model != "gray-box" or raw.status != "ok" or raw.details.get("inconclusive"):
         return None
     s = settings
@@ -282,11 +298,13 @@ def base_calibrated(attack, raw: PluginResult, *, denoiser: Denoiser, base: Deno
     raw_scores = scores[attack.name].to_numpy(dtype=float)
     bm = score_set(attack, base, members, label="members (base)", **kw)
     bh = score_set(attack, base, holdout, label="holdout (base)", **kw)
-    sm, sh = raw_scores[:len(members)] - bm, raw_scores[len(members):] - bh
+    fm, fh = raw_scores[:len(members)], raw_scores[len(members):]
     name = attack.name + CALIBRATED
     try:
-        if not (np.isfinite(sm).all() and np.isfinite(sh).all()):
-            raise Inconclusive(f"{int((~np.isfinite(np.r_[sm, sh])).sum())} calibrated scores are NaN or infinite")
+        if not (np.isfinite(bm).all() and np.isfinite(bh).all()):
+            raise Inconclusive(f"{int((~np.isfinite(np.r_[bm, bh])).sum())} base-model scores are NaN or infinite")
+        beta = calibration_slope(fh[cal_h], bh[cal_h])
+        sm, sh = fm - beta * bm, fh - beta * bh
         threshold = threshold_at_balanced(np.r_[np.ones(len(cal_m)), np.zeros(len(cal_h))], np.r_[sm[cal_m], sh[cal_h]])
         metrics = membership_metrics(sm[ev_m], sh[ev_h], threshold=threshold, n_boot=s.n_boot, seed=s.seed)
         if problem := metrics_problem(metrics):
@@ -300,11 +318,12 @@ def base_calibrated(attack, raw: PluginResult, *, denoiser: Denoiser, base: Deno
     severity, rules = membership_severity(metrics)
     auc, tpr = metrics["auc"], metrics["tpr_at_fpr_0.01"]
     assert auc.ci is not None
-    finding = (f"{name} (score on this model minus score on the base model, same noise and timesteps) separates "
+    finding = (f"{name} (score on this model minus {beta:.2f} x score on the base model, same noise and timesteps) separates "
                f"members from holdout with AUC {auc.value:.3f} (95% CI {auc.ci[0]:.3f}-{auc.ci[1]:.3f}) and TPR "
                f"{tpr.value:.3f} at 1% FPR; the base model alone: AUC {base_only['auc'].value:.3f}.")
     res = _result(attack, "ok", metrics=metrics, severity=severity, finding=finding, details={
         "rules": rules, "threshold": threshold, "calibrated_by": "base", "raw_attack": attack.name,
+        "fitted": {"beta": round(beta, 6)},
         "base_only": {k: m.to_json() for k, m in base_only.items()},
         "roc": roc_points(sm[ev_m], sh[ev_h]), "histogram": _histograms(sm[ev_m], sh[ev_h]),
         "split": {"calibration": [len(cal_m), len(cal_h)], "evaluation": [len(ev_m), len(ev_h)]},
