@@ -294,15 +294,14 @@ def lora_weight_file(adapter: str | Path, *, allow_pickle: bool = False) -> Path
 
 
 def _peft_to_diffusers(state: dict, *, config: Path) -> dict:
-    """A peft ``save_pretrained`` state dict (``base_model.model.<module>.lora_A.weight``) as diffusers'
-    LoRA format (``unet.<module>.lora.down.weight``), scaled so that lora_alpha / r is kept."""
+    """A peft ``save_pretrained`` state dict of a UNet (``base_model.model.<module>.lora_A.weight``) as diffusers'
+    LoRA format (``unet.<module>.lora_A.weight``), scaled so that lora_alpha / r is kept."""
     cfg = _read_json(config) if config.is_file() else {}
     r, alpha = (cfg.get("r"), cfg.get("lora_alpha")) if isinstance(cfg, dict) else (None, None)
     out = {}
     for k, v in state.items():
         name = k.removeprefix("base_model.model.")
-        name = name.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight")
-        if isinstance(r, int) and isinstance(alpha, (int, float)) and r > 0 and name.endswith(".lora.up.weight"):
+        if isinstance(r, int) and isinstance(alpha, (int, float)) and r > 0 and name.endswith(".lora_B.weight"):
             v = v * (float(alpha) / r)  # diffusers loads with alpha = rank (scale 1): fold the scale into B
         out["unet." + name] = v
     return out
@@ -327,17 +326,39 @@ def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
         for k, t in state.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise InputError(f"{file}: LoRA weights contain NaN or infinite values (tensor {k})")
-        before = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_" in n) if hasattr(pipe, "unet") else 0
+        state = _one_naming(state)
         pipe.load_lora_weights(state)
-        after = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_" in n) if hasattr(pipe, "unet") else 1
     except InputError:
         raise
     except Exception as e:  # diffusers / peft / safetensors raise many types for a wrong or corrupt file
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{file}: could not load the LoRA adapter: {first[:300]}") from None
-    if after <= before:
-        raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
+    _check_all_loaded(pipe, state, file)
     return file
+
+
+def _one_naming(state: dict) -> dict:
+    """Diffusers' converter writes attention layers as ``lora.down`` / ``lora.up`` and others as ``lora_A`` /
+    ``lora_B``; diffusers then loads a file mixing both as if it had one naming, dropping the rest. Use peft's
+    names throughout (the same tensors)."""
+    if not any(".lora.down." in k or ".lora.up." in k for k in state):
+        return state
+    return {k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v for k, v in state.items()}
+
+
+def _check_all_loaded(pipe, state: dict, file: Path) -> None:
+    """Every UNet layer the adapter names must have received its LoRA weights (diffusers only warns)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return
+    wanted = {k.removeprefix("unet.").split(".lora_A.")[0] for k in state if k.startswith("unet.") and ".lora_A." in k}
+    got = {n.split(".lora_A.")[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
+    if not got:
+        raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
+    missing = sorted(wanted - got)
+    if missing:
+        raise InputError(f"{file}: {len(missing)} of {len(wanted)} LoRA layers did not load (e.g. {missing[0]}); "
+                         "the adapter does not fit this model")
 
 
 def load_lora_target(model_dir: str | Path, adapter: str | Path, *, device: str = "auto", allow_pickle: bool = False,
