@@ -142,7 +142,7 @@ def pvalue_curve(s_fit: np.ndarray, s_test: np.ndarray, h_fit: np.ndarray, h_tes
     if sizes is None:
         sizes = tuple(n for n in (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if n < n_max) + (n_max,)
     rng = np.random.default_rng([seed, 0xC0])
-    rows = []
+    rows: list[dict] = []
     for n in sizes:
         if n < MIN_SUSPECT or n > n_max:
             continue
@@ -152,7 +152,7 @@ def pvalue_curve(s_fit: np.ndarray, s_test: np.ndarray, h_fit: np.ndarray, h_tes
             fi, ti = rng.choice(len(s_fit), size=k, replace=False), rng.choice(len(s_test), size=n - k, replace=False)
             ps.append(halves_test(s_fit[fi], s_test[ti], h_fit, h_test, seed=seed).p_value)
         rows.append({"n_suspect": int(n), "median_p": float(np.median(ps)), "p_values": [float(p) for p in ps]})
-    reach = next((r["n_suspect"] for r in rows if r["median_p"] < alpha), None)
+    reach = next((int(r["n_suspect"]) for r in rows if float(r["median_p"]) < alpha), None)
     return {"alpha": alpha, "repeats": repeats, "points": rows, "smallest_n_below_alpha": reach}
 
 

@@ -141,7 +141,7 @@ _WHITE_BOX_SHA: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.Weak
 def audited_parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters a white-box attack differentiates: a LoRA fine-tune's adapter weights only (parameter
     names with ``lora_``: what the fine-tune trained), else every parameter."""
-    params = dict(module.named_parameters())
+    params: dict[str, torch.Tensor] = dict(module.named_parameters())
     lora = {k: v for k, v in params.items() if "lora_" in k}
     return lora or params
 

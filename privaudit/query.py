@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from privaudit import dataset_inference as di
-from privaudit.api import AuditSettings, capabilities_of
+from privaudit.api import AuditSettings, MembershipAttack, capabilities_of
 from privaudit.checks import run_checks
 from privaudit.data import load_images
 from privaudit.errors import InputError, PluginError
@@ -99,6 +99,7 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
     kw: dict[str, Any] = dict(batch_size=s.batch_size, seed=s.seed, prompt=s.prompt, progress=s.progress)
     for name in s.attacks:
         attack = registry.create(name, kind="attack", **s.plugin_params.get(name, {}))
+        assert isinstance(attack, MembershipAttack)
         row: dict[str, Any] = {"name": name, "threat_model": attack.threat_model,
                                "queries_per_image": float(attack.queries_per_image()) * (2 if base_den else 1)}
         if missing := attack.missing(caps):

@@ -81,7 +81,7 @@ def test_calibrated_attacks_reported_beside_raw(lora_scan):
         beta = cal["details"]["fitted"]["beta"]
         assert 0 <= beta <= 1
         # calibrated = fine-tuned - beta * base, per image
-        np.testing.assert_allclose(s[f"{a} (base-calibrated)"], s[a] - beta * s[f"{a} (base)"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s[f"{a} (base-calibrated)"], s[a] - beta * s[f"{a} (base)"], rtol=1e-4, atol=1e-4)
         assert cal["queries_per_image"] == 2 * _plugin(lora_scan, a)["queries_per_image"]
         assert "auc" in cal["details"]["base_only"]
     pairs = {p["attack"]: p for p in lora_scan["base_calibration"]["pairs"]}
@@ -125,7 +125,7 @@ def test_gsa_takes_adapter_gradients_only(digits_lora_target):
 def test_peft_adapter_folder_loads_like_diffusers_file(digits_lora_target, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from privaudit.target import load_lora_target
+    from privaudit.target import load_lora_target, load_target
 
     t = digits_lora_target
     state = load_file(str(t / "lora" / "pytorch_lora_weights.safetensors"))
@@ -136,16 +136,22 @@ def test_peft_adapter_folder_loads_like_diffusers_file(digits_lora_target, tmp_p
     (peft_dir / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 16, "peft_type": "LORA"}))
     import torch
 
-    x = torch.randn(2, 4, 4, 4)
+    from privaudit.latent import latent_of
+
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     outs = []
     for adapter in (t / "lora", peft_dir, t / "lora" / "pytorch_lora_weights.safetensors"):
         den, _, _ = load_lora_target(t / "base", adapter, device="cpu")
-        cond = den.latent.prompt_embeddings(["a handwritten digit one, sample kavo"] * 2) if hasattr(den, "latent") else None
+        lat = latent_of(den)
+        cond = lat.prompt_embeddings(["a handwritten digit one"] * 2)
         with torch.no_grad():
-            outs.append(den.white_box(x, torch.tensor([100, 100]), cond) if cond is not None else None)
-    if outs[0] is not None:
-        for o in outs[1:]:
-            torch.testing.assert_close(o, outs[0])
+            outs.append(lat.net(x, torch.tensor([100, 100]), cond).sample)
+    base, _, _ = load_target(t / "base", device="cpu")
+    with torch.no_grad():
+        plain = latent_of(base).net(x, torch.tensor([100, 100]), cond).sample
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0])
+    assert not torch.allclose(plain, outs[0], atol=1e-3)  # the adapter changes the network
 
 
 @pytest.mark.parametrize("case", ["missing", "pickle", "corrupt", "nan", "empty_dir", "both"])
