@@ -115,6 +115,8 @@ def empirical_epsilon(cal_members: np.ndarray, cal_holdout: np.ndarray, ev_membe
     em, eh = np.asarray(ev_members, float), np.asarray(ev_holdout, float)
     if min(len(cm), len(ch), len(em), len(eh)) < 1:
         raise ValueError("empirical epsilon needs members and holdout in both the calibration and evaluation splits")
+    if not all(np.isfinite(a).all() for a in (cm, ch, em, eh)):
+        raise ValueError("empirical epsilon needs finite scores (NaN or infinite values found)")
     thr, tp, fp = _counts(cm, ch)
     _, i = max_over_thresholds(tp, fp, len(cm), len(ch), delta=delta, confidence=confidence)
     t = float(thr[i])

@@ -28,7 +28,6 @@ from privaudit.results import SCHEMA_VERSION
 from privaudit.runner import (
     CALIBRATED,
     calibration_slope,
-    check_distinct_sets,
     check_plan,
     data_fingerprints,
     load_scan_target,
@@ -63,7 +62,9 @@ def query(*, model_dir: str | Path, suspect: str | Path, holdout: str | Path, ou
         start = time.perf_counter()
         registry = Registry.build(plugins_dir=plugins_dir)
         check_plan(registry, settings)
-        check_distinct_sets(suspect, holdout)
+        if Path(suspect).exists() and Path(suspect).resolve() == Path(holdout).resolve():
+            raise InputError(f"{holdout}: --holdout is the same as --suspect; the holdout must hold images the model "
+                             "never saw")
         den, info, base_den = load_scan_target(model_dir, lora=lora, base=base, device=device,
                                                allow_pickle=allow_pickle, dtype=dtype)
         c, h, w = image_shape_of(den)

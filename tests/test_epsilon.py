@@ -55,6 +55,15 @@ def test_threshold_from_calibration_bound_on_evaluation():
     assert null.value < 0.5
 
 
+def test_non_finite_or_empty_scores_are_refused():
+    with pytest.raises(ValueError, match="finite"):
+        empirical_epsilon(np.array([1.0, np.nan]), np.zeros(3), np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="both"):
+        empirical_epsilon(np.zeros(0), np.zeros(3), np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="out of range"):
+        epsilon_at(11, 10, 0, 10)
+
+
 @pytest.mark.parametrize("bad", [dict(delta=-0.1), dict(delta=1.0), dict(confidence=1.0)])
 def test_bad_settings(bad):
     with pytest.raises(ValueError):

@@ -267,3 +267,33 @@ def test_query_one_image_gets_a_rank_pvalue_and_a_warning(digits_lora_target, tm
     (img,) = r["per_image"]["lowest"]
     n = r["per_image"]["n_holdout_test"]
     assert 1 / (n + 1) <= img["p_value"] <= 1 and "cannot prove" in r["per_image"]["warning"]
+
+
+@pytest.mark.parametrize("case", ["same", "small_holdout", "alpha", "unknown_attack"])
+def test_bad_query_inputs_exit_2(digits_lora_target, tmp_path, capsys, case):
+    t = digits_lora_target
+    suspect, holdout, extra = t / "members", t / "holdout", []
+    if case == "same":
+        holdout = suspect
+    elif case == "small_holdout":
+        holdout = tmp_path / "few"
+        holdout.mkdir()
+        for f in sorted((t / "holdout").glob("*.png"))[:5]:
+            shutil.copy(f, holdout)
+    elif case == "alpha":
+        extra = ["--alpha", "0"]
+    else:
+        extra = ["--attacks", "nosuch"]
+    out = tmp_path / "q"
+    rc = main(["query", str(t / "base"), "--lora", str(t / "lora"), "--suspect", str(suspect), "--holdout",
+               str(holdout), "--out", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("privaudit: error: "), err
+    assert not out.exists()
+
+
+def test_query_report_rerenders(digits_lora_target, tmp_path):
+    r = _query(digits_lora_target, digits_lora_target / "members", tmp_path / "q", attacks=("loss",))
+    (tmp_path / "q" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "q")]) == 0
+    assert f"{r['p_value']:.2g}" in (tmp_path / "q" / "report.html").read_text()
