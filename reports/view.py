@@ -408,7 +408,9 @@ def header_view(r: dict, scan: dict) -> dict:
                  for k, d in data.items() if isinstance(d, dict)]
     res = t.get("resolution")
     return {
-        "model_path": t.get("path") or "unknown model", "pipeline": t.get("pipeline_class") or "n/a",
+        "model_path": (t.get("path") or "unknown model") + (f" + LoRA {t['adapter']}" if t.get("adapter") else "")
+                      + (f" (base model {t['base']})" if t.get("base") and not t.get("adapter") else ""),
+        "pipeline": t.get("pipeline_class") or "n/a",
         "resolution": f"{res}x{res}" if isinstance(res, int) else fmt_scalar(res) or "n/a",
         "channels": t.get("channels"), "scheduler": t.get("schedule") or t.get("scheduler_class") or "n/a",
         "timesteps": t.get("num_train_timesteps"),

@@ -68,3 +68,12 @@ def test_non_finite_or_empty_scores_are_refused():
 def test_bad_settings(bad):
     with pytest.raises(ValueError):
         empirical_epsilon(np.ones(3), np.zeros(3), np.ones(3), np.zeros(3), **bad)
+
+
+def test_cli_refuses_bad_delta(tmp_path, capsys):
+    from privaudit.cli import main
+
+    rc = main(["scan", str(tmp_path / "model"), "--members", str(tmp_path / "m"), "--holdout", str(tmp_path / "h"),
+               "--out", str(tmp_path / "out"), "--delta", "-1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--delta" in err[0]
