@@ -297,3 +297,17 @@ def test_query_report_rerenders(digits_lora_target, tmp_path):
     (tmp_path / "q" / "report.html").unlink()
     assert main(["report", str(tmp_path / "q")]) == 0
     assert f"{r['p_value']:.2g}" in (tmp_path / "q" / "report.html").read_text()
+
+
+def test_gsa_on_a_lora_uses_one_feature_per_adapter_tensor(digits_lora_target, tmp_path):
+    from privaudit.denoiser import audited_parameters
+    from privaudit.target import load_lora_target
+
+    t = digits_lora_target
+    r = scan(model_dir=t / "base", lora=t / "lora", members=t / "members", holdout=t / "holdout", out=tmp_path / "run",
+             settings=_settings(attacks=("gsa",), plugin_params={"gsa": {"n_timesteps": 2}}), device="cpu")
+    gsa = _plugin(r, "gsa")
+    assert gsa["status"] == "ok", gsa.get("reason")
+    den, _, _ = load_lora_target(t / "base", t / "lora", device="cpu")
+    assert gsa["details"]["fitted"]["n_features_"] == len(audited_parameters(den.white_box))
+    assert not any(p["name"].startswith("gsa (") for p in r["plugins"])  # white-box: no base-calibrated variant
