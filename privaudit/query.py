@@ -160,7 +160,9 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
                            **{n: np.r_[cols[n][0], cols[n][1]] for n in names},
                            "p_value": np.r_[per_image, np.full(len(hold), np.nan)]})
     order = np.argsort(per_image)
-    return {"checks": [ch.to_json() for ch in checks], "attacks": attacks,
+    # the checks speak of members and holdout; here the first set is the suspect images
+    checks_json = [{**ch.to_json(), "message": ch.message.replace("members", "suspect images")} for ch in checks]
+    return {"checks": checks_json, "attacks": attacks,
             "test": test, "curve": curve, "alpha": alpha,
             "verdict": {"level": verdict, "used": verdict == "used", "message": VERDICTS[verdict],
                         "p_value": None if test is None else test["p_value"]},
