@@ -44,14 +44,20 @@ def lora_null_scan(digits_lora_target, tmp_path_factory):
                 out=tmp_path_factory.mktemp("lora-null") / "run", settings=_settings(), device="cpu")
 
 
-def test_fixture_layout(digits_lora_target):
+def test_fixture_layout(digits_lora_target, digits_text_target):
     t = digits_lora_target
     meta = json.loads((t / "fixture.json").read_text())
     assert meta["sizes"] == {"members": 32, "holdout": 128, "null": 64}
     assert (t / "lora" / "pytorch_lora_weights.safetensors").is_file() and (t / "merged" / "model_index.json").is_file()
-    # the fine-tune's members are not the base's: no image of members/ is in the base fixture's training set
-    names = {p.name for p in (t / "members").glob("*.png")}
-    assert len(names) == 32
+
+    def captions(folder):
+        return {json.loads(line)["text"] for line in (folder / "metadata.jsonl").read_text().splitlines()}
+
+    # the fine-tune's sets are disjoint, and none of its images trained the base (captions name one image each)
+    sets = {n: captions(t / n) for n in ("members", "holdout", "null")}
+    assert [len(v) for v in sets.values()] == [32, 128, 64]
+    assert not (sets["members"] & sets["holdout"]) and not (sets["members"] & sets["null"])
+    assert not (sets["members"] | sets["holdout"] | sets["null"]) & captions(digits_text_target / "members")
 
 
 def test_lora_acceptance_base_blind_adapted_memorises(lora_scan):
