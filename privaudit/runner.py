@@ -248,12 +248,19 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
         results.append(PluginResult(**{**res.__dict__, "seconds": round(time.perf_counter() - start, 3)}))
         if base is not None and kind == "attack":
             start = time.perf_counter()
-            cal = base_calibrated(plugin, res, denoiser=denoiser, base=base, members=members, holdout=holdout,
-                                  settings=settings, scores=scores)
+            try:
+                cal = base_calibrated(plugin, res, denoiser=denoiser, base=base, members=members, holdout=holdout,
+                                      settings=settings, scores=scores)
+            except (InputError, PluginError):
+                raise
+            except Exception as e:  # the raw result stands; the calibrated variant says what broke
+                cal = dataclasses.replace(_result(plugin, "error", reason=f"{e.__class__.__name__}: {e}",
+                                                  details={"traceback": traceback.format_exc(limit=8)}),
+                                          name=plugin.name + CALIBRATED, id=plugin.id + "+base")
             if cal is not None:
                 results.append(dataclasses.replace(cal, seconds=round(time.perf_counter() - start, 3)))
     extra = {"base_calibration": calibration_summary([r.to_json() for r in results])} if base is not None else {}
-    return {**extra,"checks": [c.to_json() for c in checks], "plugins": [r.to_json() for r in results],
+    return {**extra, "checks": [c.to_json() for c in checks], "plugins": [r.to_json() for r in results],
             "ensemble": ensemble_view([r.to_json() for r in results]),
             "epsilon": epsilon_summary([r.to_json() for r in results]),
             "verdict": verdict(results, checks), "scores": scores, "tables": tables,

@@ -317,3 +317,22 @@ def test_gsa_on_a_lora_uses_one_feature_per_adapter_tensor(digits_lora_target, t
     den, _, _ = load_lora_target(t / "base", t / "lora", device="cpu")
     assert gsa["details"]["fitted"]["n_features_"] == len(audited_parameters(den.white_box))
     assert not any(p["name"].startswith("gsa (") for p in r["plugins"])  # white-box: no base-calibrated variant
+
+
+def test_broken_base_scoring_keeps_the_raw_result(digits_lora_target, tmp_path, monkeypatch):
+    import privaudit.runner as runner
+
+    t = digits_lora_target
+    real = runner.score_set
+
+    def flaky(attack, denoiser, images, *, label, **kw):
+        if "(base)" in label:
+            raise RuntimeError("base model fell over")
+        return real(attack, denoiser, images, label=label, **kw)
+
+    monkeypatch.setattr(runner, "score_set", flaky)
+    r = scan(model_dir=t / "base", lora=t / "lora", members=t / "members", holdout=t / "holdout", out=tmp_path / "run",
+             settings=_settings(attacks=("loss",), seed=3), device="cpu")
+    assert _plugin(r, "loss")["status"] == "ok"
+    cal = _plugin(r, "loss (base-calibrated)")
+    assert cal["status"] == "error" and "base model fell over" in cal["reason"]
