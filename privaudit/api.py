@@ -323,6 +323,10 @@ class AuditSettings:
     ray_address: str | None = None
     workers: int | None = None
     resume: bool = False
+    # empirical epsilon (privaudit.epsilon): the delta of the bound, and whether members were assigned at
+    # random (canaries): only then is eps_hat a DP lower bound, otherwise it measures distinguishability
+    epsilon_delta: float = 1e-5
+    randomized_membership: bool = False
 
 
 _FITTED_FEATURES: dict[tuple, FeatureExtractor] = {}

@@ -104,6 +104,11 @@ def _add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = 
     p.add_argument("--workers", type=int, help="--engine ray: actors (default: one per GPU, else one per CPU)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR "
                    "(same model, data and settings): finished shards are reused, only the rest is computed")
+    p.add_argument("--delta", type=float, default=1e-5,
+                   help="delta of the empirical epsilon lower bound eps_hat (default: 1e-5)")
+    p.add_argument("--randomized-membership", action="store_true",
+                   help="members were assigned at random from one pool (canaries): eps_hat is then a DP lower "
+                        "bound; without it, eps_hat is reported as distinguishability")
 
 
 def _settings(a: argparse.Namespace):
@@ -122,8 +127,8 @@ def _settings(a: argparse.Namespace):
                          follow_target=a.detectors is None, plugin_params=params, seed=a.seed,
                          batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
                          n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir,
-                         prompt=a.prompt, engine=a.engine, ray_address=a.ray_address, workers=a.workers,
-                         resume=a.resume is not None)
+                         prompt=a.prompt, epsilon_delta=a.delta, randomized_membership=a.randomized_membership,
+                         engine=a.engine, ray_address=a.ray_address, workers=a.workers, resume=a.resume is not None)
 
 
 def _check_fpr(a: argparse.Namespace, holdout_count: int) -> None:
@@ -167,6 +172,9 @@ def _summary(results: dict, out: Path) -> None:
     for p in results["plugins"]:
         ms = ", ".join(_fmt_metric(k, m) for k, m in p["metrics"].items() if m["value"] is not None)
         print(f"  {p['name']:<10} {p['status']:<8} {p['severity']:<9} {ms}{p['reason']}", file=sys.stderr)
+    eps = results.get("epsilon")
+    if isinstance(eps, dict):
+        print(f"  eps_hat {eps['value']:.2f} (delta {eps['delta']:g}, {eps['attack']}): {eps['label']}", file=sys.stderr)
     for w in v["warnings"]:
         print(f"  warning: {w}", file=sys.stderr)
     print(out / "report.html")
@@ -193,7 +201,7 @@ def cmd_scan(a: argparse.Namespace) -> int:
     out = _out(a, "scan")
     results = scan(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, settings=settings,
                    device=a.device, allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, reference=a.reference,
-                   argv=sys.argv, redact=a.redact, dtype=a.dtype)
+                   argv=sys.argv, redact=a.redact, dtype=a.dtype, lora=a.lora, base=a.base)
     _summary(results, Path(out))
     return _exit_for(results, a.fail_on)
 
@@ -257,15 +265,16 @@ def cmd_plugins(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-FIXTURES = ("digits", "digits-text", "digits-v", "digits-flow")
+FIXTURES = ("digits", "digits-text", "digits-v", "digits-flow", "digits-lora")
 
 
 def cmd_fixture(a: argparse.Namespace) -> int:
     from functools import partial
 
-    from privaudit.fixtures import digits, digits_text, digits_variants
+    from privaudit.fixtures import digits, digits_lora, digits_text, digits_variants
 
     builders: dict[str, Callable[..., Path]] = {"digits": digits.build, "digits-text": digits_text.build,
+                                                "digits-lora": digits_lora.build,
                 **{name: partial(digits_variants.build, name=name) for name in digits_variants.VARIANTS}}
     if a.name not in builders:
         raise InputError(f"fixture {a.name!r}: unknown; available: {', '.join(builders)}")
@@ -349,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=Path, required=True, help="training images: folder or .npy/.npz")
     p.add_argument("--holdout", type=Path, required=True, help="images never trained on, same distribution")
     p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/scan-<time>)")
+    p.add_argument("--lora", type=Path, help="a LoRA adapter (.safetensors file, or a diffusers / peft adapter folder) "
+                   "to load onto MODEL_DIR, the base; the adapted model is audited and the base calibrates each "
+                   "gray-box attack")
+    p.add_argument("--base", type=Path, help="the base model a full fine-tune MODEL_DIR started from: each gray-box "
+                   "attack also reports score(fine-tune) - score(base)")
     _add_audit_args(p)
     p.set_defaults(func=cmd_scan)
 
@@ -406,7 +420,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_threads(p, default=1)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("query", help="was my data used? test a suspect image set against never-seen images")
+    p.add_argument("model_dir", type=Path, help=model_help)
+    p.add_argument("--suspect", type=Path, required=True, help="the images you suspect were trained on")
+    p.add_argument("--holdout", type=Path, required=True,
+                   help="images of the same source the model certainly never saw (at least 8)")
+    p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/query-<time>)")
+    p.add_argument("--lora", type=Path, help="a LoRA adapter to load onto MODEL_DIR (as scan --lora)")
+    p.add_argument("--base", type=Path, help="the base model of a full fine-tune MODEL_DIR (as scan --base)")
+    p.add_argument("--attacks", type=_csv, default=("loss", "pia", "secmi"),
+                   help="comma-separated attack plugins whose scores are combined (default: loss,pia,secmi)")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                   help="a plugin parameter (repeatable)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the answer (default: 0.01)")
+    p.add_argument("--repeats", type=int, default=5, help="draws per set size in the p-value curve (default: 5)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="the networks' dtype")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights: they can run code")
+    p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files (their code runs)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the splits and attack noise (default: 0)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per model call (default: 128)")
+    p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
+                   help="text-conditional models: condition attacks on captions or the empty prompt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_threads(p)
+    p.set_defaults(func=cmd_query)
     return ap
+
+
+def cmd_query(a: argparse.Namespace) -> int:
+    from privaudit.query import query
+    from privaudit.runner import AuditSettings
+
+    params: dict[str, dict] = {}
+    for plugin, key, value in a.param:
+        params.setdefault(plugin, {})[key] = value
+    settings = AuditSettings(attacks=a.attacks, detectors=(), plugin_params=params, seed=a.seed,
+                             batch_size=a.batch_size, progress=not a.quiet, prompt=a.prompt)
+    out = a.out or _default_out("query")
+    r = query(model_dir=a.model_dir, suspect=a.suspect, holdout=a.holdout, out=out, settings=settings, lora=a.lora,
+              base=a.base, device=a.device, allow_pickle=a.allow_pickle, dtype=a.dtype, alpha=a.alpha,
+              repeats=a.repeats, plugins_dir=a.plugins_dir, argv=sys.argv)
+    v = r["verdict"]
+    p = "n/a" if r["p_value"] is None else f"{r['p_value']:.3g}"
+    reach = (r.get("curve") or {}).get("smallest_n_below_alpha")
+    print(f"answer: {v['level']}  p = {p}  (smallest set reaching p < {a.alpha:g}: {reach or 'none'})", file=sys.stderr)
+    print(f"  {v['message']}", file=sys.stderr)
+    print(Path(out) / "report.html")
+    return EXIT_OK
 
 
 def raise_on_signals() -> None:

@@ -138,6 +138,14 @@ def cond_tile(cond: Any, n: int) -> Any:
 _WHITE_BOX_SHA: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
+def audited_parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters a white-box attack differentiates: a LoRA fine-tune's adapter weights only (parameter
+    names with ``lora_``: what the fine-tune trained), else every parameter."""
+    params: dict[str, torch.Tensor] = dict(module.named_parameters())
+    lora = {k: v for k, v in params.items() if "lora_" in k}
+    return lora or params
+
+
 def white_box_sha256(module: torch.nn.Module) -> str:
     """sha256 of a white-box network's weights, computed once per module object."""
     if module not in _WHITE_BOX_SHA:

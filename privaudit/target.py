@@ -29,6 +29,8 @@ class ModelInfo:
     text_conditional: bool = False
     prediction_type: str = "epsilon"  # what the network answers: epsilon, v_prediction, sample or flow
     dtype: str = ""  # the networks' dtype
+    adapter: str = ""  # a LoRA adapter loaded onto the pipeline (``--lora``): its path
+    base: str = ""  # the base model a fine-tune is calibrated against (``--lora`` / ``--base``): its path
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -231,6 +233,10 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
     pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle, dtype=dtype)
     check_finite_weights(pipe, model_dir=model_dir)
     den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
+    return den, _info(model_dir, pipe, den), pipe
+
+
+def _info(model_dir: Path, pipe, den: Denoiser) -> ModelInfo:
     from privaudit.latent import image_shape_of, latent_of
 
     image_shape = image_shape_of(den)
@@ -248,4 +254,125 @@ def load_target(model_dir: str | Path, *, device: str = "auto", allow_pickle: bo
         prediction_type="flow" if is_flow(getattr(pipe, "scheduler", None)) else den.prediction_type,
         dtype=str(next(den.white_box.parameters()).dtype).removeprefix("torch.") if den.white_box is not None else "",
     )
+    return info
+
+
+# ---------------------------------------------------------------------------- LoRA adapters (--lora)
+
+LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+LORA_PICKLES = ("pytorch_lora_weights.bin", "adapter_model.bin")
+
+
+def lora_weight_file(adapter: str | Path, *, allow_pickle: bool = False) -> Path:
+    """The weight file of a LoRA adapter given as a file or a diffusers / peft adapter folder."""
+    path = Path(adapter)
+    if not path.exists():
+        raise InputError(f"{path}: --lora adapter does not exist")
+    if path.is_dir():
+        found = [path / n for n in LORA_FILES if (path / n).is_file()]
+        if not found:
+            pickles = [path / n for n in LORA_PICKLES if (path / n).is_file()]
+            if pickles and allow_pickle:
+                found = pickles
+            elif pickles:
+                raise InputError(f"{pickles[0]}: pickled weights can run arbitrary code when loaded; "
+                                 "convert to safetensors or pass --allow-pickle if you trust this file")
+            else:
+                others = sorted(p.name for p in path.glob("*.safetensors"))
+                if len(others) == 1:
+                    found = [path / others[0]]
+                else:
+                    raise InputError(f"{path}: no LoRA weights in the adapter folder (expected "
+                                     f"{' or '.join(LORA_FILES)}{'; found several .safetensors' if others else ''})")
+        path = found[0]
+    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise InputError(f"{path}: pickled weights can run arbitrary code when loaded; "
+                         "convert to safetensors or pass --allow-pickle if you trust this file")
+    if path.suffix not in SAFE_SUFFIXES | (PICKLE_SUFFIXES if allow_pickle else set()):
+        raise InputError(f"{path}: a LoRA adapter must be a .safetensors file or an adapter folder")
+    return path
+
+
+def _peft_to_diffusers(state: dict, *, config: Path) -> dict:
+    """A peft ``save_pretrained`` state dict of a UNet (``base_model.model.<module>.lora_A.weight``) as diffusers'
+    LoRA format (``unet.<module>.lora_A.weight``), scaled so that lora_alpha / r is kept."""
+    cfg = _read_json(config) if config.is_file() else {}
+    r, alpha = (cfg.get("r"), cfg.get("lora_alpha")) if isinstance(cfg, dict) else (None, None)
+    out = {}
+    for k, v in state.items():
+        name = k.removeprefix("base_model.model.")
+        if isinstance(r, int) and isinstance(alpha, (int, float)) and r > 0 and name.endswith(".lora_B.weight"):
+            v = v * (float(alpha) / r)  # diffusers loads with alpha = rank (scale 1): fold the scale into B
+        out["unet." + name] = v
+    return out
+
+
+def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
+    """Load a LoRA adapter onto ``pipe`` (diffusers' ``load_lora_weights``, peft backend); returns its file."""
+    file = lora_weight_file(adapter, allow_pickle=allow_pickle)
+    if not hasattr(pipe, "load_lora_weights"):
+        raise InputError(f"{adapter}: pipeline {type(pipe).__name__} does not take LoRA adapters")
+    try:
+        if file.suffix in SAFE_SUFFIXES:
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+        if not state:
+            raise InputError(f"{file}: the LoRA file holds no tensors")
+        if any(k.startswith("base_model.model.") for k in state):  # a peft adapter folder
+            state = _peft_to_diffusers(state, config=file.parent / "adapter_config.json")
+        for k, t in state.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise InputError(f"{file}: LoRA weights contain NaN or infinite values (tensor {k})")
+        state = _one_naming(state)
+        pipe.load_lora_weights(state)
+    except InputError:
+        raise
+    except Exception as e:  # diffusers / peft / safetensors raise many types for a wrong or corrupt file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise InputError(f"{file}: could not load the LoRA adapter: {first[:300]}") from None
+    _check_all_loaded(pipe, state, file)
+    return file
+
+
+def _one_naming(state: dict) -> dict:
+    """Diffusers' converter writes attention layers as ``lora.down`` / ``lora.up`` and others as ``lora_A`` /
+    ``lora_B``; diffusers then loads a file mixing both as if it had one naming, dropping the rest. Use peft's
+    names throughout (the same tensors)."""
+    if not any(".lora.down." in k or ".lora.up." in k for k in state):
+        return state
+    return {k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v for k, v in state.items()}
+
+
+def _check_all_loaded(pipe, state: dict, file: Path) -> None:
+    """Every UNet layer the adapter names must have received its LoRA weights (diffusers only warns)."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return
+    wanted = {k.removeprefix("unet.").split(".lora_A.")[0] for k in state if k.startswith("unet.") and ".lora_A." in k}
+    got = {n.split(".lora_A.")[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
+    if not got:
+        raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
+    missing = sorted(wanted - got)
+    if missing:
+        raise InputError(f"{file}: {len(missing)} of {len(wanted)} LoRA layers did not load (e.g. {missing[0]}); "
+                         "the adapter does not fit this model")
+
+
+def load_lora_target(model_dir: str | Path, adapter: str | Path, *, device: str = "auto", allow_pickle: bool = False,
+                     dtype: str = "auto") -> tuple[Denoiser, ModelInfo, object]:
+    """``load_target`` of the base pipeline with a LoRA adapter loaded onto it."""
+    dev = resolve_device(device)
+    model_dir = Path(model_dir)
+    lora_weight_file(adapter, allow_pickle=allow_pickle)  # a bad adapter fails before the pipeline loads
+    pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle, dtype=dtype)
+    check_finite_weights(pipe, model_dir=model_dir)
+    file = load_lora(pipe, adapter, allow_pickle=allow_pickle)
+    pipe.to(dev)
+    den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
+    info = _info(model_dir, pipe, den)
+    info = ModelInfo(**{**info.__dict__, "adapter": str(Path(adapter).resolve()),
+                        "weights_sha256": {**info.weights_sha256, f"lora:{file.name}": sha256_file(file)}})
     return den, info, pipe

@@ -42,6 +42,8 @@ def render_html(results: dict, *, baseline: dict | None = None, redact: str = "t
         raise InputError("results: expected a JSON object (a run's results.json)")
     if baseline is not None and not isinstance(baseline, dict):
         raise InputError("--baseline: expected a JSON object (a run's results.json)")
+    if results.get("kind") == "query":  # privaudit query: a data owner's report
+        return _env().get_template("query.html.j2").render(q=view.query_view(results), version=__version__)
     results = redact_images(results, mode=redact)
     baseline = redact_images(baseline, mode=redact) if baseline is not None else None
     ctx = view.build(results, baseline=baseline, redact=redact, version=__version__)

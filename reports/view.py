@@ -408,7 +408,9 @@ def header_view(r: dict, scan: dict) -> dict:
                  for k, d in data.items() if isinstance(d, dict)]
     res = t.get("resolution")
     return {
-        "model_path": t.get("path") or "unknown model", "pipeline": t.get("pipeline_class") or "n/a",
+        "model_path": (t.get("path") or "unknown model") + (f" + LoRA {t['adapter']}" if t.get("adapter") else "")
+                      + (f" (base model {t['base']})" if t.get("base") and not t.get("adapter") else ""),
+        "pipeline": t.get("pipeline_class") or "n/a",
         "resolution": f"{res}x{res}" if isinstance(res, int) else fmt_scalar(res) or "n/a",
         "channels": t.get("channels"), "scheduler": t.get("schedule") or t.get("scheduler_class") or "n/a",
         "timesteps": t.get("num_train_timesteps"),
@@ -476,7 +478,40 @@ def membership_view(scan: dict) -> dict:
     ensemble = scan.get("ensemble")
     return {"run": bool(attacks), "rows": rows, "cols": [metric_info(k)[0] for k in cols], "skipped": _not_ok(attacks), "ensemble": ensemble_view(ensemble),
             "roc": svg.roc_loglog(curves, n_holdout=n_holdout) if curves else None, "hists": hists,
-            "n_holdout_eval": n_holdout, "checks": checks_view(scan)}
+            "n_holdout_eval": n_holdout, "checks": checks_view(scan), "epsilon": epsilon_view(attacks, scan.get("epsilon")),
+            "calibration": calibration_view(scan.get("base_calibration"))}
+
+
+def epsilon_view(attacks: list[dict], summary: Any) -> dict | None:
+    """eps_hat per attack (privaudit.epsilon) with its label: a DP lower bound or distinguishability."""
+    rows = []
+    for p in attacks:
+        e = _details(p).get("epsilon")
+        if not _ok(p) or not isinstance(e, dict) or _num(e.get("value")) is None:
+            continue
+        counts = e.get("counts") if isinstance(e.get("counts"), list) and len(e["counts"]) == 4 else None
+        rows.append({"name": p.get("name"), "value": f"{_num(e.get('value')):.2f}",
+                     "tpr": fmt_scalar(e.get("tpr_lower")), "fpr": fmt_scalar(e.get("fpr_upper")),
+                     "counts": f"{counts[0]}/{counts[1]} members, {counts[2]}/{counts[3]} holdout" if counts else "",
+                     "label": str(e.get("label") or "")})
+    if not rows:
+        return None
+    s = summary if isinstance(summary, dict) else {}
+    return {"rows": rows, "delta": fmt_scalar(s.get("delta")), "confidence": fmt_scalar(s.get("confidence")),
+            "dp": bool(s.get("randomized_membership")), "label": str(s.get("label") or rows[0]["label"]),
+            "best": f"{_num(s.get('value')):.2f}" if _num(s.get("value")) is not None else None,
+            "attack": str(s.get("attack") or ""), "note": str(s.get("note") or "")}
+
+
+def calibration_view(c: Any) -> dict | None:
+    """Raw vs base-calibrated attacks side by side (a fine-tune audited against its base model)."""
+    if not isinstance(c, dict) or not isinstance(c.get("pairs"), list):
+        return None
+    rows = [{"attack": str(r.get("attack")), "raw_auc": fmt_scalar(r.get("raw_auc")),
+             "cal_auc": fmt_scalar(r.get("calibrated_auc")), "raw_tpr": fmt_scalar(r.get("raw_tpr_at_fpr_0.01")),
+             "cal_tpr": fmt_scalar(r.get("calibrated_tpr_at_fpr_0.01")), "base_auc": fmt_scalar(r.get("base_auc"))}
+            for r in c["pairs"] if isinstance(r, dict)]
+    return {"rows": rows, "base": str(c.get("base") or ""), "note": str(c.get("note") or "")}
 
 
 def ensemble_view(e: Any) -> dict | None:
@@ -1198,3 +1233,31 @@ def tested_summary(scan: dict) -> list[str]:
             out.append(f"copy detection ({p.get('name')}) on {n if n is not None else 'the'} generated images")
     return out
 
+
+
+def query_view(r: dict) -> dict:
+    """What the ``privaudit query`` report shows (results of ``privaudit.query``)."""
+    t = r.get("target") if isinstance(r.get("target"), dict) else {}
+    test = r.get("test") if isinstance(r.get("test"), dict) else None
+    curve = r.get("curve") if isinstance(r.get("curve"), dict) else None
+    v = r.get("verdict") if isinstance(r.get("verdict"), dict) else {}
+    pi = r.get("per_image") if isinstance(r.get("per_image"), dict) else {}
+    fmt_p = lambda p: "n/a" if _num(p) is None else (f"{p:.2g}" if p < 0.001 else f"{p:.3f}")
+    sizes = r.get("sizes") if isinstance(r.get("sizes"), dict) else {}
+    return {
+        "model": str(t.get("path", "?")), "adapter": str(t.get("adapter") or ""), "base": str(t.get("base") or ""),
+        "n_suspect": sizes.get("suspect", "?"), "n_holdout": sizes.get("holdout", "?"),
+        "verdict_level": str(v.get("level", "?")), "message": str(v.get("message", "")),
+        "p_value": fmt_p(test.get("p_value")) if test else None, "auc": fmt_scalar(test.get("auc")) if test else "",
+        "alpha": fmt_scalar(r.get("alpha")),
+        "curve": [{"n": p.get("n_suspect"), "p": fmt_p(p.get("median_p")), "draws": len(p.get("p_values") or [])}
+                  for p in (curve or {}).get("points") or [] if isinstance(p, dict)],
+        "reach": (curve or {}).get("smallest_n_below_alpha"),
+        "attacks": [{"name": a.get("name"), "status": a.get("status"), "threat_model": a.get("threat_model", ""),
+                     "queries": fmt_scalar(a.get("queries_per_image")), "auc": fmt_scalar(a.get("auc_test_halves")),
+                     "reason": a.get("reason", "")} for a in r.get("attacks") or [] if isinstance(a, dict)],
+        "checks": [c for c in r.get("checks") or [] if isinstance(c, dict)],
+        "warning": str(pi.get("warning", "")), "n_holdout_test": pi.get("n_holdout_test", "?"),
+        "per_image": [{"image_id": x.get("image_id"), "p": fmt_p(x.get("p_value"))}
+                      for x in pi.get("lowest") or [] if isinstance(x, dict)],
+    }

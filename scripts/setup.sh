@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[test,text,datasets,ray]"
+"$VENV/bin/python" -m pip install -q -e ".[test,text,datasets,lora,ray]"
 touch "$VENV/.installed"

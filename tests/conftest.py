@@ -102,6 +102,21 @@ def digits_text_target() -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_lora_target(digits_text_target) -> Path:
+    """A LoRA fine-tune of the digits-text target on 32 new captioned digits; needs peft."""
+    pytest.importorskip("peft")
+    from privaudit.fixtures import digits_lora
+
+    cache = Path(os.environ.get("PRIVAUDIT_TEST_CACHE", REPO / ".pytest_cache" / "privaudit"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return digits_lora.build(out=cache / "digits-lora", base_fixture=digits_text_target, progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
 def digits_text_denoiser(digits_text_target):
     from privaudit.target import load_target
 

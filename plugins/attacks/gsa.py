@@ -4,7 +4,8 @@ Signal: the gradient of the training loss with respect to the model's weights. T
 drove the loss gradient of each member towards zero, so members have small gradients, layer
 by layer. For each image, x0 is noised at ``n_timesteps`` timesteps spread evenly over the
 schedule (99, 199, ..., 999 on a 1000-step schedule for the default 10), and the feature
-vector holds one L2 norm per parameter tensor of the raw network (``denoiser.white_box``):
+vector holds one L2 norm per parameter tensor of the raw network (``denoiser.white_box``; of a
+LoRA fine-tune, the adapter's tensors only, what the fine-tune trained):
 
 - ``variant="gsa1"`` (default, the paper's cheaper variant): the gradient of the loss
   averaged over the timesteps, ``|| d/dW mean_t ||eps_t - eps_theta(x_t, t)||^2 ||`` per tensor W;
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from privaudit.api import InputError, Interval, MembershipAttack, Noise, Options, store_params
-from privaudit.denoiser import cond_map, signal_noise
+from privaudit.denoiser import audited_parameters, cond_map, signal_noise
 
 VARIANTS = ("gsa1", "gsa2")
 CLASSIFIERS = ("logistic", "boosting")
@@ -91,8 +92,10 @@ class GSAAttack(MembershipAttack):
         module = denoiser.white_box
         if not isinstance(module, torch.nn.Module):
             raise InputError("gsa: the target exposes no white-box network (denoiser.white_box)")
-        params = {k: v.detach() for k, v in module.named_parameters()}
+        # a LoRA fine-tune: gradients of the adapter's parameters only; the frozen base weights are constants
+        params = {k: v.detach() for k, v in audited_parameters(module).items()}
         buffers = {k: v.detach() for k, v in module.named_buffers()}
+        buffers.update({k: v.detach() for k, v in module.named_parameters() if k not in params})
         names = list(params)
         ts = torch.tensor(self.timesteps(denoiser), device=x0.device)
         sig, noi = signal_noise(denoiser.alphas_cumprod, ts, x0)  # (k, 1, 1, 1) each
