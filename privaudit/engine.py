@@ -53,11 +53,15 @@ SHARD_FORMAT = 1
 
 # ---------------------------------------------------------------------------- counting queries
 def networks(denoiser: Any) -> list[torch.nn.Module]:
-    """The innermost distinct networks a denoiser (and what it wraps) runs: one forward of such a
-    network on n rows is n model queries. Wrappers (e.g. the white-box view) are not counted twice."""
+    """The denoising networks a denoiser (and what it wraps) runs: one forward of such a network on n
+    rows is n model queries. Where a denoiser exposes ``white_box``, that network (the innermost one it
+    wraps: a white-box view is not counted twice); text encoders, VAEs and guards are not model queries
+    (a text encoder's outputs are also cached per process, so counting them would depend on the engine).
+    A denoiser without a visible network counts every innermost network it holds."""
     from privaudit.denoiser import Denoiser
 
     found: list[torch.nn.Module] = []
+    denoising: list[torch.nn.Module] = []
     seen: set[int] = set()
     stack = [denoiser]
     while stack:
@@ -72,9 +76,15 @@ def networks(denoiser: Any) -> list[torch.nn.Module]:
             elif isinstance(v, Denoiser):
                 stack.append(v)
         if isinstance(d, Denoiser):
+            if isinstance(d.white_box, torch.nn.Module):
+                denoising.append(d.white_box)
             stack.append(d.inner())
     ids = {id(m) for m in found}
-    return [m for m in found if not any(id(sub) in ids for sub in m.modules() if sub is not m)]
+    innermost = [m for m in found if not any(id(sub) in ids for sub in m.modules() if sub is not m)]
+    if not denoising:
+        return innermost
+    inside = {id(sub) for w in denoising for sub in w.modules()}
+    return [m for m in innermost if id(m) in inside]
 
 
 class QueryCounter:
