@@ -156,3 +156,36 @@ def test_gen_nn_cost_is_the_detectors_sampling_spread_over_the_images(bb_scan):
     assert (gen["params"]["n_samples"], gen["params"]["steps"]) == (nn["params"]["n_samples"], nn["params"]["steps"])
     n_img = bb_scan["data"]["members"]["count"] + bb_scan["data"]["holdout"]["count"]
     assert gen["queries_per_image"] == pytest.approx(gen["params"]["n_samples"] * gen["params"]["steps"] / n_img)
+
+
+# ---------------------------------------------------------------- text-conditional (latent) target
+
+
+@pytest.fixture(scope="module")
+def text_bb_scans(digits_text_target, tmp_path_factory) -> dict:
+    from privaudit.runner import scan
+
+    out = {}
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a second thread only synchronises
+    try:
+        for members, attacks in (("members", ("prompt-copy", "rediffuse", "gen-nn")), ("null", ("prompt-copy", "gen-nn"))):
+            settings = AuditSettings(attacks=attacks, detectors=(), progress=False, n_boot=200)
+            out[members] = scan(model_dir=digits_text_target / "model", members=digits_text_target / members,
+                                holdout=digits_text_target / "holdout", out=tmp_path_factory.mktemp(f"text-bb-{members}"),
+                                settings=settings, device="cpu")
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+@pytest.mark.slow
+def test_black_box_attacks_on_the_text_model(text_bb_scans):
+    for name in ("prompt-copy", "rediffuse", "gen-nn"):
+        res = plugin(text_bb_scans["members"], name)
+        assert res["status"] == "ok", res.get("reason")
+        assert res["metrics"]["auc"]["value"] >= 0.9, name
+    # prompt-copy: k draws x steps x 2 guidance branches per image
+    assert plugin(text_bb_scans["members"], "prompt-copy")["queries_per_image"] == 2 * 25 * 2
+    for name in ("prompt-copy", "gen-nn"):  # never-seen captioned digits as members: chance
+        assert abs(plugin(text_bb_scans["null"], name)["metrics"]["auc"]["value"] - 0.5) <= 0.15, name
