@@ -126,6 +126,8 @@ class CPSample(Mitigation):
         "rejection_max_factor": [Interval(float, 1, None)], "rejection_features": [InstanceOf(str)],
         "sweep_alphas": [SequenceOf(Interval(float, 0, 0.5, closed="right"))],
         "sweep_scales": [SequenceOf(Interval(float, 0, None))],
+        "gate": [Options("hard", "soft")], "gate_width": [Interval(float, 0, 1, closed="right")],
+        "sweep_gates": [SequenceOf(Options("hard", "soft"))],
     }
 
     def __init__(self, *, alpha: float = 0.4, scale: float = 100.0, nonmember_weight: float = 1.0,
@@ -134,7 +136,8 @@ class CPSample(Mitigation):
                  fit_t: float = 0.2, max_unseen_gate: float | None = 0.05, on_shortfall: str = "warn", seed: int | None = None, placebo: bool = True,
                  rejection: bool = True, rejection_max_factor: float = 10.0, rejection_features: str = "pixels",
                  sweep_alphas: tuple[float, ...] = (0.1, 0.25, 0.4, 0.5),
-                 sweep_scales: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0)):
+                 sweep_scales: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0), gate: str = "hard",
+                 gate_width: float = 0.05, sweep_gates: tuple[str, ...] = ("hard", "soft")):
         store_params(self, locals())
 
     def recipe(self) -> str:
@@ -243,9 +246,11 @@ class CPSample(Mitigation):
         if text:  # Stable Diffusion class: guard on latents, a pipeline whose __call__ takes prompts
             from privaudit.plugins.mitigations.cpsample.text_pipeline import CPSampleTextPipeline
 
-            pipe = CPSampleTextPipeline.from_text_pipeline(ctx.pipeline, guard=guard, alpha=self.alpha, scale=self.scale)
+            pipe = CPSampleTextPipeline.from_text_pipeline(ctx.pipeline, guard=guard, alpha=self.alpha, scale=self.scale,
+                                                           gate=self.gate, gate_width=self.gate_width)
         else:
-            pipe = CPSamplePipeline(unet=unet, scheduler=scheduler, guard=guard, alpha=self.alpha, scale=self.scale)
+            pipe = CPSamplePipeline(unet=unet, scheduler=scheduler, guard=guard, alpha=self.alpha, scale=self.scale,
+                                    gate=self.gate, gate_width=self.gate_width)
         with atomic_dir(protected_dir) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             write_text(tmp / "README.md", _model_card(self, text=text))
@@ -263,7 +268,8 @@ class CPSample(Mitigation):
                 warnings.append(msg)
             self.placebo_guard_ = pguard
             placebo = ProtectedDenoiser(base=denoiser.base, guard=pguard, alpha=self.alpha, scale=self.scale,
-                                        base_fingerprint=denoiser.base_fingerprint)
+                                        base_fingerprint=denoiser.base_fingerprint, gate=self.gate,
+                                        gate_width=self.gate_width)
             controls.append(Variant(
                 name="placebo guard", family="placebo", role="placebo", params={"alpha": self.alpha, "scale": self.scale},
                 description=("the same guard recipe, size and settings, trained with random labels on as many holdout "
@@ -351,12 +357,14 @@ class CPSample(Mitigation):
 
         den = output.denoiser
         out = []
-        for a in self.sweep_alphas:
-            for s in self.sweep_scales:
-                v = den.with_params(alpha=a, scale=s)
-                out.append(Variant(name=f"cpsample alpha={a:g} scale={s:g}", family="cpsample", role="main",
-                                   params={"alpha": a, "scale": s}, denoiser=v, probe=_confidence_probe(v),
-                                   description="CPSample with the trained guard at this setting"))
+        for g in dict.fromkeys(self.sweep_gates):
+            for a in self.sweep_alphas:
+                for s in self.sweep_scales:
+                    v = den.with_params(alpha=a, scale=s, gate=g, gate_width=self.gate_width)
+                    family = "cpsample" if g == "hard" else f"cpsample {g} gate"
+                    out.append(Variant(name=f"{family} alpha={a:g} scale={s:g}", family=family, role="main",
+                                       params={"alpha": a, "scale": s, "gate": g}, denoiser=v, probe=_confidence_probe(v),
+                                       description=f"CPSample with the trained guard at this setting ({g} gate)"))
         pguard = getattr(self, "placebo_guard_", None)
         if pguard is not None:
             from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
@@ -364,7 +372,8 @@ class CPSample(Mitigation):
             for a in self.sweep_alphas:
                 for s in self.sweep_scales:
                     v = ProtectedDenoiser(base=den.base, guard=pguard, alpha=a, scale=s,
-                                          base_fingerprint=den.base_fingerprint)
+                                          base_fingerprint=den.base_fingerprint, gate=self.gate,
+                                          gate_width=self.gate_width)
                     out.append(Variant(name=f"placebo alpha={a:g} scale={s:g}", family="placebo", role="placebo",
                                        params={"alpha": a, "scale": s}, denoiser=v, probe=_confidence_probe(v),
                                        description="placebo guard (random labels on holdout) at this setting"))
