@@ -381,6 +381,31 @@ def recommend(rows: list[dict]) -> int | None:
     return min(range(len(rows)), key=lambda i: (rows[i]["metrics"].get("copy_fraction", 1.0), qual(rows[i])))
 
 
+def family_summary(rows: list[dict]) -> list[dict]:
+    """Per family of "main" sweep settings (e.g. two gate rules of one mitigation): how it trades copies,
+    quality and leakage. For each family, among its settings that meet the copy target, the one the
+    recommendation rule would pick, with its black-box two-sided AUC and its gate leak (two-sided
+    gray-box AUC); and the family's lowest gate leak at that copy target. Lets a user see whether
+    one rule dominates another at matched copies."""
+    out = []
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    for fam in fams:
+        fr = [r for r in rows if r["family"] == fam]
+        ok = [r for r in fr if r["metrics"].get("copy_fraction", 1.0) <= TARGETS["copy_fraction"]]
+        pick = recommend(fr)
+        best = fr[pick] if pick is not None else None
+        leaks = [r["metrics"]["gray_box_auc_two_sided"] for r in ok if "gray_box_auc_two_sided" in r["metrics"]]
+        m = best["metrics"] if best else {}
+        out.append({"family": fam, "settings": len(fr), "meet_copy_target": len(ok),
+                    "pick": best["name"] if best else None, "pick_copy_fraction": m.get("copy_fraction"),
+                    "pick_quality": next((m[k] for k in QUALITY_PREFERENCE if k in m), None),
+                    "quality_metric": next((k for k in QUALITY_PREFERENCE if k in m), None),
+                    "pick_black_box_auc_two_sided": m.get("black_box_auc_two_sided"),
+                    "pick_gate_leak": m.get("gray_box_auc_two_sided"),
+                    "lowest_gate_leak_at_copy_target": min(leaks) if leaks else None})
+    return out
+
+
 def _cost(r: dict, q: str) -> float:
     """Quality as a cost (lower is better) for metric ``q``."""
     return r["metrics"][q] if q == "frechet_distance" else -r["metrics"][q]
@@ -511,6 +536,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
 
     sweep_rows: list[dict] = []
     matched = None
+    families: list[dict] = []
     if sweep:
         variants = mitigation.sweep(ctx, result)
         for i, v in enumerate(variants, 1):
@@ -527,12 +553,20 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         if best is not None:
             main[best]["recommended"] = True
         placebo = [r for r in sweep_rows if r["role"] == "placebo"]
-        matched = matched_quality(main, placebo, anchor=controls[0])
+        matched = matched_quality([r for r in main if r["family"] == controls[1]["family"]] or main, placebo,
+                                  anchor=controls[0])
+        families = family_summary(main) if len({r["family"] for r in main}) > 1 else []
         for r in sweep_rows:
             r.pop("_params")
 
     white = _white_box(before, after)
     findings = _findings(method, controls, sweep_rows, matched, white)
+    for f in families:
+        findings.append(f"sweep family {f['family']}: {f['meet_copy_target']} of {f['settings']} settings meet the copy "
+                        f"target; its pick {f['pick']}: copy fraction {_fmt(f['pick_copy_fraction'])}, "
+                        f"{f['quality_metric'] or 'quality'} {_fmt(f['pick_quality'])}, black-box AUC (two-sided) "
+                        f"{_fmt(f['pick_black_box_auc_two_sided'])}, gate leak {_fmt(f['pick_gate_leak'])}; lowest gate "
+                        f"leak at the copy target {_fmt(f['lowest_gate_leak_at_copy_target'])}.")
     verdict = mitigation_verdict(before=before, after_res=after_res, row=controls[1], settings=settings)
     leak = gate_leak(controls[0], controls[1])
     results = {
@@ -541,6 +575,7 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
         "protected": str(result.protected_dir),
         "before": _body(before), "after": _body(after),
         "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white, "gate_leak": leak,
+        "sweep_families": families,
         "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings,
         "warnings": ([split_note["message"]] if split_note else []) + list(result.warnings),
         "limits": list(GENERIC_LIMITS) + list(result.limits), "verdict": verdict,

@@ -384,7 +384,7 @@ def verdict_view(scan: dict) -> dict:
     todo = (MITIGATED_TODO if scan.get("mitigated") else TODO)  # a protected model is not told to mitigate
     return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": todo.get(level, todo["info"]),
             "why": plain_why(scan), "fired": fired, "warnings": [str(w) for w in v.get("warnings") or []],
-            "rules": rules_table(v.get("rules")), "scale": LEVELS}
+            "rules": rules_table(v.get("rules")), "scale": LEVELS, "basis": "", "if_weights_leak": None}
 
 
 def mitigated_verdict_view(r: dict, v: dict) -> dict:
@@ -1084,10 +1084,20 @@ def mitigation_view(r: dict) -> dict:
                          "word": word, "cls": cls})
         headline = lead + headline
     leak = r.get("gate_leak") if isinstance(r.get("gate_leak"), dict) else None
+    fams = [f for f in r.get("sweep_families") or [] if isinstance(f, dict)]
+    families = {"cols": ["family", "settings meeting the copy target", "its pick", "copies", "quality",
+                         "black-box AUC, two-sided", "gate leak", "lowest gate leak at the copy target"],
+                "rows": [[str(f.get("family")), f"{f.get('meet_copy_target')} of {f.get('settings')}",
+                          str(f.get("pick") or "none"), fmt_value(_num(f.get("pick_copy_fraction")), "pct"),
+                          (f"{metric_info(str(f.get('quality_metric')))[0]} "
+                           f"{fmt_value(_num(f.get('pick_quality')), 'num')}" if f.get("quality_metric") else "n/a"),
+                          fmt_value(_num(f.get("pick_black_box_auc_two_sided")), "num"),
+                          fmt_value(_num(f.get("pick_gate_leak")), "num"),
+                          fmt_value(_num(f.get("lowest_gate_leak_at_copy_target")), "num")] for f in fams]}
     weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
     same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
     return {"method": r.get("method", "unknown"), "headline": headline,
-            "threats": threat_table(controls),
+            "threats": threat_table(controls), "families": families if fams else None,
             "gate_leak": ({"value": fmt_value(_num(leak.get("value")), "num"),
                            "before": fmt_value(_num(leak.get("before")), "num"),
                            "black_box": fmt_value(_num(leak.get("black_box")), "num") if leak.get("black_box") is not None
