@@ -118,6 +118,8 @@ def summarize(results: dict) -> dict:
             tm["two"].append(two_sided[-1])
             if (tpr := _value(m.get("tpr_at_fpr_0.01"))) is not None:
                 tm["tpr"].append(tpr)
+                if p["threat_model"] == "black-box":  # each black-box attack's TPR: what the served model concedes
+                    out[f"{p['name']}_tpr_at_fpr_0.01"] = tpr
         if (cf := _value(m.get("copy_fraction"))) is not None:
             copies[p["name"]] = cf
         if (div := _value(m.get("mean_diversity"))) is not None:

@@ -216,6 +216,9 @@ def metric_info(key: str) -> tuple[str, str, str, str | None]:
         base = key.removesuffix("_holdout_fpr").removesuffix("_holdout_fraction")
         return (f"{base} criterion on unseen images", "share of real holdout images the criterion flags: its "
                 "false-positive rate", "pct", None)
+    if key.endswith("_tpr_at_fpr_0.01"):  # a black-box attack's TPR in a mitigation summary, e.g. gen-nn_...
+        return (f"{key.removesuffix('_tpr_at_fpr_0.01')}: TPR @ 1% FPR", "members identified while wrongly "
+                "flagging 1% of unseen images", "pct", "low")
     for suffix, base in (("_copy_fraction", "copy_fraction"), ("_mean_diversity", "mean_diversity"),
                          ("_auc", "auc")):  # per-plugin values in a mitigation summary, e.g. nn_copy_fraction
         if key.endswith(suffix) and key != base:

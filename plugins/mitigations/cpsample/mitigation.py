@@ -56,6 +56,12 @@ alpha 0.25, scale 100: 0.020 copies at Frechet distance 53. On the text fixture'
 latents the rule is met (2300 steps; holdout gate at alpha 0.4: 4% against 100% of members)
 where stopping on member accuracy alone (100 steps) gated 53% of holdout latents.
 
+The gate (``gate``): "hard" (the paper's rule, default) guides only where the guard's
+confidence exceeds 1 - alpha; "soft" guides everywhere with a strength following the guard's
+confidence (``gate_width``; ``protected.py``), an attempt to make the gate less
+member-specific from outside. ``sweep_gates`` sweeps both on the same grid, so the report
+compares copies, quality, black-box AUC and the gate leak (two-sided gray-box AUC) per gate.
+
 Controls returned for the side-by-side table: a *placebo* guard (same recipe and
 settings, random labels on holdout images instead of members: if it protects as well, the
 effect is not specific to the training set) and post-hoc *rejection sampling*
