@@ -71,7 +71,8 @@ from privaudit.target import load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
 TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
-TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC"}
+TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC",
+                 "black_box_auc_two_sided": "two-sided black-box membership AUC"}
 QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; higher precision is better
 
 GENERIC_LIMITS = (
@@ -669,10 +670,11 @@ def _findings(method: str, controls: list[dict], sweep: list[dict], matched: dic
             out.append(f"{method} gate leak (two-sided gray-box AUC of the protected noise prediction; what leaked "
                        f"weights expose): {_fmt(m1['gray_box_auc_two_sided'])} (raw model "
                        f"{_fmt(m0.get('gray_box_auc_two_sided'))}).")
-        unmet = [k for k, v in TARGETS.items() if k in m1 and m1[k] > v]
+        goals = {"copy_fraction": TARGETS["copy_fraction"], privacy_key(m1): TARGETS["membership_auc_two_sided"]}
+        unmet = [k for k, v in goals.items() if k in m1 and m1[k] > v]
         if unmet:
             out.append(f"{method} at these settings misses the target(s) " +
-                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
+                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {goals[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
     for c in controls:
         if c["family"] in ("none", method):
             continue

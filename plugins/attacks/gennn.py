@@ -14,8 +14,10 @@ without captions would, and compared in pixels (the runner's latents are decoded
 protected or rejection-sampled model is sampled the way it serves samples
 (``draw_samples``): what a user of that service receives.
 
-Nothing is fitted on the calibration split (there is no choice to make), so calibration and
-evaluation images are scored alike.
+Direction (``two_sided``, default): chosen on the calibration split (``direction_``: +1 when
+members are closer to the samples, as for a memorising model; -1 when a mitigation steers
+samples away from members so that members are the images *farther* from every sample, which
+an attacker who knows the mitigation exploits). Nothing else is fitted.
 
 Threat model: black box (generated images only). Queries: ``n_samples`` x ``steps`` sampler
 steps once per audit, shared by every audited image (``queries_per_image`` divides the
@@ -33,9 +35,10 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import Interval, MembershipAttack, Options, store_params
+from privaudit.api import InstanceOf, Interval, MembershipAttack, Options, store_params
 from privaudit.latent import ConditionedDenoiser
 from privaudit.plugins.attacks._blackbox import nearest_sq_distance, to_pixels
+from privaudit.plugins.attacks._common import calibration_auc
 
 
 class GeneratedNearestNeighbourAttack(MembershipAttack):
@@ -49,9 +52,9 @@ class GeneratedNearestNeighbourAttack(MembershipAttack):
                   "CCS 2020",)
 
     parameter_constraints = {"n_samples": [Interval(int, 1, 1_000_000)], "steps": [Interval(int, 1, 10_000)],
-                             "sampler": [Options("ddim", "ddpm")]}
+                             "sampler": [Options("ddim", "ddpm")], "two_sided": [InstanceOf(bool)]}
 
-    def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim"):
+    def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", two_sided: bool = True):
         store_params(self, locals())
 
     def queries_per_image(self) -> float:
@@ -70,9 +73,16 @@ class GeneratedNearestNeighbourAttack(MembershipAttack):
             self._samples = base.draw_samples(n=self.n_samples, steps=self.steps, sampler=self.sampler, seed=seed)
         if not torch.isfinite(self._samples).all():
             raise ValueError("the model generated samples with NaN or infinite pixels")
+        self.direction_ = 1.0
+        if self.two_sided and members is not None and holdout is not None and len(members) and len(holdout):
+            auc = calibration_auc(self._distance(denoiser, members).neg(), self._distance(denoiser, holdout).neg())
+            self.direction_ = 1.0 if auc >= 0.5 else -1.0
         return self
+
+    def _distance(self, denoiser, x0) -> torch.Tensor:
+        return nearest_sq_distance(to_pixels(denoiser, x0).cpu(), self._samples)
 
     def score(self, denoiser, x0, *, noise):
         if getattr(self, "_samples", None) is None:
             raise RuntimeError("gen-nn: fit() (or prepare()) must run before score()")
-        return -nearest_sq_distance(to_pixels(denoiser, x0).cpu(), self._samples)
+        return -getattr(self, "direction_", 1.0) * self._distance(denoiser, x0)

@@ -17,8 +17,12 @@ compared in pixels after decoding. A protected model (CPSample) is sampled throu
 
 Calibration: ``timesteps`` x ``draws`` are swept on the calibration split only (all ``max(draws)``
 draws are computed once per timestep; the first k are averaged for each candidate k); the
-best calibration AUC wins, ties going to the cheaper setting. Chosen values: ``timestep_``,
-``k_``; the sweep: ``sweep_`` (best AUC per timestep) and ``grid_`` ("t/k" -> AUC).
+best calibration AUC wins, ties going to the cheaper setting. With ``two_sided`` (default) the
+score direction is chosen there too: a sampling-time mitigation such as CPSample pushes noised
+members *away* from themselves, so members come back farther than unseen images, and an
+attacker who knows the mitigation reads the distance the other way round. Chosen values:
+``timestep_``, ``k_``, ``direction_`` (+1: closer is member-like); the sweep: ``sweep_`` (best
+AUC per timestep, members-closer direction) and ``grid_`` ("t/k" -> AUC, same direction).
 
 Threat model: black box (images in, images out). Queries per image: ``k`` x the number of
 sampler steps from t to 0 (twice that for text models with classifier-free guidance, as
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.api import Interval, MembershipAttack, Noise, Options, SequenceOf, store_params
+from privaudit.api import InstanceOf, Interval, MembershipAttack, Noise, Options, SequenceOf, store_params
 from privaudit.denoiser import add_noise, sampling_scheduler, scale_t
 from privaudit.latent import latent_of
 from privaudit.plugins.attacks._blackbox import run_sampler, sq_distance, to_pixels
@@ -55,11 +59,11 @@ class ReDiffuseAttack(MembershipAttack):
     parameter_constraints = {
         "timesteps": [SequenceOf(Interval(int, 1, 999))], "draws": [SequenceOf(Interval(int, 1, 256))],
         "steps": [Interval(int, 1, 1000)], "sampler": [Options("ddim", "ddpm")],
-        "guidance_scale": [Interval(float, 0, 100)],
+        "guidance_scale": [Interval(float, 0, 100)], "two_sided": [InstanceOf(bool)],
     }
 
     def __init__(self, *, timesteps: tuple[int, ...] = (100, 200, 300), draws: tuple[int, ...] = (1, 2, 4),
-                 steps: int = 20, sampler: str = "ddim", guidance_scale: float = 5.0):
+                 steps: int = 20, sampler: str = "ddim", guidance_scale: float = 5.0, two_sided: bool = True):
         store_params(self, locals())
 
     # ------------------------------------------------------------------ cost
@@ -104,8 +108,9 @@ class ReDiffuseAttack(MembershipAttack):
         nm, nh = (Noise.for_images(x, seed=seed, stream="rediffuse/fit") for x in (members, holdout))
         sched = sampling_scheduler(denoiser, self.sampler, self.steps)
         grid: dict[str, float] = {}
-        best: tuple[float, int, int, int] | None = None  # (AUC, cost, t, k)
-        if len(ts) == 1 and len(ks) == 1:
+        best: tuple[float, int, int, int, float] | None = None  # (oriented AUC, cost, t, k, direction)
+        self.direction_ = 1.0
+        if len(ts) == 1 and len(ks) == 1 and not self.two_sided:
             self.timestep_, self.k_, self.sweep_, self.grid_ = ts[0], ks[0], {}, {}
         else:
             for t in ts:
@@ -114,10 +119,11 @@ class ReDiffuseAttack(MembershipAttack):
                     auc = calibration_auc(-dm[k - 1], -dh[k - 1])
                     grid[f"{t}/{k}"] = round(auc, 6)
                     cost = k * len(self._grid(sched, t))
-                    if best is None or auc > best[0] + 1e-9 or (abs(auc - best[0]) <= 1e-9 and cost < best[1]):
-                        best = (auc, cost, t, k)
+                    for direction, value in ((1.0, auc), (-1.0, 1.0 - auc))[: 2 if self.two_sided else 1]:
+                        if best is None or value > best[0] + 1e-9 or (abs(value - best[0]) <= 1e-9 and cost < best[1]):
+                            best = (value, cost, t, k, direction)
             assert best is not None
-            self.timestep_, self.k_ = best[2], best[3]
+            self.timestep_, self.k_, self.direction_ = best[2], best[3], best[4]
             self.grid_ = grid
             self.sweep_ = {t: max(v for key, v in grid.items() if key.startswith(f"{t}/")) for t in ts}
         cfg = 2 if latent_of(denoiser) is not None and self.guidance_scale != 1.0 else 1
@@ -129,4 +135,4 @@ class ReDiffuseAttack(MembershipAttack):
         k = getattr(self, "k_", max(self.draws))
         if t is None:
             t = scale_t(denoiser, self.timesteps[0])
-        return -self._draws(denoiser, x0, t, noise, k)[k - 1]
+        return -getattr(self, "direction_", 1.0) * self._draws(denoiser, x0, t, noise, k)[k - 1]
