@@ -348,11 +348,15 @@ class _Auditor:
         if self.base_seconds is None:
             self.base_seconds = secs
         det = details() if callable(details) else dict(details or {})
+        # each way of serving the model judged as the protected one is: black-box headline, weights-leak line
+        v = mitigation_verdict(before={"verdict": {"level": "n/a"}}, after_res=res, row={"metrics": metrics},
+                               settings=self.settings)
         return {"name": name, "description": description, "family": family, "role": role, "params": params,
                 "metrics": metrics,
                 "sampling_seconds": round(secs, 3), "sampling_ratio": round(secs / max(self.base_seconds, 1e-9), 3),
                 "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"]},
-                "verdict": res["verdict"]["level"], "details": det}
+                "verdict": v["level"], "verdict_basis": v["basis"],
+                "verdict_if_weights_leak": v["if_weights_leak"]["level"], "details": det}
 
 
 def meets_targets(metrics: dict, targets: dict = TARGETS) -> bool:

@@ -1009,7 +1009,7 @@ def controls_table(controls: list[dict]) -> dict:
                  fmt_value(_num(c.get("sampling_ratio")), "ratio") if _num(c.get("sampling_ratio")) is not None else ""]
         rows.append({"name": str(c.get("name", "")), "description": str(c.get("description") or ""),
                      "cells": cells, "time": " ".join(t for t in time_ if t),
-                     "verdict": str(c.get("verdict") or "")})
+                     "verdict": str(c.get("verdict") or ""), "leak": str(c.get("verdict_if_weights_leak") or "")})
     return {"cols": [metric_info(k)[0] for k in cols], "rows": rows}
 
 

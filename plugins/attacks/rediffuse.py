@@ -13,7 +13,10 @@ image-to-image pipelines apply a strength; ``t`` is given on DDPM's 1000-step sc
 mapped onto the model's by equal signal-to-noise ratio. Text models: latent space with the
 image's caption and classifier-free guidance ``guidance_scale`` (the served pipeline's rule),
 compared in pixels after decoding. A protected model (CPSample) is sampled through its own
-``eps``, guard included: this is the access a served protected model gives.
+``eps``, guard included: this is the access a served protected model gives. A model that
+serves *samples* its own way (``draw_samples``, e.g. post-hoc rejection sampling) is still
+denoised through its ``eps`` here: rediffuse measures a variation endpoint built on that model,
+which a filter on generated samples does not cover.
 
 Calibration: ``timesteps`` x ``draws`` are swept on the calibration split only (all ``max(draws)``
 draws are computed once per timestep; the first k are averaged for each candidate k); the
