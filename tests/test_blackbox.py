@@ -189,3 +189,15 @@ def test_black_box_attacks_on_the_text_model(text_bb_scans):
     assert plugin(text_bb_scans["members"], "prompt-copy")["queries_per_image"] == 2 * 25 * 2
     for name in ("prompt-copy", "gen-nn"):  # never-seen captioned digits as members: chance
         assert abs(plugin(text_bb_scans["null"], name)["metrics"]["auc"]["value"] - 0.5) <= 0.15, name
+
+
+def test_a_model_that_returns_nan_is_inconclusive_never_low(digits_u8):
+    class Broken(EmpiricalOracle):
+        def eps(self, x_t, t, cond=None):
+            return torch.full_like(x_t, float("nan"))
+
+    res = _audit(Broken(_tensor(digits_u8[:20])), digits_u8[:20], digits_u8[20:40])
+    for name in BLACK_BOX:
+        p = plugin(res, name)
+        assert p["status"] == "ok" and p["severity"] == "info" and "could not judge" in p["finding"], p
+    assert res["verdict"]["level"] == "inconclusive"

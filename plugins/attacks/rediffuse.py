@@ -118,6 +118,8 @@ class ReDiffuseAttack(MembershipAttack):
         else:
             for t in ts:
                 dm, dh = (self._draws(denoiser, members, t, nm, ks[-1]), self._draws(denoiser, holdout, t, nh, ks[-1]))
+                if not (torch.isfinite(dm).all() and torch.isfinite(dh).all()):
+                    continue  # broken reconstructions choose nothing; if every t is broken, scores say so (NaN)
                 for k in ks:
                     auc = calibration_auc(-dm[k - 1], -dh[k - 1])
                     grid[f"{t}/{k}"] = round(auc, 6)
@@ -125,10 +127,12 @@ class ReDiffuseAttack(MembershipAttack):
                     for direction, value in ((1.0, auc), (-1.0, 1.0 - auc))[: 2 if self.two_sided else 1]:
                         if best is None or value > best[0] + 1e-9 or (abs(value - best[0]) <= 1e-9 and cost < best[1]):
                             best = (value, cost, t, k, direction)
-            assert best is not None
+            if best is None:
+                best = (float("nan"), 0, ts[0], ks[-1], 1.0)
             self.timestep_, self.k_, self.direction_ = best[2], best[3], best[4]
             self.grid_ = grid
-            self.sweep_ = {t: max(v for key, v in grid.items() if key.startswith(f"{t}/")) for t in ts}
+            self.sweep_ = {t: max(v for key, v in grid.items() if key.startswith(f"{t}/")) for t in ts
+                           if any(key.startswith(f"{t}/") for key in grid)}
         cfg = 2 if latent_of(denoiser) is not None and self.guidance_scale != 1.0 else 1
         self.queries_ = self.k_ * len(self._grid(sched, self.timestep_)) * cfg
         return self
