@@ -290,8 +290,8 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
                  for tm in ("black-box", "gray-box", "white-box") if any(_threat_of(p) == tm for p in ok)}
     leak_rules = [f for f in everything if f["threat_model"] != "black-box"]
     if_leak = {"level": everything_level, "fired": leak_rules,
-               "text": ("If the weights leak (anyone holding the protected folder has the raw network and the "
-                        f"guard): {everything_level} risk"
+               "text": (f"{everything_level} risk for anyone holding the protected folder (the raw network and "
+                        "the guard)"
                         + (f", from {', '.join(sorted({f['plugin'] for f in leak_rules}))}" if leak_rules else "")
                         + ". Gray-box attacks query the protected noise prediction, guard included (its gate can "
                           "itself tell members apart); white-box attacks read the raw network, which no sampling-time "

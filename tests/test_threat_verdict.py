@@ -53,7 +53,7 @@ def test_protected_verdict_is_the_black_box_one_with_a_weights_leak_line():
     assert v["basis"] == "black-box" and v["level"] == "low"
     assert not [f for f in v["fired"] if f["threat_model"] != "black-box"]
     leak = v["if_weights_leak"]
-    assert leak["level"] == "high" and "If the weights leak" in leak["text"]
+    assert leak["level"] == "high" and leak["text"].startswith("high risk for anyone holding the protected folder")
     assert {f["threat_model"] for f in leak["fired"]} == {"gray-box"}
     assert any("gate leak" in f["text"] for f in leak["fired"])  # the two-sided gray-box headline
     assert v["by_threat_model"] == {"black-box": "low", "gray-box": "high"}
