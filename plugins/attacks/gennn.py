@@ -21,7 +21,8 @@ an attacker who knows the mitigation exploits). Nothing else is fitted.
 
 Threat model: black box (generated images only). Queries: ``n_samples`` x ``steps`` sampler
 steps once per audit, shared by every audited image (``queries_per_image`` divides the
-total by the number of audited images once prepared; the cache makes a second use free).
+total by the number of audited images once prepared, and is ``steps`` per generated sample
+before, as for the ``nn`` detector; the cache makes a second use free).
 
 Differences from the literature: Chen et al. also calibrate the distance with a reference
 model trained on other data (needs a second model) and use a learned perceptual distance
@@ -58,7 +59,8 @@ class GeneratedNearestNeighbourAttack(MembershipAttack):
         store_params(self, locals())
 
     def queries_per_image(self) -> float:
-        return float(getattr(self, "queries_", self.n_samples * self.steps))
+        # prepared: the sampling spread over the audited images; before: per generated sample, as the nn detector
+        return float(getattr(self, "queries_", self.steps))
 
     def prepare(self, ctx) -> None:
         self._samples = ctx.samples(n=self.n_samples, steps=self.steps, sampler=self.sampler)
