@@ -65,7 +65,10 @@ gate leak is 0.91. So on this fixture the hard gate leaks through the served pip
 verdict stays "high". The soft gate (below), swept on the same grid (alpha 0.25/0.4 x scale
 30/100, gate width 0.05), did not do better: at the copy target it left 0.004 copies at Frechet
 distance 190 (hard: 0.000 at 119), gate leak 0.90 (hard 0.91), black-box two-sided AUC 0.89
-(hard 0.89). The hard gate stays the default.
+(hard 0.89). The hard gate stays the default. On the text fixture (digits-text, same defaults,
+``--attacks loss,rediffuse,gen-nn,prompt-copy``) the served pipeline still copies (0.996 -> 0.629)
+and ``prompt-copy`` (generate with the member's own caption) keeps AUC 1.00 and TPR 1.00 at 1%
+FPR: the verdict stays "critical"; gate leak 0.96.
 
 The gate (``gate``): "hard" (the paper's rule, default) guides only where the guard's
 confidence exceeds 1 - alpha; "soft" guides everywhere with a strength following the guard's
