@@ -169,7 +169,8 @@ def text_bb_scans(digits_text_target, tmp_path_factory) -> dict:
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a second thread only synchronises
     try:
-        for members, attacks in (("members", ("prompt-copy", "rediffuse", "gen-nn")), ("null", ("prompt-copy", "gen-nn"))):
+        for members in ("members", "null"):
+            attacks = ("prompt-copy", "rediffuse", "gen-nn")
             settings = AuditSettings(attacks=attacks, detectors=(), progress=False, n_boot=200)
             out[members] = scan(model_dir=digits_text_target / "model", members=digits_text_target / members,
                                 holdout=digits_text_target / "holdout", out=tmp_path_factory.mktemp(f"text-bb-{members}"),
@@ -187,7 +188,7 @@ def test_black_box_attacks_on_the_text_model(text_bb_scans):
         assert res["metrics"]["auc"]["value"] >= 0.9, name
     # prompt-copy: k draws x steps x 2 guidance branches per image
     assert plugin(text_bb_scans["members"], "prompt-copy")["queries_per_image"] == 2 * 25 * 2
-    for name in ("prompt-copy", "gen-nn"):  # never-seen captioned digits as members: chance
+    for name in ("prompt-copy", "rediffuse", "gen-nn"):  # never-seen captioned digits as members: chance
         assert abs(plugin(text_bb_scans["null"], name)["metrics"]["auc"]["value"] - 0.5) <= 0.15, name
 
 
@@ -201,3 +202,20 @@ def test_a_model_that_returns_nan_is_inconclusive_never_low(digits_u8):
         p = plugin(res, name)
         assert p["status"] == "ok" and p["severity"] == "info" and "could not judge" in p["finding"], p
     assert res["verdict"]["level"] == "inconclusive"
+
+
+def test_score_time_text_views_are_rebound_per_chunk(digits_text_denoiser):
+    """A batch bound to its captions and cut into chunks keeps each image's caption (it once tiled the whole
+    batch's captions onto each chunk's draws: misaligned conditioning, silently)."""
+    from privaudit.latent import ConditionedDenoiser
+    from privaudit.plugins.attacks._common import image_chunks
+
+    lat = digits_text_denoiser
+    emb = lat.prompt_embeddings([f"a handwritten digit {i}" for i in range(10)])
+    view = ConditionedDenoiser(lat, cond=emb)
+    chunks = list(image_chunks(view, torch.zeros(10, *lat.sample_shape), Noise([str(i) for i in range(10)], seed=0),
+                               size=4))
+    assert [len(x) for _, x, _ in chunks] == [4, 4, 2]
+    for i, (den, x, noise) in enumerate(chunks):
+        torch.testing.assert_close(den.conditioning(len(x)), emb[4 * i:4 * i + len(x)])
+        assert noise.keys == tuple(str(j) for j in range(4 * i, 4 * i + len(x)))
