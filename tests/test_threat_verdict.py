@@ -128,3 +128,15 @@ def test_soft_gate_follows_confidence(toy_protected):
     assert toy_protected.with_params(gate="soft").fingerprint != toy_protected.fingerprint
     with pytest.raises(ValueError, match="gate"):
         toy_protected.with_params(gate="random")
+
+
+def test_ci_summary_carries_the_served_verdict_and_the_weights_leak_line():
+    from privaudit.exports import summary
+
+    row = {"metrics": summarize({"plugins": PROTECTED})}
+    v = mitigation_verdict(before={"verdict": {"level": "critical"}}, after_res=_after(PROTECTED), row=row,
+                           settings=AuditSettings(n_boot=20))
+    s = summary({"kind": "mitigation", "verdict": v, "controls": [], "after": _after(PROTECTED),
+                 "gate_leak": gate_leak({"metrics": {}}, row)})
+    assert (s["verdict"], s["verdict_basis"], s["verdict_if_weights_leak"]) == ("low", "black-box", "high")
+    assert s["gate_leak"] == pytest.approx(0.88)
