@@ -219,3 +219,18 @@ def test_score_time_text_views_are_rebound_per_chunk(digits_text_denoiser):
     for i, (den, x, noise) in enumerate(chunks):
         torch.testing.assert_close(den.conditioning(len(x)), emb[4 * i:4 * i + len(x)])
         assert noise.keys == tuple(str(j) for j in range(4 * i, 4 * i + len(x)))
+
+
+def test_direction_is_chosen_on_calibration_when_members_come_back_farther(digits_u8):
+    # a model that reproduces the *holdout* images: members are the ones that come back far (as under a guard that
+    # pushes members away); the two-sided attacks read the distance the other way round, one-sided ones cannot
+    den = EmpiricalOracle(_tensor(digits_u8[64:128]))
+    res = _audit(den, digits_u8[:64], digits_u8[64:128],
+                 params={"rediffuse": {"timesteps": (100,), "draws": (1,)}})
+    for name in BLACK_BOX:
+        p = plugin(res, name)
+        assert p["details"]["fitted"]["direction_"] == -1.0 and p["metrics"]["auc"]["value"] >= 0.95, name
+    one_sided = _audit(den, digits_u8[:64], digits_u8[64:128], params={
+        "rediffuse": {"timesteps": (100,), "draws": (1,), "two_sided": False}, "gen-nn": {"two_sided": False}})
+    for name in BLACK_BOX:
+        assert plugin(one_sided, name)["metrics"]["auc"]["value"] <= 0.05, name
