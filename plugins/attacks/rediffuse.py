@@ -24,8 +24,9 @@ best calibration AUC wins, ties going to the cheaper setting. With ``two_sided``
 score direction is chosen there too: a sampling-time mitigation such as CPSample pushes noised
 members *away* from themselves, so members come back farther than unseen images, and an
 attacker who knows the mitigation reads the distance the other way round. Chosen values:
-``timestep_``, ``k_``, ``direction_`` (+1: closer is member-like); the sweep: ``sweep_`` (best
-AUC per timestep, members-closer direction) and ``grid_`` ("t/k" -> AUC, same direction).
+``timestep_``, ``k_``, ``direction_`` (+1: closer is member-like); the sweep: ``sweep_`` (per
+timestep, the members-closer calibration AUC farthest from 0.5, or the largest when one-sided)
+and ``grid_`` ("t/k" -> AUC, members-closer direction).
 
 Threat model: black box (images in, images out). Queries per image: ``k`` x the number of
 sampler steps from t to 0 (twice that for text models with classifier-free guidance, as
@@ -131,7 +132,8 @@ class ReDiffuseAttack(MembershipAttack):
                 best = (float("nan"), 0, ts[0], ks[-1], 1.0)
             self.timestep_, self.k_, self.direction_ = best[2], best[3], best[4]
             self.grid_ = grid
-            self.sweep_ = {t: max(v for key, v in grid.items() if key.startswith(f"{t}/")) for t in ts
+            pick = (lambda vs: max(vs, key=lambda v: abs(v - 0.5))) if self.two_sided else max
+            self.sweep_ = {t: pick([v for key, v in grid.items() if key.startswith(f"{t}/")]) for t in ts
                            if any(key.startswith(f"{t}/") for key in grid)}
         cfg = 2 if latent_of(denoiser) is not None and self.guidance_scale != 1.0 else 1
         self.queries_ = self.k_ * len(self._grid(sched, self.timestep_)) * cfg
