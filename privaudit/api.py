@@ -179,6 +179,7 @@ class MembershipAttack(Plugin):
     """Scores images; higher = more member-like.
 
     ``fit`` may make choices (a timestep, a classifier) and sees calibration data only.
+    ``prepare(ctx)`` (optional) sees the audit's context first (e.g. its cached generated samples).
     ``score`` is called batch by batch on calibration and evaluation images alike and returns one
     float per image. Its randomness comes only from ``noise`` (``noise.randn(shape, tag=...)``),
     keyed per image, so an image's score does not depend on the batch, shard or worker it was
@@ -187,6 +188,11 @@ class MembershipAttack(Plugin):
 
     kind: ClassVar[str] = "attack"
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = MEMBERSHIP_SPECS
+
+    def prepare(self, ctx: "AuditContext") -> None:
+        """Called by the audit once before ``fit`` with the audit's context: a black-box attack that
+        compares images with the model's generated samples draws them here (``ctx.samples``, cached on
+        disk and shared with the detectors). Nothing by default."""
 
     def fit(self, denoiser: Denoiser, *, members: torch.Tensor, holdout: torch.Tensor, seed: int) -> "MembershipAttack":
         return self

@@ -62,9 +62,11 @@ def _add_threads(p: argparse.ArgumentParser, *, default: int | None = None) -> N
                    help=f"torch CPU threads (default: {what}); 1 is often fastest for small models on a busy machine")
 
 
-def _add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = ("nn",)) -> None:
+def _add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = ("nn",),
+                    attacks: tuple[str, ...] = ("loss",)) -> None:
     _add_threads(p)
-    p.add_argument("--attacks", type=_csv, default=("loss",), help="comma-separated attack plugins (default: loss)")
+    p.add_argument("--attacks", type=_csv, default=attacks,
+                   help=f"comma-separated attack plugins (default: {','.join(attacks)})")
     p.add_argument("--detectors", type=_csv, default=None,
                    help=f"comma-separated detector plugins (default: {','.join(detectors)}, plus the prompt-level "
                         "detectors of a text-to-image target)")
@@ -377,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, help="CPSample guidance scale (>= 0; 0 turns guidance off)")
     p.add_argument("--sweep", action="store_true", help="also audit the method's sweep (e.g. alpha x scale) and "
                    "recommend a setting")
-    _add_audit_args(p, detectors=("nn", "quality"))
+    # a protected model is judged as served: black-box attacks (images only) beside the gray-box loss
+    _add_audit_args(p, detectors=("nn", "quality"), attacks=("loss", "rediffuse", "gen-nn"))
     p.set_defaults(func=cmd_mitigate)
 
     p = sub.add_parser("report", help="re-render a run's report from its results.json")
@@ -407,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/demo-<time>)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
     # The demo shows everything built in: every pixel-model attack and both image detectors.
-    p.add_argument("--attacks", type=_csv, default=("loss", "secmi", "pia", "pian", "sima", "gsa"),
-                   help="comma-separated attack plugins (default: loss,secmi,pia,pian,sima,gsa)")
+    p.add_argument("--attacks", type=_csv, default=("loss", "secmi", "pia", "pian", "sima", "gsa", "rediffuse", "gen-nn"),
+                   help="comma-separated attack plugins (default: loss,secmi,pia,pian,sima,gsa,rediffuse,gen-nn)")
     p.add_argument("--detectors", type=_csv, default=("nn", "quality"),
                    help="comma-separated detector plugins (default: nn,quality)")
     # The before/after audit runs the scan's attacks: a verdict judged on fewer attacks than the scan's could read

@@ -2,8 +2,9 @@
 
 - ``summary.json``: the verdict, each rule that fired, and every plugin's headline metrics
   with their 95% intervals and reliability; no images, no per-image data, small enough to
-  read in a CI log. For a mitigation run: the protected model's verdict, the raw model's,
-  and the before/after headline numbers of each way of serving the model.
+  read in a CI log. For a mitigation run: the protected model's verdict (as served: the black-box
+  one when a black-box attack ran, ``verdict_basis``), the "if the weights leak" level, the gate
+  leak, the raw model's verdict, and the headline numbers of each way of serving the model.
 - ``junit.xml``: one test case per plugin (``classname`` = its area). A plugin whose severity
   is ``medium`` or above fails (``FAIL_AT``), with the rules that fired as the message; a
   skipped plugin is skipped and a crashed one an error, so CI systems show findings natively.
@@ -55,6 +56,9 @@ def summary(results: dict) -> dict:
                    served=[{"name": c.get("name"), "family": c.get("family"), "metrics": c.get("metrics") or {}}
                            for c in results.get("controls") or []],
                    raw_weights_shipped=(results.get("weights") or {}).get("raw_weights_shipped"),
+                   verdict_basis=v.get("basis"),
+                   verdict_if_weights_leak=(v.get("if_weights_leak") or {}).get("level"),
+                   gate_leak=(results.get("gate_leak") or {}).get("value"),
                    plugins=_plugins(results.get("after") or {}))
     else:
         ps = _plugins(results)

@@ -21,9 +21,13 @@ The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows non
    else the fewest copies), and, where the sweep has a ``placebo`` family, the two families'
    Pareto fronts compared at matched quality (``matched_quality``).
 
-6. **verdict** (``mitigation_verdict``): the protected model's level, from every membership and
-   replication number the report shows: the after-audit's rules, the same rules on each
-   attack's reversed score, and the headline two-sided AUC and copy fraction.
+6. **verdict** (``mitigation_verdict``), judged by threat model: every membership and replication
+   number the report shows is put through the rules (the after-audit's rules, the same rules on
+   each attack's reversed score, the headline two-sided AUC per threat model and the copy
+   fraction). The protected model's level is the black-box one (black-box attacks and replication
+   detectors: what a served model faces) when a black-box attack ran, else the worst of all;
+   ``if_weights_leak`` is the worst of all, gray-box and white-box included, labelled as such.
+   ``gate_leak``: the protected model's two-sided gray-box AUC (the guard's gate seen from outside).
 
 Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html, exactly as
 ``scan``), ``DIR/results.json`` (``kind: "mitigation"``; shape below), ``DIR/summary.json``,
@@ -35,8 +39,10 @@ Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html
      "family", <params>, "metrics", "sampling_seconds", "meets_targets", "recommended"}],
      "matched_quality": {...} | null, "white_box": [...], "details": {...}, "details_title": str, "targets": {...},
      "findings": [str], "warnings": [str], "limits": [str], "manifest": {...},
-     "verdict": {"level", "before", "fired": [{"level", "plugin", "area", "text"}], "reversed": {...},
-     "reasons", "warnings", "rules"}, "weights": {"same_files", "sha256", "raw_weights_shipped"}}
+     "verdict": {"level", "basis", "before", "fired": [{"level", "plugin", "area", "threat_model", "text"}],
+     "if_weights_leak": {"level", "fired", "text"}, "by_threat_model": {...}, "reversed": {...},
+     "reasons", "warnings", "rules"}, "gate_leak": {"value", "before", "black_box", "note"} | null,
+     "weights": {"same_files", "sha256", "raw_weights_shipped"}}
 """
 
 from __future__ import annotations
@@ -77,14 +83,19 @@ from privaudit.target import load_target
 
 # What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
 TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
-TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC"}
+TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC",
+                 "black_box_auc_two_sided": "two-sided black-box membership AUC"}
 QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; higher precision is better
 
 GENERIC_LIMITS = (
     "Protection holds only while the raw model weights stay private: white-box attacks read the raw network and "
     "see through any sampling-time mitigation.",
-    "Gray-box numbers are for the protected model as served (noise predictions at chosen timesteps); an attacker "
-    "who knows the mitigation may invert a score, so membership AUC is also reported two-sided, max(AUC, 1 - AUC).",
+    "Black-box numbers (attacks through the sampling interface, replication detectors) are what a served model "
+    "faces and make the headline verdict; they hold only while the model is served (images out), never shipped.",
+    "Gray-box numbers query the protected noise prediction (guard included), an access that only holding the "
+    "weights gives: they belong to the 'if the weights leak' line, where the guard's gate itself can tell members "
+    "apart (the gate leak). An attacker who knows the mitigation may invert a score, so membership AUC is also "
+    "reported two-sided, max(AUC, 1 - AUC).",
 )
 
 
@@ -102,6 +113,7 @@ def summarize(results: dict) -> dict:
     served: list[float] = []
     white: list[float] = []
     two_sided: list[float] = []
+    by_threat: dict[str, dict[str, list[float]]] = {}
     copies: dict[str, float] = {}
     for p in results["plugins"]:
         if p["status"] != "ok":
@@ -114,6 +126,13 @@ def summarize(results: dict) -> dict:
             cands = [auc] + [float(v) for v in ((p.get("details") or {}).get("fitted") or {}).get("sweep_", {}).values()
                              if isinstance(v, (int, float))]
             two_sided.append(max(max(c, 1 - c) for c in cands))
+            tm = by_threat.setdefault(THREAT_KEYS.get(p["threat_model"], "other"), {"auc": [], "two": [], "tpr": []})
+            tm["auc"].append(auc)
+            tm["two"].append(two_sided[-1])
+            if (tpr := _value(m.get("tpr_at_fpr_0.01"))) is not None:
+                tm["tpr"].append(tpr)
+                if p["threat_model"] == "black-box":  # each black-box attack's TPR: what the served model concedes
+                    out[f"{p['name']}_tpr_at_fpr_0.01"] = tpr
         if (cf := _value(m.get("copy_fraction"))) is not None:
             copies[p["name"]] = cf
         if (div := _value(m.get("mean_diversity"))) is not None:
@@ -133,7 +152,25 @@ def summarize(results: dict) -> dict:
         out["white_box_auc"] = max(white)
     if two_sided:
         out["membership_auc_two_sided"] = max(two_sided)
+    for key, tm in by_threat.items():  # per threat model: what a served model faces vs what leaked weights expose
+        if key == "other":
+            continue
+        out[f"{key}_auc_two_sided"] = max(tm["two"])
+        if key != "white_box":
+            out[f"{key}_auc"] = max(tm["auc"])
+        if tm["tpr"]:
+            out[f"{key}_tpr_at_fpr_0.01"] = max(tm["tpr"])
     return {k: round(v, 6) for k, v in out.items() if v is not None}
+
+
+# summary keys per threat model: "black_box_auc", "gray_box_auc_two_sided" (the gate leak of a protected model), ...
+THREAT_KEYS = {"black-box": "black_box", "gray-box": "gray_box", "white-box": "white_box"}
+
+
+def privacy_key(metrics: dict) -> str:
+    """The membership number a served setting is judged on: the black-box two-sided AUC where a black-box
+    attack ran (what a served model faces), else the two-sided AUC over every attack on the served model."""
+    return "black_box_auc_two_sided" if "black_box_auc_two_sided" in metrics else "membership_auc_two_sided"
 
 
 def _sampling_config(results: dict) -> dict:
@@ -192,41 +229,109 @@ def _flipped_rules(res: dict, settings: AuditSettings) -> tuple[list[dict], dict
     return out, metrics
 
 
-def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings) -> dict:
-    """The protected model's verdict: the worst of every rule on every membership and replication number shown.
+def _threat_of(p: dict) -> str:
+    """A plugin result's threat model; detectors read generated samples (black box)."""
+    tm = p.get("threat_model")
+    return "black-box" if p.get("kind") == "detector" or tm in (None, "n/a") else str(tm)
 
-    The after-audit's own rules (one-sided, as for any scan), the same rules on each attack's
-    reversed score, and the thresholds applied to the headline numbers of the protected row
-    (two-sided membership AUC over attacks and timesteps, copy fraction). The raw weights stay
-    in the protected folder, so white-box attacks keep their before-audit numbers (they are
-    part of the after-audit). ``verdict["before"]`` is the raw model's level; ``verdict["reversed"]``
-    each attack's metrics with its score reversed.
+
+def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings) -> dict:
+    """The protected model's verdict, judged in its own threat model, plus what leaked weights would expose.
+
+    Every rule on every membership and replication number the report shows is evaluated: the
+    after-audit's rules (one-sided, as for any scan), the same rules on each attack's reversed
+    score, and the thresholds on the protected row's headline numbers (two-sided membership AUC
+    per threat model, copy fraction). Each fired rule carries the threat model of its evidence.
+
+    A protected pipeline is served: its users get images, not noise predictions. When at least
+    one black-box attack ran, ``level`` is the worst of the black-box evidence (black-box attacks,
+    replication detectors, the black-box and copy headlines): the headline. ``if_weights_leak``
+    is the worst of everything, gray-box (the protected noise prediction, where the guard's gate
+    itself can leak) and white-box (the raw network) included: what an attacker holding the
+    weights would see. Without any black-box attack there is no black-box membership evidence,
+    so ``level`` is the worst of everything (``basis`` says which). ``verdict["before"]`` is the raw
+    model's level; ``verdict["reversed"]`` each attack's metrics with its score reversed.
     """
     from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, worst
 
-    fired = [{"level": p["severity"], "plugin": p["name"], "text": r,
+    by_name = {p["name"]: p for p in after_res["plugins"]}
+    fired = [{"level": p["severity"], "plugin": p["name"], "text": r, "threat_model": _threat_of(p),
               "area": "membership" if p["kind"] == "attack" else "replication"}
              for p in after_res["plugins"] if p["status"] == "ok" for r in (p.get("details") or {}).get("rules", [])]
     reversed_rules, reversed_metrics = _flipped_rules(after_res, settings)
-    fired += reversed_rules
+    fired += [{**f, "threat_model": _threat_of(by_name.get(f["plugin"], {}))} for f in reversed_rules]
     m = row.get("metrics") or {}
+    for key, tm, words in (("black_box_auc_two_sided", "black-box", "black-box attacks"),
+                           ("gray_box_auc_two_sided", "gray-box", "gray-box attacks (the gate leak)"),
+                           ("white_box_auc_two_sided", "white-box", "white-box attacks (the raw weights)")):
+        two = m.get(key)
+        if two is not None and two >= AUC_HIGH:
+            fired.append({"level": "high", "plugin": "headline", "area": "membership", "threat_model": tm,
+                          "text": f"two-sided membership AUC of {words} is {two:.2f} (>= {AUC_HIGH:.2f}; "
+                                  "max(AUC, 1 - AUC) over attacks and timesteps)"})
     two = m.get("membership_auc_two_sided")
-    if two is not None and two >= AUC_HIGH:
-        fired.append({"level": "high", "plugin": "headline", "area": "membership",
+    if two is not None and two >= AUC_HIGH and not any(k in m for k in ("black_box_auc_two_sided",
+                                                                          "gray_box_auc_two_sided",
+                                                                          "white_box_auc_two_sided")):
+        fired.append({"level": "high", "plugin": "headline", "area": "membership", "threat_model": "gray-box",
                       "text": f"two-sided membership AUC is {two:.2f} (>= {AUC_HIGH:.2f}; max(AUC, 1 - AUC) over "
                               "attacks and timesteps)"})
     cf = m.get("copy_fraction")
     if cf is not None and cf >= COPY_HIGH:
         fired.append({"level": "critical" if cf >= COPY_CRITICAL else "high", "plugin": "headline",
-                      "area": "replication", "text": f"{cf:.1%} of the protected model's samples are copies of members "
-                                                     f"(>= {COPY_CRITICAL if cf >= COPY_CRITICAL else COPY_HIGH:.0%})"})
+                      "area": "replication", "threat_model": "black-box",
+                      "text": f"{cf:.1%} of the protected model's samples are copies of members "
+                              f"(>= {COPY_CRITICAL if cf >= COPY_CRITICAL else COPY_HIGH:.0%})"})
     ok = [p for p in after_res["plugins"] if p["status"] == "ok"]
-    level = worst([f["level"] for f in fired] + [p["severity"] for p in ok]) if ok else "info"
-    fired = [f for f in fired if f["level"] not in ("low", "info")]
-    fired.sort(key=lambda f: -["info", "low", "medium", "high", "critical"].index(f["level"]))
-    return {"level": level, "before": before["verdict"]["level"], "fired": fired, "reversed": reversed_metrics,
-            "reasons": [f"{f['plugin']}: {f['text']}" for f in fired],
-            "warnings": list(after_res["verdict"].get("warnings", [])), "rules": RULES_TEXT}
+    black_attacks = [p for p in ok if p["kind"] == "attack" and _threat_of(p) == "black-box"]
+    rank = ["info", "low", "medium", "high", "critical"]
+
+    def judge(rules: list[dict], plugins: list[dict]) -> tuple[str, list[dict]]:
+        level = worst([f["level"] for f in rules] + [p["severity"] for p in plugins]) if plugins else "info"
+        shown = sorted((f for f in rules if f["level"] not in ("low", "info")), key=lambda f: -rank.index(f["level"]))
+        return level, shown
+
+    everything_level, everything = judge(fired, ok)
+    if black_attacks:
+        basis = "black-box"
+        level, shown = judge([f for f in fired if f["threat_model"] == "black-box"],
+                             [p for p in ok if _threat_of(p) == "black-box"])
+    else:
+        basis, level, shown = "every threat model", everything_level, everything
+    by_threat = {tm: judge([f for f in fired if f["threat_model"] == tm], [p for p in ok if _threat_of(p) == tm])[0]
+                 for tm in ("black-box", "gray-box", "white-box") if any(_threat_of(p) == tm for p in ok)}
+    leak_rules = [f for f in everything if f["threat_model"] != "black-box"]
+    if_leak = {"level": everything_level, "fired": leak_rules,
+               "text": (f"{everything_level} risk for anyone holding the protected folder (the raw network and "
+                        "the guard)"
+                        + (f", from {', '.join(sorted({f['plugin'] for f in leak_rules}))}" if leak_rules else "")
+                        + ". Gray-box attacks query the protected noise prediction, guard included (its gate can "
+                          "itself tell members apart); white-box attacks read the raw network, which no sampling-time "
+                          "guard changes.")}
+    return {"level": level, "basis": basis, "before": before["verdict"]["level"], "fired": shown,
+            "if_weights_leak": if_leak, "by_threat_model": by_threat, "reversed": reversed_metrics,
+            "reasons": [f"{f['plugin']}: {f['text']}" for f in shown],
+            "warnings": list(after_res["verdict"].get("warnings", []))
+            + ([] if black_attacks else ["no black-box membership attack ran (e.g. --attacks rediffuse,gen-nn): the "
+                                         "protected model is judged on every threat model, gray-box included"]),
+            "rules": RULES_TEXT}
+
+
+def gate_leak(before: dict, after: dict) -> dict | None:
+    """The gate leak: the two-sided gray-box AUC of the protected model (None without gray-box attacks).
+
+    A sampling-time guard changes the noise prediction only near members; an attacker who can query
+    that prediction (the gray-box access that holding the weights gives) sees the change itself, so
+    members separate from unseen images even when the guard makes them look *less* member-like. The
+    raw model's gray-box two-sided AUC is shown beside it for reference."""
+    a = (after.get("metrics") or {}).get("gray_box_auc_two_sided")
+    if a is None:
+        return None
+    return {"value": a, "before": (before.get("metrics") or {}).get("gray_box_auc_two_sided"),
+            "black_box": (after.get("metrics") or {}).get("black_box_auc_two_sided"),
+            "note": "two-sided gray-box membership AUC of the protected noise prediction (max over gray-box attacks "
+                    "and their timesteps of max(AUC, 1 - AUC)); 0.5 means the guard's gate does not tell members "
+                    "apart from outside"}
 
 
 # ---------------------------------------------------------------------------- the flow
@@ -255,15 +360,23 @@ class _Auditor:
         if self.base_seconds is None:
             self.base_seconds = secs
         det = details() if callable(details) else dict(details or {})
+        # each way of serving the model judged as the protected one is: black-box headline, weights-leak line
+        v = mitigation_verdict(before={"verdict": {"level": "n/a"}}, after_res=res, row={"metrics": metrics},
+                               settings=self.settings)
         return {"name": name, "description": description, "family": family, "role": role, "params": params,
                 "metrics": metrics,
                 "sampling_seconds": round(secs, 3), "sampling_ratio": round(secs / max(self.base_seconds, 1e-9), 3),
                 "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"]},
-                "verdict": res["verdict"]["level"], "details": det}
+                "verdict": v["level"], "verdict_basis": v["basis"],
+                "verdict_if_weights_leak": v["if_weights_leak"]["level"], "details": det}
 
 
 def meets_targets(metrics: dict, targets: dict = TARGETS) -> bool:
-    return all(metrics.get(k) is not None and metrics[k] <= v for k, v in targets.items() if k in metrics) \
+    """The copy target, and the membership target on ``privacy_key`` (black-box where measured)."""
+    checks = {"copy_fraction": targets.get("copy_fraction")}
+    if "membership_auc_two_sided" in targets:
+        checks[privacy_key(metrics)] = targets["membership_auc_two_sided"]
+    return all(metrics.get(k) is None or v is None or metrics[k] <= v for k, v in checks.items()) \
         and "copy_fraction" in metrics
 
 
@@ -279,12 +392,37 @@ def recommend(rows: list[dict]) -> int | None:
         return None
     q = _quality_key(rows)
     qual = (lambda r: _cost(r, q)) if q else (lambda r: 0.0)
-    auc = lambda r: r["metrics"].get("membership_auc_two_sided", 1.0)
+    auc = lambda r: r["metrics"].get(privacy_key(r["metrics"]), 1.0)
     for ok in ([i for i, r in enumerate(rows) if meets_targets(r["metrics"])],
                [i for i, r in enumerate(rows) if r["metrics"].get("copy_fraction", 1.0) <= TARGETS["copy_fraction"]]):
         if ok:
             return min(ok, key=lambda i: (qual(rows[i]), auc(rows[i])))
     return min(range(len(rows)), key=lambda i: (rows[i]["metrics"].get("copy_fraction", 1.0), qual(rows[i])))
+
+
+def family_summary(rows: list[dict]) -> list[dict]:
+    """Per family of "main" sweep settings (e.g. two gate rules of one mitigation): how it trades copies,
+    quality and leakage. For each family, among its settings that meet the copy target, the one the
+    recommendation rule would pick, with its black-box two-sided AUC and its gate leak (two-sided
+    gray-box AUC); and the family's lowest gate leak at that copy target. Lets a user see whether
+    one rule dominates another at matched copies."""
+    out = []
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    for fam in fams:
+        fr = [r for r in rows if r["family"] == fam]
+        ok = [r for r in fr if r["metrics"].get("copy_fraction", 1.0) <= TARGETS["copy_fraction"]]
+        pick = recommend(fr)
+        best = fr[pick] if pick is not None else None
+        leaks = [r["metrics"]["gray_box_auc_two_sided"] for r in ok if "gray_box_auc_two_sided" in r["metrics"]]
+        m = best["metrics"] if best else {}
+        out.append({"family": fam, "settings": len(fr), "meet_copy_target": len(ok),
+                    "pick": best["name"] if best else None, "pick_copy_fraction": m.get("copy_fraction"),
+                    "pick_quality": next((m[k] for k in QUALITY_PREFERENCE if k in m), None),
+                    "quality_metric": next((k for k in QUALITY_PREFERENCE if k in m), None),
+                    "pick_black_box_auc_two_sided": m.get("black_box_auc_two_sided"),
+                    "pick_gate_leak": m.get("gray_box_auc_two_sided"),
+                    "lowest_gate_leak_at_copy_target": min(leaks) if leaks else None})
+    return out
 
 
 def _cost(r: dict, q: str) -> float:
@@ -433,6 +571,7 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
 
     sweep_rows: list[dict] = []
     matched = None
+    families: list[dict] = []
     if sweep:
         variants = mitigation.sweep(ctx, result)
         for i, v in enumerate(variants, 1):
@@ -449,19 +588,29 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
         if best is not None:
             main[best]["recommended"] = True
         placebo = [r for r in sweep_rows if r["role"] == "placebo"]
-        matched = matched_quality(main, placebo, anchor=controls[0])
+        matched = matched_quality([r for r in main if r["family"] == controls[1]["family"]] or main, placebo,
+                                  anchor=controls[0])
+        families = family_summary(main) if len({r["family"] for r in main}) > 1 else []
         for r in sweep_rows:
             r.pop("_params")
 
     white = _white_box(before, after)
     findings = _findings(method, controls, sweep_rows, matched, white)
+    for f in families:
+        findings.append(f"sweep family {f['family']}: {f['meet_copy_target']} of {f['settings']} settings meet the copy "
+                        f"target; its pick {f['pick']}: copy fraction {_fmt(f['pick_copy_fraction'])}, "
+                        f"{f['quality_metric'] or 'quality'} {_fmt(f['pick_quality'])}, black-box AUC (two-sided) "
+                        f"{_fmt(f['pick_black_box_auc_two_sided'])}, gate leak {_fmt(f['pick_gate_leak'])}; lowest gate "
+                        f"leak at the copy target {_fmt(f['lowest_gate_leak_at_copy_target'])}.")
     verdict = mitigation_verdict(before=before, after_res=after_res, row=controls[1], settings=settings)
+    leak = gate_leak(controls[0], controls[1])
     results = {
         "schema_version": SCHEMA_VERSION, "kind": "mitigation", "method": method,
         "params": _scalar_params(result.params),
         "protected": str(result.protected_dir),
         "before": _body(before), "after": _body(after),
-        "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white,
+        "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white, "gate_leak": leak,
+        "sweep_families": families,
         "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings,
         "warnings": ([split_note["message"]] if split_note else []) + list(result.warnings),
         "limits": list(GENERIC_LIMITS) + list(result.limits), "verdict": verdict,
@@ -543,10 +692,22 @@ def _findings(method: str, controls: list[dict], sweep: list[dict], matched: dic
                    f"(two-sided, an attacker may reverse the score: {_fmt(m0.get('membership_auc_two_sided'))} -> {_fmt(m1.get('membership_auc_two_sided'))}); "
                    f"Frechet distance {_fmt(m0.get('frechet_distance'))} -> {_fmt(m1.get('frechet_distance'))}; "
                    f"sampling time x{ours['sampling_ratio']:.2f}.")
-        unmet = [k for k, v in TARGETS.items() if k in m1 and m1[k] > v]
+        if "black_box_auc" in m1 or "black_box_auc" in m0:
+            out.insert(0, f"{method}, black box (what the served model faces): membership AUC "
+                          f"{_fmt(m0.get('black_box_auc'))} -> {_fmt(m1.get('black_box_auc'))} (two-sided "
+                          f"{_fmt(m0.get('black_box_auc_two_sided'))} -> {_fmt(m1.get('black_box_auc_two_sided'))}), "
+                          f"TPR at 1% FPR {_fmt(m0.get('black_box_tpr_at_fpr_0.01'))} -> "
+                          f"{_fmt(m1.get('black_box_tpr_at_fpr_0.01'))}, copy fraction "
+                          f"{_fmt(m0.get('copy_fraction'))} -> {_fmt(m1.get('copy_fraction'))}.")
+        if "gray_box_auc_two_sided" in m1:
+            out.append(f"{method} gate leak (two-sided gray-box AUC of the protected noise prediction; what leaked "
+                       f"weights expose): {_fmt(m1['gray_box_auc_two_sided'])} (raw model "
+                       f"{_fmt(m0.get('gray_box_auc_two_sided'))}).")
+        goals = {"copy_fraction": TARGETS["copy_fraction"], privacy_key(m1): TARGETS["membership_auc_two_sided"]}
+        unmet = [k for k, v in goals.items() if k in m1 and m1[k] > v]
         if unmet:
             out.append(f"{method} at these settings misses the target(s) " +
-                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {TARGETS[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
+                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {goals[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
     for c in controls:
         if c["family"] in ("none", method):
             continue

@@ -97,12 +97,14 @@ def _memo_key(attack, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, 
 
 
 def run_attack(attack, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, settings: AuditSettings,
-               scores: pd.DataFrame) -> PluginResult:
+               scores: pd.DataFrame, ctx: AuditContext | None = None) -> PluginResult:
     key = _memo_key(attack, denoiser, members, holdout, settings)
     if key is not None and key in _ATTACK_MEMO:
         res, column = _ATTACK_MEMO[key]
         scores[attack.name] = column
         return res
+    if ctx is not None:
+        attack.prepare(ctx)
     res = _run_attack(attack, denoiser=denoiser, members=members, holdout=holdout, settings=settings, scores=scores)
     if key is not None:
         _ATTACK_MEMO[key] = (res, scores[attack.name].to_numpy().copy())
@@ -226,7 +228,7 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
         try:
             if kind == "attack":
                 res = run_attack(plugin, denoiser=denoiser, members=members, holdout=holdout,
-                                 settings=settings, scores=scores)
+                                 settings=settings, scores=scores, ctx=ctx)
             else:
                 assert isinstance(plugin, ReplicationDetector)
                 out = plugin.detect(ctx)

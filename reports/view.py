@@ -93,6 +93,23 @@ METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
                                  "attacker who knows the mitigation may flip a score", "num", "low"),
     "white_box_auc": ("white-box AUC", "attacks with the raw weights: a sampling-time mitigation cannot change it",
                       "num", "chance"),
+    "black_box_auc": ("black-box AUC", "strongest attack through the sampling interface (images only): what a "
+                      "served model faces", "num", "chance"),
+    "black_box_auc_two_sided": ("black-box AUC, two-sided", "max(AUC, 1 - AUC) over black-box attacks and their "
+                                "settings: the served model's membership headline", "num", "low"),
+    "black_box_tpr_at_fpr_0.01": ("black-box TPR @ 1% FPR", "strongest black-box attack's members identified at "
+                                  "1% false alarms", "pct", "low"),
+    "gray_box_auc": ("gray-box AUC", "strongest attack on the served noise prediction (an access holding the "
+                     "weights gives)", "num", "chance"),
+    "gray_box_auc_two_sided": ("gate leak (gray-box AUC, two-sided)", "max(AUC, 1 - AUC) over gray-box attacks: "
+                               "for a protected model, how far the guard's gate tells members apart from outside",
+                               "num", "low"),
+    "gray_box_tpr_at_fpr_0.01": ("gray-box TPR @ 1% FPR", "strongest gray-box attack's members identified at 1% "
+                                 "false alarms", "pct", "low"),
+    "white_box_auc_two_sided": ("white-box AUC, two-sided", "max(AUC, 1 - AUC) over white-box attacks (the raw "
+                                "network)", "num", "low"),
+    "white_box_tpr_at_fpr_0.01": ("white-box TPR @ 1% FPR", "strongest white-box attack's members identified at "
+                                  "1% false alarms", "pct", "low"),
     "sampling_ratio": ("sampling time vs none", "time to generate the same images, relative to no mitigation",
                        "ratio", None),
     "search_recall_at_1": ("search recall@1", "approximate nearest-neighbour search against exact search", "pct", "high"),
@@ -199,6 +216,9 @@ def metric_info(key: str) -> tuple[str, str, str, str | None]:
         base = key.removesuffix("_holdout_fpr").removesuffix("_holdout_fraction")
         return (f"{base} criterion on unseen images", "share of real holdout images the criterion flags: its "
                 "false-positive rate", "pct", None)
+    if key.endswith("_tpr_at_fpr_0.01"):  # a black-box attack's TPR in a mitigation summary, e.g. gen-nn_...
+        return (f"{key.removesuffix('_tpr_at_fpr_0.01')}: TPR @ 1% FPR", "members identified while wrongly "
+                "flagging 1% of unseen images", "pct", "low")
     for suffix, base in (("_copy_fraction", "copy_fraction"), ("_mean_diversity", "mean_diversity"),
                          ("_auc", "auc")):  # per-plugin values in a mitigation summary, e.g. nn_copy_fraction
         if key.endswith(suffix) and key != base:
@@ -367,7 +387,7 @@ def verdict_view(scan: dict) -> dict:
     todo = (MITIGATED_TODO if scan.get("mitigated") else TODO)  # a protected model is not told to mitigate
     return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": todo.get(level, todo["info"]),
             "why": plain_why(scan), "fired": fired, "warnings": [str(w) for w in v.get("warnings") or []],
-            "rules": rules_table(v.get("rules")), "scale": LEVELS}
+            "rules": rules_table(v.get("rules")), "scale": LEVELS, "basis": "", "if_weights_leak": None}
 
 
 def mitigated_verdict_view(r: dict, v: dict) -> dict:
@@ -384,14 +404,24 @@ def mitigated_verdict_view(r: dict, v: dict) -> dict:
     extra = [f for f in fired if (f["plugin"] == "headline" or f["text"].startswith("score reversed"))
              and rank(f["level"]) > scan_level.get(f["area"], -1)][:2]
     why = v["why"]
+    if mv.get("basis") == "black-box" and isinstance(r.get("after"), dict):  # the headline reads black-box evidence
+        served = [p for p in _plugins(r["after"]) if p.get("kind") == "detector" or p.get("threat_model") == "black-box"]
+        why = plain_why({**r["after"], "plugins": served, "ensemble": None})
     if extra:
         areas = {f["area"] for f in extra}
         quiet = {"membership": "Membership: ", "replication": "Copies: "}
         why = [w for w in why if not any(w.startswith(quiet[a]) for a in areas if a in quiet)]
         why = [("The protected model still leaks (headline number): " if f["plugin"] == "headline" else
                 f"The protected model still leaks ({f['plugin']} attack): ") + f["text"] + "." for f in extra] + why
+    leak = mv.get("if_weights_leak") if isinstance(mv.get("if_weights_leak"), dict) else None
+    basis = str(mv.get("basis") or "")
     return {**v, "level": level, "answer": MITIGATED_ANSWERS.get(level, ANSWERS.get(level, ANSWERS["info"])),
-            "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]), "fired": fired or v["fired"], "why": why}
+            "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]),
+            "fired": fired if basis == "black-box" else (fired or v["fired"]), "why": why, "basis": basis,
+            "if_weights_leak": ({"level": str(leak.get("level") or "info"), "text": str(leak.get("text") or ""),
+                                 "fired": [{"level": str(f.get("level", "info")), "plugin": str(f.get("plugin", "")),
+                                            "text": str(f.get("text", ""))} for f in leak.get("fired") or []
+                                           if isinstance(f, dict)][:6]} if leak else None)}
 
 
 # ---------------------------------------------------------------- header
@@ -964,8 +994,39 @@ def tradeoff_plots(sweep: list[dict], controls: list[dict]) -> list:
     return plots
 
 
-CONTROL_ORDER = ("copy_fraction", "membership_auc", "membership_auc_two_sided", "white_box_auc", "frechet_distance",
-                 "precision", "recall")
+CONTROL_ORDER = ("copy_fraction", "black_box_auc", "black_box_auc_two_sided", "black_box_tpr_at_fpr_0.01",
+                 "gray_box_auc_two_sided", "membership_auc", "membership_auc_two_sided", "white_box_auc",
+                 "frechet_distance", "precision", "recall")
+
+# Threat models, as a mitigation report groups them: who the attacker is, and how a protected model answers.
+THREAT_ROWS = (
+    ("black-box", "black_box", "gets only images from the served model (sampling / variation API)",
+     "the served pipeline, guard included: the headline for a protected model"),
+    ("gray-box", "gray_box", "queries noise predictions at chosen timesteps (holding the weights allows it)",
+     "reads through the guard: the protected noise prediction, whose gate can itself leak (the gate leak)"),
+    ("white-box", "white_box", "holds the raw network and its gradients",
+     "reads past the guard: the raw weights a sampling-time mitigation leaves unchanged"),
+)
+
+
+def threat_table(controls: list[dict]) -> dict | None:
+    """Membership evidence grouped by threat model, before (no mitigation) and after (protected)."""
+    if len(controls) < 2:
+        return None
+    m0, m1 = ((c.get("metrics") or {}) for c in controls[:2])
+    rows = []
+    for tm, key, who, reads in THREAT_ROWS:
+        auc_key = "white_box_auc" if key == "white_box" else f"{key}_auc"
+        vals = [m0.get(auc_key), m1.get(auc_key), m0.get(f"{key}_auc_two_sided"), m1.get(f"{key}_auc_two_sided"),
+                m0.get(f"{key}_tpr_at_fpr_0.01"), m1.get(f"{key}_tpr_at_fpr_0.01")]
+        if all(v is None for v in vals):
+            rows.append([tm, who, "not run", "", "", reads])
+            continue
+        f = lambda v, kind="num": fmt_value(_num(v), kind) if v is not None else "n/a"
+        rows.append([tm, who, f"{f(vals[0])} → {f(vals[1])}", f"{f(vals[2])} → {f(vals[3])}",
+                     f"{f(vals[4], 'pct')} → {f(vals[5], 'pct')}", reads])
+    return {"cols": ["threat model", "the attacker", "AUC before → after", "two-sided AUC before → after",
+                     "TPR @ 1% FPR before → after", "what the protected model shows this attacker"], "rows": rows}
 
 
 def controls_table(controls: list[dict]) -> dict:
@@ -983,7 +1044,7 @@ def controls_table(controls: list[dict]) -> dict:
                  fmt_value(_num(c.get("sampling_ratio")), "ratio") if _num(c.get("sampling_ratio")) is not None else ""]
         rows.append({"name": str(c.get("name", "")), "description": str(c.get("description") or ""),
                      "cells": cells, "time": " ".join(t for t in time_ if t),
-                     "verdict": str(c.get("verdict") or "")})
+                     "verdict": str(c.get("verdict") or ""), "leak": str(c.get("verdict_if_weights_leak") or "")})
     return {"cols": [metric_info(k)[0] for k in cols], "rows": rows}
 
 
@@ -1045,9 +1106,40 @@ def mitigation_view(r: dict) -> dict:
         headline.append({"key": "frechet_distance", "label": "quality (Frechet distance): not measured; add the quality detector "
                                   "(--detectors nn,quality) to see what the protection costs",
                          "before": "n/a", "after": "n/a", "word": "", "cls": ""})
+    if len(controls) >= 2:  # a served model faces black-box attackers: their numbers lead
+        m0, m1 = ((c.get("metrics") or {}) for c in controls[:2])
+        lead = []
+        for key, label in (("black_box_auc_two_sided", "black-box membership AUC, two-sided (images only: what the "
+                                                       "served model faces; 0.5 is guessing)"),
+                           ("black_box_tpr_at_fpr_0.01", "training images a black-box attacker identifies at 1% "
+                                                         "false alarms")):
+            b, a = _num(m0.get(key)), _num(m1.get(key))
+            if b is None and a is None:
+                continue
+            word, cls = _judge(key, "membership", b, a)
+            kind = metric_info(key)[2]
+            lead.append({"key": key, "label": label, "before": fmt_value(b, kind), "after": fmt_value(a, kind),
+                         "word": word, "cls": cls})
+        headline = lead + headline
+    leak = r.get("gate_leak") if isinstance(r.get("gate_leak"), dict) else None
+    fams = [f for f in r.get("sweep_families") or [] if isinstance(f, dict)]
+    families = {"cols": ["family", "settings meeting the copy target", "its pick", "copies", "quality",
+                         "black-box AUC, two-sided", "gate leak", "lowest gate leak at the copy target"],
+                "rows": [[str(f.get("family")), f"{f.get('meet_copy_target')} of {f.get('settings')}",
+                          str(f.get("pick") or "none"), fmt_value(_num(f.get("pick_copy_fraction")), "pct"),
+                          (f"{metric_info(str(f.get('quality_metric')))[0]} "
+                           f"{fmt_value(_num(f.get('pick_quality')), 'num')}" if f.get("quality_metric") else "n/a"),
+                          fmt_value(_num(f.get("pick_black_box_auc_two_sided")), "num"),
+                          fmt_value(_num(f.get("pick_gate_leak")), "num"),
+                          fmt_value(_num(f.get("lowest_gate_leak_at_copy_target")), "num")] for f in fams]}
     weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
     same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
     return {"method": r.get("method", "unknown"), "headline": headline,
+            "threats": threat_table(controls), "families": families if fams else None,
+            "gate_leak": ({"value": fmt_value(_num(leak.get("value")), "num"),
+                           "before": fmt_value(_num(leak.get("before")), "num"),
+                           "black_box": fmt_value(_num(leak.get("black_box")), "num") if leak.get("black_box") is not None
+                           else "not measured", "note": str(leak.get("note") or "")} if leak else None),
             "raw_weights": [{"file": f, "short": _short(h), "sha256": str(h)} for f, h in same.items()],
             "params": {k: fmt_scalar(v) if v is not None else "none" for k, v in (r.get("params") or {}).items()},
             "comparison": comparison,

@@ -14,8 +14,9 @@ from privaudit.denoiser import sample
 from privaudit.errors import InputError
 
 # Small but real settings: one guard of the default recipe, few samples, few bootstrap rounds.
-AUDIT = dict(attacks=("loss",), detectors=("nn",), n_boot=100, progress=False,
-             plugin_params={"nn": {"n_samples": 128}, "loss": {"timesteps": (50, 200), "k": 2}})
+AUDIT = dict(attacks=("loss", "rediffuse", "gen-nn"), detectors=("nn",), n_boot=100, progress=False,
+             plugin_params={"nn": {"n_samples": 128}, "gen-nn": {"n_samples": 128},
+                            "loss": {"timesteps": (50, 200), "k": 2}})
 PARAMS = {"rejection_max_factor": 4.0}
 
 
@@ -287,20 +288,22 @@ def test_summary_headline_is_the_worst_detectors_copy_fraction():
 RANK = ("info", "low", "medium", "high", "critical")
 
 
-def _implied_levels(saved: dict, method: str) -> list[tuple[str, str]]:
+def _implied_levels(saved: dict, method: str, *, black_box_only: bool = False) -> list[tuple[str, str]]:
     """Every level a membership or replication number in results.json reaches by the documented rules,
-    re-derived here from the numbers alone (either score direction for the protected model)."""
+    re-derived here from the numbers alone (either score direction for the protected model); with
+    ``black_box_only``, from the evidence a served model faces (black-box attacks, copy detectors)."""
     from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, TPR_CRITICAL, TPR_HIGH
 
     out = []
     ours = next(c for c in saved["controls"] if c["family"] == method)["metrics"]
-    if ours.get("membership_auc_two_sided", 0) >= AUC_HIGH:
-        out.append(("high", f"headline two-sided AUC {ours['membership_auc_two_sided']}"))
+    two = ours.get("black_box_auc_two_sided" if black_box_only else "membership_auc_two_sided", 0)
+    if two >= AUC_HIGH:
+        out.append(("high", f"headline two-sided AUC {two}"))
     cf = ours.get("copy_fraction", 0)
     if cf >= COPY_HIGH:
         out.append(("critical" if cf >= COPY_CRITICAL else "high", f"headline copy fraction {cf}"))
     for p in saved["after"]["plugins"]:
-        if p["status"] != "ok":
+        if p["status"] != "ok" or (black_box_only and p["kind"] == "attack" and p["threat_model"] != "black-box"):
             continue
         m = p["metrics"]
         if "auc" in m:
@@ -324,10 +327,15 @@ def test_mitigation_verdict_follows_from_every_number_it_shows(mitigation_run):
     saved = json.loads((out / "results.json").read_text())
     v = saved["verdict"]
     assert v["before"] == saved["before"]["verdict"]["level"]
-    implied = _implied_levels(saved, "cpsample")
-    for level, why in implied:
+    # judged as served: the black-box evidence sets the level; everything sets the "if the weights leak" line
+    assert v["basis"] == "black-box"
+    for level, why in _implied_levels(saved, "cpsample", black_box_only=True):
         assert RANK.index(v["level"]) >= RANK.index(level), (v["level"], why)
-    assert RANK.index(v["level"]) >= RANK.index(saved["after"]["verdict"]["level"])  # never below the scan's rules
+    leak = v["if_weights_leak"]["level"]
+    for level, why in _implied_levels(saved, "cpsample"):
+        assert RANK.index(leak) >= RANK.index(level), (leak, why)
+    assert RANK.index(leak) >= RANK.index(saved["after"]["verdict"]["level"])  # never below the scan's rules
+    assert RANK.index(leak) >= RANK.index(v["level"])
     if v["level"] not in ("low", "info"):
         assert v["fired"] and all(f["level"] in RANK and f["text"] for f in v["fired"])
     html = (out / "report.html").read_text()
@@ -342,6 +350,11 @@ def test_mitigation_verdict_follows_from_every_number_it_shows(mitigation_run):
     assert "Frechet distance" in first and ("not measured" in first) != any(
         "frechet_distance" in c["metrics"] for c in saved["controls"])
     assert "privaudit mitigate --method cpsample" not in first  # no advice to mitigate what already is
+    # the black-box headline leads; the weights-leak line and the gate leak are on the first screen
+    assert first.index("black-box membership AUC") < first.index("generated images that copy")
+    assert "If the weights leak:" in first and "Gate leak:" in first
+    assert saved["gate_leak"]["value"] == next(c for c in saved["controls"] if c["family"] == "cpsample")[
+        "metrics"]["gray_box_auc_two_sided"]
     after_html = (out / "after" / "report.html").read_text()
     assert "privaudit mitigate --method cpsample" not in after_html[:after_html.index('<nav class="toc"')]
     ARTIFACTS.mkdir(exist_ok=True)

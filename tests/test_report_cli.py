@@ -51,7 +51,8 @@ def test_demo_audits_the_mitigation_with_the_scans_attacks(monkeypatch, tmp_path
     monkeypatch.setattr("privaudit.mitigate.mitigate", lambda **kw: seen.setdefault("mitigate", kw["settings"]) and {
         "warnings": [], "findings": [], "protected": "p", "method": "cpsample", "verdict": {}})
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
-    assert seen["mitigate"].attacks == seen["scan"].attacks == ("loss", "secmi", "pia", "pian", "sima", "gsa")
+    assert seen["mitigate"].attacks == seen["scan"].attacks == ("loss", "secmi", "pia", "pian", "sima", "gsa", "rediffuse",
+                                                                 "gen-nn")
 
 
 def test_plugins_lists_descriptions_and_parameters(capsys):

@@ -18,15 +18,15 @@ FIT_CHUNK = 128
 
 def image_chunks(denoiser, x0: torch.Tensor, noise: Noise, size: int = FIT_CHUNK):
     """(denoiser, images, noise) triples of at most ``size`` images covering ``x0`` in order, each image
-    keeping its own noise. A view conditioned by row count (a text model's fit set) is re-bound to each
-    chunk's own conditioning."""
+    keeping its own noise. A text model's conditioned view (bound by row count for a fit set, or to
+    the batch when scoring) is re-bound to each chunk's own conditioning."""
     if len(x0) <= size:
         yield denoiser, x0, noise
         return
-    cond = None
-    if getattr(denoiser, "by_rows", None):
-        from privaudit.latent import ConditionedDenoiser
+    from privaudit.latent import ConditionedDenoiser
 
+    cond = None
+    if isinstance(denoiser, ConditionedDenoiser):  # bound by row count (fit) or to this batch (score)
         cond = denoiser.conditioning(len(x0))
     for s in range(0, len(x0), size):
         if cond is None:

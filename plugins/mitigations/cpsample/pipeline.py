@@ -52,15 +52,17 @@ class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
 
     Parameters: ``unet`` (``UNet2DModel``), ``scheduler`` (``DDPMScheduler``,
     ``DDIMScheduler``, ...), ``guard`` (``GuardClassifier``), ``alpha`` (gate: guide where
-    the guard's confidence max(p, 1 - p) exceeds 1 - alpha), ``scale`` (guidance scale s).
+    the guard's confidence max(p, 1 - p) exceeds 1 - alpha), ``scale`` (guidance scale s),
+    ``gate`` ("hard", or "soft": strength following confidence, ``gate_width`` wide; ``protected.py``).
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, guard, alpha: float = 0.4, scale: float = 100.0):
+    def __init__(self, unet, scheduler, guard, alpha: float = 0.4, scale: float = 100.0, gate: str = "hard",
+                 gate_width: float = 0.05):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, guard=guard)
-        self.register_to_config(alpha=float(alpha), scale=float(scale))
+        self.register_to_config(alpha=float(alpha), scale=float(scale), gate=str(gate), gate_width=float(gate_width))
 
     def as_denoiser(self, *, device: torch.device | str | None = None, alpha: float | None = None,
                     scale: float | None = None) -> ProtectedDenoiser:
@@ -69,7 +71,8 @@ class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
         base = pixel_denoiser(self.unet, self.scheduler, device=dev)
         return ProtectedDenoiser(base=base, guard=self.guard,
                                  alpha=self.config.alpha if alpha is None else alpha,
-                                 scale=self.config.scale if scale is None else scale)
+                                 scale=self.config.scale if scale is None else scale,
+                                 gate=self.config.get("gate", "hard"), gate_width=self.config.get("gate_width", 0.05))
 
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,

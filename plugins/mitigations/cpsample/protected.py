@@ -13,6 +13,14 @@ For x_t at timestep t, with guard probability p = sigmoid(c_phi(x_t, t)):
 (Kazdan et al., ICLR 2025, arXiv 2409.07025; this exact form is privaudit's
 reconstruction.)
 
+``gate="soft"`` (privaudit's remedy for the gate leak): guidance everywhere, its strength
+following the guard's confidence, w = sigmoid((max(p, 1 - p) - (1 - alpha)) / gate_width),
+eps_hat = eps_theta - w * scale * sqrt(1 - abar_t) * grad. Near members (confidence well above
+1 - alpha) it acts like the hard gate; elsewhere the guidance fades smoothly instead of
+switching on or off, so the served noise prediction has no step at the gate's edge for an
+outside observer to find. The hard gate is the default; ``privaudit mitigate --sweep`` measures
+both (copies, quality, black-box AUC and the gate leak, the two-sided gray-box AUC).
+
 Only the guard is differentiated, never the UNet (its output is computed without a graph),
 and only the gated rows' log-probabilities enter the backward pass; rows where the gate is
 off get eps_theta unchanged (``torch.where``). Cost per call: one UNet forward, one guard
@@ -36,6 +44,8 @@ import torch.nn.functional as F
 
 from privaudit.denoiser import Denoiser, state_sha256
 
+GATES = ("hard", "soft")
+
 
 class ProtectedDenoiser(Denoiser):
     """A Denoiser serving eps_hat: the base model's noise prediction plus guard guidance.
@@ -45,7 +55,14 @@ class ProtectedDenoiser(Denoiser):
     """
 
     def __init__(self, *, base: Denoiser, guard: torch.nn.Module, alpha: float, scale: float,
-                 base_fingerprint: str | None = None, guard_sha256: str | None = None):
+                 base_fingerprint: str | None = None, guard_sha256: str | None = None, gate: str = "hard",
+                 gate_width: float = 0.05):
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        if not gate_width > 0:
+            raise ValueError(f"gate_width must be > 0, got {gate_width!r}")
+        self.gate = gate
+        self.gate_width = float(gate_width)
         self.base = base
         self.device = base.device
         self.guard = guard.to(self.device).float().eval().requires_grad_(False)  # float32 whatever the UNet runs in
@@ -76,8 +93,9 @@ class ProtectedDenoiser(Denoiser):
     @property
     def fingerprint(self) -> str:
         """Sample-cache identity: base model, guard weights, alpha and scale (computed on first use)."""
+        gate = "" if self.gate == "hard" else f"|gate={self.gate}|width={self.gate_width!r}"  # hard: keys of 0.2
         return hashlib.sha256(f"cpsample|{self.base_fingerprint}|{self.guard_sha256}|alpha={self.alpha!r}|"
-                              f"scale={self.scale!r}".encode()).hexdigest()
+                              f"scale={self.scale!r}{gate}".encode()).hexdigest()
 
     def inner(self) -> Denoiser:
         return self.base
@@ -88,11 +106,14 @@ class ProtectedDenoiser(Denoiser):
         self.steps_ = 0  # calls
         self.steps_guided_ = 0  # calls with at least one guided row (a backward pass)
 
-    def with_params(self, *, alpha: float | None = None, scale: float | None = None) -> "ProtectedDenoiser":
-        """The same base and guard with another alpha / scale (for sweeps); shares the modules."""
+    def with_params(self, *, alpha: float | None = None, scale: float | None = None, gate: str | None = None,
+                    gate_width: float | None = None) -> "ProtectedDenoiser":
+        """The same base and guard with another alpha / scale / gate (for sweeps); shares the modules."""
         return ProtectedDenoiser(base=self.base, guard=self.guard, alpha=self.alpha if alpha is None else alpha,
                                  scale=self.scale if scale is None else scale,
-                                 base_fingerprint=self.base_fingerprint, guard_sha256=self.guard_sha256)
+                                 base_fingerprint=self.base_fingerprint, guard_sha256=self.guard_sha256,
+                                 gate=self.gate if gate is None else gate,
+                                 gate_width=self.gate_width if gate_width is None else gate_width)
 
     def confidence(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """max(p, 1 - p) of the guard, shape (B,), no gradients."""
@@ -114,7 +135,11 @@ class ProtectedDenoiser(Denoiser):
             xg = x_t.detach().float().requires_grad_(True)
             logit = self.guard(xg, t)
             lg = logit.detach()
-            gate = torch.sigmoid(lg.abs()) > 1.0 - self.alpha
+            conf = torch.sigmoid(lg.abs())
+            gate = conf > 1.0 - self.alpha
+            if self.gate == "soft":  # strength follows confidence; rows far below the threshold get ~0
+                weight = torch.sigmoid((conf - (1.0 - self.alpha)) / self.gate_width)
+                gate = weight > 1e-3
             n_gated = int(gate.sum())  # the one host sync: is a backward pass needed at all?
             self.calls_ += len(x_t)
             self.guided_ += n_gated
@@ -125,5 +150,8 @@ class ProtectedDenoiser(Denoiser):
             # log p(y~ | x_t): y~ is the label the guard currently finds less likely; gated rows only
             flip = torch.where(lg > 0, -1.0, 1.0)
             (grad,) = torch.autograd.grad((F.logsigmoid(flip * logit) * gate).sum(), xg)
-        shift = self.scale * (1.0 - self._acp[t]).sqrt().view(-1, *[1] * (x_t.ndim - 1)) * grad
-        return torch.where(gate.view(-1, *[1] * (x_t.ndim - 1)), e - shift.to(e.dtype), e)
+        shape = (-1, *[1] * (x_t.ndim - 1))
+        shift = self.scale * (1.0 - self._acp[t]).sqrt().view(shape) * grad
+        if self.gate == "soft":
+            shift = shift * weight.view(shape)
+        return torch.where(gate.view(shape), e - shift.to(e.dtype), e)

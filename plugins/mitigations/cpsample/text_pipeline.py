@@ -55,20 +55,22 @@ class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
 
     def __init__(self, vae, scheduler, guard, unet=None, text_encoder=None, tokenizer=None, transformer=None,
                  text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None, alpha: float = 0.25,
-                 scale: float = 30.0, labels: dict | None = None):
+                 scale: float = 30.0, labels: dict | None = None, gate: str = "hard", gate_width: float = 0.05):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                               guard=guard, transformer=transformer, text_encoder_2=text_encoder_2,
                               tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
-        self.register_to_config(alpha=float(alpha), scale=float(scale), labels=dict(labels or {}))
+        self.register_to_config(alpha=float(alpha), scale=float(scale), labels=dict(labels or {}), gate=str(gate),
+                                gate_width=float(gate_width))
         self.labels = dict(labels or {})
 
     @classmethod
-    def from_text_pipeline(cls, pipe, *, guard, alpha: float, scale: float) -> "CPSampleTextPipeline":
+    def from_text_pipeline(cls, pipe, *, guard, alpha: float, scale: float, gate: str = "hard",
+                           gate_width: float = 0.05) -> "CPSampleTextPipeline":
         """Protect a loaded latent pipeline (Stable Diffusion, SDXL, DiT, PixArt, SD3) with a trained latent guard."""
         parts = {c: getattr(pipe, c, None) for c in COMPONENTS}
         return cls(vae=pipe.vae, scheduler=pipe.scheduler, guard=guard, alpha=alpha, scale=scale,
-                   labels=getattr(pipe, "labels", None), **parts)
+                   labels=getattr(pipe, "labels", None), gate=gate, gate_width=gate_width, **parts)
 
     def as_denoiser(self, *, device: torch.device | str | None = None, alpha: float | None = None,
                     scale: float | None = None) -> ProtectedDenoiser:
@@ -79,7 +81,8 @@ class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
         net = self.unet if self.unet is not None else self.transformer
         base = ADAPTERS[type(net).__name__](self, net, self.scheduler, dev, "protected pipeline")
         return ProtectedDenoiser(base=base, guard=self.guard, alpha=self.config.alpha if alpha is None else alpha,
-                                 scale=self.config.scale if scale is None else scale)
+                                 scale=self.config.scale if scale is None else scale,
+                                 gate=self.config.get("gate", "hard"), gate_width=self.config.get("gate_width", 0.05))
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] = "", num_images_per_prompt: int = 1, num_inference_steps: int = 50,

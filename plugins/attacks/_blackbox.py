@@ -1,0 +1,63 @@
+"""Helpers shared by the black-box attacks: what the sampling interface returns, as images.
+
+A black-box attacker sends and receives images. The runner hands attacks images in the
+model's own space (scaled latents for latent text models, with a ``ConditionedDenoiser``
+bound to the batch's captions); these helpers take them back to pixels, run the model's own
+sampler on a batch (classifier-free guidance for text models) and measure per-image
+distances, so every black-box attack compares what a served model would return.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from privaudit.denoiser import cond_tile, denoise
+from privaudit.latent import latent_of
+
+
+def to_pixels(denoiser, x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from the model's space: decoded latents for latent models, else ``x`` itself."""
+    lat = latent_of(denoiser)
+    return x.float() if lat is None else lat.decode(x).float()
+
+
+def text_conditioning(denoiser, n: int):
+    """(cond, uncond) rows for ``n`` rows of a text model's bound view, or (None, None) for others."""
+    lat = latent_of(denoiser)
+    if lat is None:
+        return None, None
+    cond = denoiser.conditioning(n)  # a ConditionedDenoiser: the batch's captions (or the empty prompt)
+    if cond is None:
+        return None, None
+    return cond, cond_tile(lat.prompt_embeddings([""]), n)
+
+
+@torch.no_grad()
+def run_sampler(denoiser, x: torch.Tensor, *, scheduler, timesteps, guidance_scale: float,
+                generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Step ``x`` through ``timesteps`` of ``scheduler`` with the model's own sampling rule: its ``eps``
+    (a protected model's guard included) and, for text models, classifier-free guidance with
+    ``guidance_scale`` on the rows' captions. ``generators``: one per row for stochastic samplers."""
+    cond, uncond = text_conditioning(denoiser, len(x))
+    kw = {"generator": generators} if generators is not None else None
+    if cond is None or guidance_scale == 1.0:
+        return denoise(denoiser, x, scheduler=scheduler, cond=cond, timesteps=timesteps, step_kwargs=kw)
+    return denoise(denoiser, x, scheduler=scheduler, cond=cond, uncond=uncond, guidance_scale=guidance_scale,
+                   timesteps=timesteps, step_kwargs=kw)
+
+
+def sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared pixel difference (rows of ``a`` against the same rows of ``b``)."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+
+
+def nearest_sq_distance(x: torch.Tensor, pool: torch.Tensor, *, chunk: int = 4096) -> torch.Tensor:
+    """Per row of ``x``: the mean squared pixel difference to its nearest image in ``pool``."""
+    xf = x.float().flatten(1)
+    d = xf.shape[1]
+    out = torch.full((len(x),), float("inf"))
+    for s in range(0, len(pool), chunk):
+        p = pool[s:s + chunk].float().flatten(1).to(xf.device)
+        dist = torch.cdist(xf, p).pow(2).min(1).values.cpu() / d
+        out = torch.minimum(out, dist)
+    return out
