@@ -378,6 +378,21 @@ class AuditContext:
         os.replace(tmp, cache)
         return x
 
+    def features(self, extractor: FeatureExtractor, images: ImageSet | torch.Tensor, *, label: str,
+                 batch_size: int | None = None) -> np.ndarray:
+        """Features of a whole set, float32 (n, d): ``extractor.transform`` on batches of ``batch_size``
+        (default: the run's) images of ``images`` (an ImageSet, or a tensor in [-1, 1] such as
+        ``samples``). During an audit this is an engine stage (``privaudit.engine``): sharded, resumable,
+        on Ray with ``--engine ray``; the features are the same as the plain loop's. ``label`` names the
+        stage in the manifest. Fit the extractor first (``feature``): fitting stays in this process."""
+        from privaudit.engine import active_session, transform_batches
+
+        bs = int(batch_size or self.settings.batch_size)
+        run = active_session()
+        if run is not None:
+            return run.features(extractor, images, batch_size=bs, label=label)
+        return transform_batches(extractor, images, batch_size=bs)
+
     def feature(self, name: str, **params) -> FeatureExtractor:
         """A fitted extractor, fitted once per process for the same plugin, parameters and reference
         set (extractors are seeded, so this only saves time: a mitigation audits many variants)."""

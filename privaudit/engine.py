@@ -205,6 +205,76 @@ class ScoreWork(Work):
                              prompt=self.prompt)
 
 
+def transform_batches(extractor, images, *, batch_size: int) -> np.ndarray:
+    """Features of ``images`` (an ImageSet, or a tensor in [-1, 1]) as float32 (n, d), ``extractor.transform``
+    batch by batch (the one feature loop every engine runs)."""
+    n = len(images)
+    if isinstance(images, torch.Tensor):
+        part = lambda a, b: images[a:b]  # noqa: E731
+    else:
+        part = lambda a, b: images.tensor(np.arange(a, b))  # noqa: E731
+    if n == 0:
+        return np.ascontiguousarray(extractor.transform(part(0, 0)), dtype=np.float32)
+    return np.concatenate([np.ascontiguousarray(extractor.transform(part(s, min(s + batch_size, n))), dtype=np.float32)
+                           for s in range(0, n, batch_size)])
+
+
+def move_extractor(extractor: Any, device: torch.device) -> None:
+    """Move a shipped, fitted feature extractor to a worker's device: its torch modules and tensors, and
+    its ``device_`` (the fitted-attribute convention of privaudit's extractors) when it has one."""
+    for k, v in vars(extractor).items():
+        if isinstance(v, (torch.nn.Module, torch.Tensor)):
+            setattr(extractor, k, v.to(device))
+    if hasattr(extractor, "device_"):
+        extractor.device_ = device
+
+
+def extractor_key(extractor: Any) -> str:
+    """The identity of a fitted extractor: its class, parameters and fitted state (attributes ending in
+    ``_``: arrays, tensors and modules by content, anything else by ``repr``)."""
+    h = hashlib.sha256(repr((type(extractor).__module__, type(extractor).__qualname__,
+                             sorted((k, repr(v)) for k, v in extractor.get_params().items()))).encode())
+    for k in sorted(vars(extractor)):
+        v = vars(extractor)[k]
+        if not k.endswith("_") or k.startswith("_") or k == "device_":
+            continue
+        h.update(k.encode())
+        if isinstance(v, torch.nn.Module):
+            v = v.state_dict()
+        if isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values()):
+            for name, t in sorted(v.items()):
+                h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(v, torch.Tensor):
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(v, np.ndarray):
+            h.update(np.ascontiguousarray(v).tobytes())
+        else:
+            h.update(repr(v).encode())
+    return h.hexdigest()
+
+
+class FeatureWork(Work):
+    """Embeds one shard of images with a fitted feature extractor (item: ``pixels``, uint8 (n, C, H, W) read
+    from an image set, or float32 images in [-1, 1])."""
+
+    stage = "features"
+    unit = "img"
+
+    def __init__(self, *, extractor, batch_size: int):
+        self.extractor, self.batch_size = extractor, batch_size
+
+    def setup(self, device: torch.device | None = None) -> None:
+        super().setup(device)
+        if device is not None:
+            move_extractor(self.extractor, device)
+
+    def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(item["pixels"]))
+        if x.dtype == torch.uint8:  # exactly as ImageSet.tensor converts
+            x = x.float().div_(127.5).sub_(1.0)
+        return transform_batches(self.extractor, x, batch_size=self.batch_size)
+
+
 class SampleWork(Work):
     """Draws samples ``start .. start + count - 1`` (item: ``start``, ``count``), each seeded by its index."""
 
@@ -427,6 +497,31 @@ class Session:
         outs = self.run(work, label=f"scores:{attack.name}:{label}", key=f"{attack.name}-{key}",
                         sizes=[b - a for a, b in bounds], make=make, store=self.store)
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros(0, dtype=np.float32)
+
+    def features(self, extractor, images, *, batch_size: int, label: str) -> np.ndarray:
+        """Features of ``images`` (an ImageSet or a tensor in [-1, 1]) as float32 (n, d), in shards of
+        ``batch_size`` images, keyed by the fitted extractor's identity and the images (their source and ids,
+        or their content when they have no files: in-memory arrays, generated samples)."""
+        n = len(images)
+        size = batch_size * SHARD_BATCHES
+        bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
+        if n == 0:
+            return transform_batches(extractor, images, batch_size=batch_size)
+        if isinstance(images, torch.Tensor):
+            x = np.ascontiguousarray(images.detach().cpu().float().numpy())
+            what = ("tensor", x.shape, hashlib.sha256(x.tobytes()).hexdigest())
+            make = lambda i: {"pixels": x[bounds[i][0]:bounds[i][1]]}  # noqa: E731
+        else:
+            if images.source == "<array>":  # no files: the pixels are the identity
+                what = ("array", images.shape, hashlib.sha256(np.ascontiguousarray(images.uint8()).tobytes()).hexdigest())
+            else:
+                what = ("set", images.source, hashlib.sha256("|".join(images.ids).encode()).hexdigest())
+            make = lambda i: {"pixels": np.ascontiguousarray(images.uint8(np.arange(*bounds[i])))}  # noqa: E731
+        key = hashlib.sha256(repr((extractor_key(extractor), what, batch_size, size)).encode()).hexdigest()[:24]
+        outs = self.run(FeatureWork(extractor=extractor, batch_size=batch_size),
+                        label=f"features:{extractor.name}:{label}", key=f"{extractor.name}-{key}",
+                        sizes=[b - a for a, b in bounds], make=make, store=self.store)
+        return np.concatenate(outs).astype(np.float32, copy=False)
 
     def samples(self, denoiser, *, n: int, steps: int, sampler: str, seed: int, batch_size: int,
                 key: str) -> torch.Tensor:

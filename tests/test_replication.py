@@ -51,6 +51,11 @@ class FakeContext:
         assert name == "pixels"
         return PixelFeatures()
 
+    def features(self, extractor, images, *, label: str, batch_size: int | None = None) -> np.ndarray:
+        from privaudit.engine import transform_batches
+
+        return transform_batches(extractor, images, batch_size=batch_size or 128)
+
 
 @pytest.fixture(scope="module")
 def members() -> np.ndarray:

@@ -2,11 +2,12 @@
 
 Generates ``n_samples`` images (seeded, batched, cached on disk by the runner's
 ``ctx.samples``), embeds samples, holdout and members with a ``FeatureExtractor`` plugin
-(``features``, default ``pixels``; e.g. ``torchscript`` with an SSCD file) and finds each
+(``features``, default ``pixels``; e.g. ``torchscript`` with an SSCD file; through ``ctx.features``,
+an engine stage: sharded, resumable, on Ray with ``--engine ray``) and finds each
 query's nearest members with ``privaudit.search`` (faiss; exact by default, IVF above
 ``ivf_threshold`` members with its recall measured and reported). Members are streamed
-batch by batch in ONE pass that serves every criterion, so memory does not grow with the
-member count. Exact search runs on the GPU when the model does (``search_device="auto"``).
+batch by batch in ONE pass that serves every criterion (their features computed
+``64 * batch_size`` members at a time), so memory does not grow with the member count. Exact search runs on the GPU when the model does (``search_device="auto"``).
 
 Criteria, each reported side by side with its own false-positive rate on the holdout
 (real images the model never saw: the null). Holdout rates of calibrated criteria are
@@ -81,6 +82,8 @@ from privaudit.api import (
 )
 from privaudit.plugins.detectors import _replication as R
 
+MEMBER_CHUNK_BATCHES = 64  # members are embedded (an engine stage) and streamed into the search this many batches at a time
+
 
 class NearestNeighbourDetector(ReplicationDetector):
     """Copies among generated samples: calibrated nearest-member distance beside the literature's criteria."""
@@ -147,8 +150,8 @@ class NearestNeighbourDetector(ReplicationDetector):
 
     # -- views: every vector space a criterion searches, computed once per image batch --
 
-    def _views(self, extractor, x: torch.Tensor) -> dict[str, np.ndarray]:
-        f = np.ascontiguousarray(extractor.transform(x), dtype=np.float32)
+    def _views(self, f: np.ndarray, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """The views of one batch: its features ``f`` (plain and L2-normalised) and its pixel tiles."""
         v = {"l2": f, "cos": l2_normalize(f)}
         if self.tiles:
             xt = x.float()
@@ -164,13 +167,14 @@ class NearestNeighbourDetector(ReplicationDetector):
                 v.update({f"tile{t}": tile for t, tile in enumerate(parts)})
         return v
 
-    def _embed(self, extractor, x: torch.Tensor) -> dict[str, np.ndarray]:
-        parts = [self._views(extractor, x[s : s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def _embed_set(self, extractor, images, index: np.ndarray) -> dict[str, np.ndarray]:
-        parts = [self._views(extractor, images.tensor(index[s : s + self.batch_size]))
-                 for s in range(0, len(index), self.batch_size)]
+    def _embed(self, ctx, extractor, images, *, label: str) -> dict[str, np.ndarray]:
+        """Views of a whole set (ImageSet or tensor): features through ``ctx.features`` (an engine stage),
+        tiles from the pixels here."""
+        f = ctx.features(extractor, images, label=label, batch_size=self.batch_size)
+        pixels = (lambda a, b: images[a:b]) if isinstance(images, torch.Tensor) else \
+            (lambda a, b: images.tensor(np.arange(a, b)))
+        parts = [self._views(f[s : s + self.batch_size], pixels(s, min(s + self.batch_size, len(images))))
+                 for s in range(0, len(images), self.batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def detect(self, ctx) -> DetectorOutput:
@@ -190,8 +194,9 @@ class NearestNeighbourDetector(ReplicationDetector):
             bg_idx = np.sort(rng.choice(n_mem, self.background_sample, replace=False))
 
         # queries: samples, then holdout, then background members (their own row is dropped later)
-        qs, qh, qb = (self._embed(extractor, samples), self._embed_set(extractor, holdout, hold_idx),
-                      self._embed_set(extractor, members, bg_idx))
+        qs, qh, qb = (self._embed(ctx, extractor, samples, label="samples"),
+                      self._embed(ctx, extractor, holdout.subset(hold_idx), label="holdout"),
+                      self._embed(ctx, extractor, members.subset(bg_idx), label="background members"))
         n_s, n_h = len(samples), len(hold_idx)
         queries = {k: np.concatenate([qs[k], qh[k], qb[k]]) for k in qs}
         k_l2 = min(self.k + 1, n_mem)
@@ -206,7 +211,8 @@ class NearestNeighbourDetector(ReplicationDetector):
         index = {k: None for k in queries}
         if method == "ivf":
             nlist = self.nlist or default_nlist(n_mem)
-            train = self._embed_set(extractor, members, np.sort(rng.choice(n_mem, min(n_mem, 40 * nlist), replace=False)))
+            train = self._embed(ctx, extractor, members.subset(np.sort(rng.choice(n_mem, min(n_mem, 40 * nlist),
+                                                                                  replace=False))), label="IVF training")
             index = {k: train_ivf(train[k], metric=metric[k], nlist=nlist, nprobe=self.nprobe, seed=seed) for k in queries}
         device = self.search_device
         if device == "auto":  # exact search on the GPU the model runs on; IVF is faiss-cpu
@@ -216,12 +222,18 @@ class NearestNeighbourDetector(ReplicationDetector):
                                 device=device if index[k] is None else "cpu") for k in queries}
 
         hashes = np.empty(n_mem, dtype=np.uint64)
-        for idx, x in members.batches(self.batch_size):
-            views = self._views(extractor, x)
-            for k, s in streams.items():
-                s.add(views[k], int(idx[0]) * per[k])
-            hashes[idx] = [int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "little")
-                           for img in _to_uint8(x)]
+        chunk = self.batch_size * MEMBER_CHUNK_BATCHES  # features of one chunk in memory at a time
+        for a in range(0, n_mem, chunk):
+            f = ctx.features(extractor, members.subset(np.arange(a, min(a + chunk, n_mem))), label="members",
+                             batch_size=self.batch_size)
+            for s0 in range(0, len(f), self.batch_size):
+                idx = np.arange(a + s0, min(a + s0 + self.batch_size, n_mem))
+                x = members.tensor(idx)
+                views = self._views(f[s0 : s0 + self.batch_size], x)
+                for k, s in streams.items():
+                    s.add(views[k], int(idx[0]) * per[k])
+                hashes[idx] = [int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "little")
+                               for img in _to_uint8(x)]
         res = {k: s.result() for k, s in streams.items()}
         return self._report(ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method)
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from privaudit.api import (
     DetectorOutput,
@@ -76,9 +75,7 @@ def max_clique(adj: np.ndarray) -> int:
     return best
 
 
-def _features(extractor, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    return np.concatenate([np.asarray(extractor.transform(x[s:s + batch_size]), dtype=np.float32)
-                           for s in range(0, len(x), batch_size)])
+FEATURE_BATCH = 1024  # images per extractor.transform call (ctx.features: an engine stage)
 
 
 class PromptReplicationDetector(ReplicationDetector):
@@ -176,8 +173,8 @@ class PromptReplicationDetector(ReplicationDetector):
                                   "(metadata.jsonl / metadata.csv) and no prompt file was given "
                                   "(--param promptcopy.prompts=FILE).", details={})
         extractor = ctx.feature(self.features)
-        fm = _features(extractor, ctx.members.tensor())
-        fh = _features(extractor, ctx.holdout.tensor())
+        fm = ctx.features(extractor, ctx.members, label="members", batch_size=FEATURE_BATCH)
+        fh = ctx.features(extractor, ctx.holdout, label="holdout", batch_size=FEATURE_BATCH)
         index = faiss.IndexFlatL2(fm.shape[1])
         index.add(np.ascontiguousarray(fm))
         dh = np.sqrt(np.maximum(index.search(np.ascontiguousarray(fh), 1)[0][:, 0], 0))
@@ -189,7 +186,7 @@ class PromptReplicationDetector(ReplicationDetector):
         n, g = len(prompts), self.n_per_prompt
         x = generate(ctx.denoiser, prompts, n_per_prompt=g, steps=self.steps, guidance_scale=self.guidance_scale,
                      seed=ctx.seed, batch_size=self.batch_size, progress=ctx.progress)
-        fx = _features(extractor, x)
+        fx = ctx.features(extractor, x, label="generations", batch_size=FEATURE_BATCH)
         d2, nn = index.search(np.ascontiguousarray(fx), 1)
         dist, nn = np.sqrt(np.maximum(d2[:, 0], 0)).reshape(n, g), nn[:, 0].reshape(n, g)
         copy = dist < copy_thr

@@ -37,7 +37,6 @@ Threat model: black box (samples only). Queries: ``steps`` denoiser calls per ge
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from privaudit.api import (
     DetectorOutput,
@@ -133,13 +132,9 @@ class QualityDetector(ReplicationDetector):
             return self.features
         return "digits" if ctx.reference is not None and "digits" in ctx.registry else "pixels"
 
-    def _embed(self, extractor, images, index) -> np.ndarray:
-        return np.concatenate([extractor.transform(images.tensor(index[s : s + self.batch_size]))
-                               for s in range(0, len(index), self.batch_size)]).astype(np.float32)
-
-    def _embed_tensor(self, extractor, x: torch.Tensor) -> np.ndarray:
-        return np.concatenate([extractor.transform(x[s : s + self.batch_size])
-                               for s in range(0, len(x), self.batch_size)]).astype(np.float32)
+    def _embed(self, ctx, extractor, images, *, label: str) -> np.ndarray:
+        """Features of a whole set (ImageSet or tensor) through ``ctx.features``: an engine stage."""
+        return ctx.features(extractor, images, label=label, batch_size=self.batch_size)
 
     def _fd_ci(self, a: np.ndarray, b: np.ndarray, fd: float, rng) -> tuple[float, float] | None:
         g = self.jackknife_groups
@@ -163,8 +158,8 @@ class QualityDetector(ReplicationDetector):
         hold_idx = np.arange(len(ctx.holdout))
         if len(hold_idx) > self.holdout_limit:
             hold_idx = np.sort(rng.choice(len(hold_idx), self.holdout_limit, replace=False))
-        fake = self._embed_tensor(extractor, samples)
-        real = self._embed(extractor, ctx.holdout, hold_idx)
+        fake = self._embed(ctx, extractor, samples, label="samples")
+        real = self._embed(ctx, extractor, ctx.holdout.subset(hold_idx), label="holdout")
         space = extractor.describe()
 
         fd = frechet_distance(fake, real)
@@ -172,7 +167,7 @@ class QualityDetector(ReplicationDetector):
         # real-vs-real baseline at the generated set's size: the floor a model can reach
         if ctx.reference is not None:
             ref_idx = np.sort(rng.choice(len(ctx.reference), min(len(fake), len(ctx.reference)), replace=False))
-            base_a, base_b, base_sets = self._embed(extractor, ctx.reference, ref_idx), real, "reference vs holdout"
+            base_a, base_b, base_sets = self._embed(ctx, extractor, ctx.reference.subset(ref_idx), label="reference"), real, "reference vs holdout"
         else:
             half = rng.permutation(len(real))
             base_a, base_b = real[half[: len(real) // 2]], real[half[len(real) // 2 :]]
