@@ -65,6 +65,38 @@ def test_sharded_scores_and_samples_equal_one_process(digits_target, digits_deno
                                rtol=1e-4, atol=1e-4)
 
 
+def test_sharded_features_equal_the_plain_loop(digits_target, digits_denoiser):
+    """Features as an engine stage (shards of the batch size) equal the plain batched loop bit for bit, for
+    an image set and for a tensor of samples, and a fitted extractor's identity keys its shards."""
+    from privaudit.api import AuditContext, AuditSettings
+    from privaudit.engine import extractor_key, transform_batches
+
+    reg = Registry.build()
+    members = load_images(digits_target / "members", name="members").subset(range(13))
+    reference = load_images(digits_target / "reference", name="reference")
+    ctx = AuditContext(denoiser=digits_denoiser, members=members, holdout=members, registry=reg,
+                       settings=AuditSettings(progress=False, batch_size=4), reference=reference)
+    samples = members.tensor() * 0.5
+    for extractor in (reg.create("pixels"), ctx.feature("digits", epochs=1)):
+        # the plain loop, as detectors ran it before features were a stage
+        plain = np.concatenate([extractor.transform(members.tensor(np.arange(a, min(a + 4, 13))))
+                                for a in range(0, 13, 4)]).astype(np.float32)
+        assert plain.shape[0] == 13 and plain.dtype == np.float32
+        np.testing.assert_array_equal(ctx.features(extractor, members, label="m"), plain)  # no session
+        with session(engine="local") as run:
+            sharded = ctx.features(extractor, members, label="m")
+            from_tensor = ctx.features(extractor, samples, label="s", batch_size=5)
+        np.testing.assert_array_equal(sharded, plain)
+        np.testing.assert_array_equal(from_tensor, transform_batches(extractor, samples, batch_size=5))
+        cost = run.costs[f"features:{extractor.name}:m"]
+        assert (cost.shards, cost.units, cost.queries) == (4, 13, 0)
+        assert run.costs[f"features:{extractor.name}:s"].shards == 3
+    fitted = ctx.feature("digits", epochs=1)
+    other = reg.create("digits", epochs=1).fit(reference=reference.subset(range(64)))
+    assert extractor_key(fitted) == extractor_key(ctx.feature("digits", epochs=1))
+    assert extractor_key(other) != extractor_key(fitted)  # other fitted weights: other shards
+
+
 def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     """A scan killed with SIGKILL after some shards resumes to the same metrics as an uninterrupted run,
     spending queries only on the shards that were not finished."""
@@ -131,6 +163,46 @@ def test_resume_recomputes_only_a_damaged_shard(digits_target, tmp_path, monkeyp
     monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
     assert main(_argv(digits_target, tmp_path / "whole", *args[args.index("--attacks"):])) in (0, 1)
     assert _metrics(out) == _metrics(tmp_path / "whole")
+
+
+def _nn_args(*extra: str) -> list[str]:
+    return ["--attacks", "", "--detectors", "nn", "--batch-size", "16", "--param", "nn.n_samples=32",
+            "--param", "nn.steps=5", "--param", "nn.batch_size=16", "--param", "nn.background_sample=40", *extra]
+
+
+def _feature_stages(run: Path) -> dict:
+    return {k: v for k, v in _engine(run)["stages"].items() if k.startswith("features:")}
+
+
+def test_resume_reuses_feature_shards(digits_target, tmp_path, monkeypatch):
+    """A scan interrupted after 5 feature shards resumes with them (counted as reused in the manifest's
+    per-stage records) and gives the same metrics as an uninterrupted run."""
+    from privaudit.engine import ShardStore
+
+    out = tmp_path / "run"
+    args = _argv(digits_target, out, *_nn_args())
+    save, saved = ShardStore.save, []
+
+    def save_then_stop(self, stage, *a, **k):
+        save(self, stage, *a, **k)
+        saved.append(stage)
+        if saved.count("features") == 5:
+            raise KeyboardInterrupt("stopped after 5 feature shards")
+
+    monkeypatch.setattr(ShardStore, "save", save_then_stop)
+    assert main(args) == 3  # interrupted
+    monkeypatch.setattr(ShardStore, "save", save)
+    assert len(list((out / ".partial" / "shards" / "features").glob("*/*.npz"))) == 5
+    assert main(args + ["--resume", str(out)]) in (0, 1)
+    assert main(_argv(digits_target, tmp_path / "whole", *_nn_args())) in (0, 1)
+    assert _metrics(out) == _metrics(tmp_path / "whole")
+    resumed, whole = _feature_stages(out), _feature_stages(tmp_path / "whole")
+    assert sum(s["shards_reused"] for s in resumed.values()) == 5
+    assert sum(s["shards_reused"] for s in whole.values()) == 0
+    assert {k: s["shards"] + s["shards_reused"] for k, s in resumed.items()} == \
+        {k: s["shards"] for k, s in whole.items()}
+    # samples, holdout, background members and members: every feature set is a stage
+    assert {k.split(":")[-1] for k in whole} == {"samples", "holdout", "background members", "members"}
 
 
 def test_ray_engine_without_ray_is_a_clear_error(monkeypatch):
@@ -225,6 +297,24 @@ def test_ray_one_or_two_workers_same_scores_and_samples(digits_target, digits_de
     np.testing.assert_allclose(outs[0][0], local, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(outs[0][1], sample(digits_denoiser, n=6, steps=3, seed=4, batch_size=6),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.ray
+def test_ray_nn_detector_equals_local_engine(digits_target, tmp_path, ray_local, monkeypatch):
+    """The nn detector's features computed on Ray actors give exactly the local engine's metrics."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 1-CPU actors run torch: the samples drawn there round the same way
+    try:
+        assert main(_argv(digits_target, tmp_path / "local", *_nn_args("--cache-dir", str(tmp_path / "c1")))) in (0, 1)
+        assert main(_argv(digits_target, tmp_path / "ray", *_nn_args("--cache-dir", str(tmp_path / "c2")),
+                          "--engine", "ray", "--workers", "2")) in (0, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")  # bit for bit
+    ray_stages, local_stages = _feature_stages(tmp_path / "ray"), _feature_stages(tmp_path / "local")
+    assert _engine(tmp_path / "ray")["name"] == "ray"
+    assert ray_stages.keys() == local_stages.keys() and all(s["shards"] > 0 for s in ray_stages.values())
+    assert "samples:ddim-5" in _engine(tmp_path / "ray")["stages"]  # sampled there too, not read from a cache
 
 
 class _DiesOnce(Work):
