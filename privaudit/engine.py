@@ -1,14 +1,22 @@
-"""Engines: where per-image scoring and sampling run, and the shards that make a run resumable.
+"""Engines: where per-image scoring, sampling and feature extraction run, and the shards that make a run resumable.
 
-The audit's fitted steps (attack ``fit`` on the calibration split, thresholds, metrics,
-bootstrap, report) always run in the driver process. The per-item work in between (scoring
-every image, drawing samples) is cut into fixed contiguous **shards** and handed to an
-**engine**:
+The audit's fitted steps (attack ``fit`` on the calibration split, feature extractor ``fit``,
+thresholds, nearest-neighbour search, metrics, bootstrap, report) always run in the driver
+process. The per-item work in between is cut into fixed contiguous **shards** and handed to an
+**engine**, one stage per kind of work:
+
+- ``scores`` (``ScoreWork``): per-image scores of a fitted attack (``runner.score_set``);
+- ``samples`` (``SampleWork``): generated samples, each seeded by its index (``AuditContext.samples``);
+- ``features`` (``FeatureWork``): a fitted feature extractor's embedding of an image set or of
+  samples (``AuditContext.features``, what detectors call), one detector batch per shard, keyed
+  by the extractor's identity (class, parameters, fitted state: ``extractor_key``) and the images.
+
+Engines:
 
 - ``local`` (the default): shard after shard in this process;
 - ``ray`` (``privaudit.ray_engine``, imported only when chosen): Ray Data ``map_batches``
   stages with a callable class, one actor per GPU (CPU actors otherwise); the model and the
-  fitted attack are shipped once per actor.
+  fitted attack (or the fitted extractor) are shipped once per actor.
 
 Results do not depend on the engine: a shard is a whole number of the run's batches (so every
 batch has the same images whatever ran it) and every random draw is keyed by image content or
@@ -16,7 +24,7 @@ sample index (``privaudit.noise``). A shard's output is written atomically as so
 finished, tagged with the run's key (a hash of everything that determines the results: model,
 data, settings; not the engine), so a run that dies resumes with only its unfinished shards.
 
-Where shards live: scores under the run folder, ``RUN/.partial/shards/<stage>/<key>/<shard>.npz``,
+Where shards live: scores and features under the run folder, ``RUN/.partial/shards/<stage>/<key>/<shard>.npz``,
 until the run is written (its results replace the folder, shards included). Generated samples
 are images, so they are never written into the run folder: their shards live in the sample
 cache (``--cache-dir``) beside the whole-set sample cache.
@@ -28,6 +36,7 @@ shards were computed or reused; the manifest lists them with the engine, workers
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -253,6 +262,19 @@ def extractor_key(extractor: Any) -> str:
     return h.hexdigest()
 
 
+class _Scripted:
+    """A TorchScript module in transit to a worker (TorchScript modules do not pickle): its
+    ``torch.jit.save`` bytes, loaded back on the CPU (``setup`` then moves it to the worker's device)."""
+
+    def __init__(self, module: torch.jit.ScriptModule):
+        buf = io.BytesIO()
+        torch.jit.save(module, buf)
+        self.data = buf.getvalue()
+
+    def load(self) -> torch.jit.ScriptModule:
+        return torch.jit.load(io.BytesIO(self.data), map_location="cpu")
+
+
 class FeatureWork(Work):
     """Embeds one shard of images with a fitted feature extractor (item: ``pixels``, uint8 (n, C, H, W) read
     from an image set, or float32 images in [-1, 1])."""
@@ -267,6 +289,20 @@ class FeatureWork(Work):
         super().setup(device)
         if device is not None:
             move_extractor(self.extractor, device)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        scripted = {k: _Scripted(v) for k, v in vars(self.extractor).items() if isinstance(v, torch.jit.ScriptModule)}
+        if scripted:  # ship a copy holding the modules' bytes; the driver's extractor is untouched
+            state["extractor"] = copy.copy(self.extractor)
+            vars(state["extractor"]).update(scripted)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for k, v in list(vars(self.extractor).items()):
+            if isinstance(v, _Scripted):
+                setattr(self.extractor, k, v.load())
 
     def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(item["pixels"]))

@@ -1,10 +1,11 @@
 """The Ray engine (``--engine ray``): shards as a Ray Data ``map_batches`` stage with a callable class.
 
 Imported only when chosen (``pip install privaudit[ray]``). Each actor receives the stage's work
-(``privaudit.engine.Work``: the fitted attack and the in-memory denoiser, or the sampler) once,
+(``privaudit.engine.Work``: the fitted attack and the in-memory denoiser, the sampler, or the
+fitted feature extractor) once,
 through the object store, moves the model to its device in ``__init__`` and then processes one
 shard per call. One actor per GPU (``num_gpus=1``) on a cluster with GPUs, one CPU actor per
-worker otherwise. Shard inputs (pixels, captions, sample indices) and outputs (scores, samples)
+worker otherwise. Shard inputs (pixels, captions, sample indices) and outputs (scores, samples, features)
 travel as ``.npz`` bytes; the driver reads results as they stream in, writes each shard and
 updates one progress bar. A worker that dies midway is restarted by Ray and its shard retried
 (Ray Data's defaults for actor pools: dead actors are recreated and their tasks retried; an exception

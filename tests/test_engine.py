@@ -97,6 +97,27 @@ def test_sharded_features_equal_the_plain_loop(digits_target, digits_denoiser):
     assert extractor_key(other) != extractor_key(fitted)  # other fitted weights: other shards
 
 
+def test_feature_work_ships_a_torchscript_extractor(tmp_path):
+    """TorchScript modules do not pickle: the work shipped to Ray actors carries their saved bytes, and
+    the unpickled copy embeds exactly as the driver's extractor does (which stays as it was)."""
+    import pickle
+
+    from privaudit.engine import FeatureWork, transform_batches
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten())).save(str(path))
+    extractor = Registry.build().create("torchscript", path=str(path), channels=1, mean=(0.5,), std=(0.5,),
+                                        device="cpu").fit()
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    shipped = pickle.loads(pickle.dumps(FeatureWork(extractor=extractor, batch_size=4)))
+    shipped.setup(torch.device("cpu"))
+    assert isinstance(extractor.model_, torch.jit.ScriptModule)
+    got = shipped.run({"pixels": x.numpy()})
+    np.testing.assert_array_equal(got, transform_batches(extractor, x, batch_size=4))
+    assert got.shape == (6, 144)
+
+
 def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     """A scan killed with SIGKILL after some shards resumes to the same metrics as an uninterrupted run,
     spending queries only on the shards that were not finished."""
