@@ -341,6 +341,11 @@ class _Ctx(SimpleNamespace):
 
         return PixelFeatures()
 
+    def features(self, extractor, images, *, label, batch_size=None):
+        from privaudit.engine import transform_batches
+
+        return transform_batches(extractor, images, batch_size=batch_size or 128)
+
 
 def test_cpsample_on_latents_raises_diversity_and_lowers_copies(digits_text_denoiser, digits_text_target, tmp_path):
     from privaudit.plugins.detectors.promptcopy import PromptReplicationDetector
