@@ -183,7 +183,8 @@ class MembershipAttack(Plugin):
     ``score`` is called batch by batch on calibration and evaluation images alike and returns one
     float per image. Its randomness comes only from ``noise`` (``noise.randn(shape, tag=...)``),
     keyed per image, so an image's score does not depend on the batch, shard or worker it was
-    scored in. (0.1 passed a per-batch ``generator`` instead.)
+    scored in. (0.1 passed a per-batch ``generator``; such plugins still run, with one generator per
+    batch and a DeprecationWarning, so their scores still depend on the batch.)
     """
 
     kind: ClassVar[str] = "attack"

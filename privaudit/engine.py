@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import io
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -180,11 +182,27 @@ def score_batches(attack, denoiser, images, *, batch_size: int, seed: int, promp
     for idx, x in images.batches(batch_size, device=denoiser.device):
         noise = Noise(image_keys(images.uint8(idx)), seed=seed, stream=attack.name)  # per image, not per batch
         den, x = attack_inputs(denoiser, images, idx, x, prompt=prompt)  # latent models: latents + captions
-        s = attack.score(den, x, noise=noise)
+        s = call_score(attack, den, x, noise)
         out.append(s.detach().float().cpu().numpy())
         if on_batch is not None:
             on_batch(len(idx))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def call_score(attack, denoiser, x: torch.Tensor, noise) -> torch.Tensor:
+    """``attack.score`` with per-image ``noise``; a plugin written for 0.1 (``score(..., generator=)``)
+    still runs, with one generator per batch and a DeprecationWarning (its scores depend on the batch)."""
+    if _takes_noise(type(attack)):
+        return attack.score(denoiser, x, noise=noise)
+    warnings.warn(f"{type(attack).__name__}.score(..., generator=) is the privaudit 0.1 attack API; implement "
+                  "score(denoiser, x0, *, noise) and draw with noise.randn(shape, tag=...) so an image's score "
+                  "does not depend on its batch", DeprecationWarning, stacklevel=2)
+    return attack.score(denoiser, x, generator=noise.batch_generator())
+
+
+def _takes_noise(cls: Any) -> bool:
+    params = inspect.signature(cls.score).parameters
+    return "noise" in params or "generator" not in params
 
 
 class ScoreWork(Work):

@@ -63,6 +63,12 @@ class Noise:
         """The draws of a slice of the batch (an attack that cuts its batch keeps every image's noise)."""
         return Noise(self.keys[index], seed=self.seed, stream=self.stream)
 
+    def batch_generator(self) -> torch.Generator:
+        """One generator for the whole batch, keyed by its images in order: what a 0.1 plugin's
+        ``score(..., generator=)`` gets. Its draws depend on the batch's composition, so such a
+        plugin's scores still depend on the batch size."""
+        return torch.Generator().manual_seed(seed_of(self.seed, self.stream, "batch", *self.keys))
+
     def generator(self, row: int, *, tag: object = "") -> torch.Generator:
         """The CPU generator behind row ``row`` (image ``row % n``, draw ``row // n``) for ``tag``."""
         n = len(self.keys)

@@ -53,3 +53,23 @@ def test_noise_rows_follow_images():
     with pytest.raises(ValueError, match="whole number"):
         Noise.for_images(x, seed=0).randn((4, 1, 2, 2))
     assert seed_of(1, "a") == seed_of(1, "a") != seed_of(1, "b")
+
+
+def test_a_plugin_written_for_the_0_1_api_still_scores_with_a_warning(digits_target, digits_denoiser):
+    from privaudit.api import MembershipAttack
+
+    class OldStyle(MembershipAttack):
+        """0.1 signature: a per-batch generator instead of per-image noise."""
+
+        name = "old-style"
+
+        def score(self, denoiser, x0, *, generator):
+            return x0.flatten(1).mean(1) + torch.randn(len(x0), generator=generator)
+
+    members = load_images(digits_target / "members", name="members").subset(range(6))
+    with pytest.warns(DeprecationWarning, match="noise.randn"):
+        a = score_set(OldStyle(), digits_denoiser, members, batch_size=3, seed=0, label="m")
+    with pytest.warns(DeprecationWarning):
+        b = score_set(OldStyle(), digits_denoiser, members, batch_size=3, seed=0, label="m")
+    assert a.shape == (6,) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)  # still seeded: the same run gives the same scores
