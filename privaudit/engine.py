@@ -172,6 +172,20 @@ class Work:
         return {k: v for k, v in self.__dict__.items() if k != "_counter"}
 
 
+class ModelWork(Work):
+    """Work that runs a denoiser: it is moved to the worker's device once, and its queries are counted."""
+
+    den: Any = None
+
+    def denoiser(self) -> Any:
+        return self.den
+
+    def setup(self, device: torch.device | None = None) -> None:
+        super().setup(device)
+        if device is not None:
+            move_denoiser(self.den, device)
+
+
 def score_batches(attack, denoiser, images, *, batch_size: int, seed: int, prompt: str = "caption",
                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Per-image scores of ``images``, batch by batch (the one scoring loop every engine runs)."""
@@ -205,7 +219,7 @@ def _takes_noise(cls: Any) -> bool:
     return "noise" in params or "generator" not in params
 
 
-class ScoreWork(Work):
+class ScoreWork(ModelWork):
     """Scores one shard of images with a fitted attack (item: ``pixels`` uint8, ``captions``)."""
 
     stage = "scores"
@@ -213,14 +227,6 @@ class ScoreWork(Work):
 
     def __init__(self, *, attack, denoiser, batch_size: int, seed: int, prompt: str):
         self.attack, self.den, self.batch_size, self.seed, self.prompt = attack, denoiser, batch_size, seed, prompt
-
-    def denoiser(self) -> Any:
-        return self.den
-
-    def setup(self, device: torch.device | None = None) -> None:
-        super().setup(device)
-        if device is not None:
-            move_denoiser(self.den, device)
 
     def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
         from privaudit.data import ImageSet
@@ -329,7 +335,7 @@ class FeatureWork(Work):
         return transform_batches(self.extractor, x, batch_size=self.batch_size)
 
 
-class SampleWork(Work):
+class SampleWork(ModelWork):
     """Draws samples ``start .. start + count - 1`` (item: ``start``, ``count``), each seeded by its index."""
 
     stage = "samples"
@@ -337,14 +343,6 @@ class SampleWork(Work):
 
     def __init__(self, *, denoiser, steps: int, sampler: str, seed: int, batch_size: int):
         self.den, self.steps, self.sampler, self.seed, self.batch_size = denoiser, steps, sampler, seed, batch_size
-
-    def denoiser(self) -> Any:
-        return self.den
-
-    def setup(self, device: torch.device | None = None) -> None:
-        super().setup(device)
-        if device is not None:
-            move_denoiser(self.den, device)
 
     def run(self, item: dict[str, np.ndarray]) -> np.ndarray:
         from privaudit.denoiser import sample

@@ -175,10 +175,7 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
 
 def write_query(out: str | Path, results: dict) -> Path:
     """results.json, scores.csv and report.html, published with one rename (as a scan's run folder)."""
-    import shutil
-    import tempfile
-
-    from privaudit.io import csv_safe, publish_dir, write_json, write_text
+    from privaudit.io import atomic_dir, csv_safe, write_json, write_text
     from privaudit.reports import render_html
     from privaudit.runner import check_out
 
@@ -186,13 +183,8 @@ def write_query(out: str | Path, results: dict) -> Path:
     body = {k: v for k, v in results.items() if k != "scores"}
     body["outputs"] = {"scores": "scores.csv"}
     html = render_html(body)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    try:
+    with atomic_dir(out) as stage:
         write_text(stage / "scores.csv", csv_safe(results["scores"]).to_csv(index=False))
         write_json(stage / "results.json", body)
         write_text(stage / "report.html", html)
-        publish_dir(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out
