@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -228,20 +229,86 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     results = read(a.run_dir)
     baseline = read(a.baseline) if a.baseline else None
-    if a.out is not None:
-        if a.out.is_dir():
-            raise InputError(f"--out {a.out}: is a folder; give the HTML file to write")
-        write_text(a.out, render_html(results, baseline=baseline, redact=a.redact))
+    own = a.run_dir / "report.html"
+    if a.out is not None and not _is_own_report(a.out, own):
+        _check_report_out(a.out, run=a.run_dir)
+        html = render_html(results, baseline=baseline, redact=a.redact)
+        try:
+            write_text(a.out, html)
+        except OSError as e:
+            raise InputError(f"--out {a.out}: cannot write the report here ({e.strerror or e.__class__.__name__})") from None
         print(a.out)
         return EXIT_OK
-    out = a.run_dir / "report.html"
-    if a.redact != "thumbnails":  # the folder is what gets shared: every file in it, not only the report
-        from privaudit.reports.images import redact_run
-
-        redact_run(a.run_dir, mode=a.redact, render=lambda r, b, m: render_html(r, baseline=b, redact=m))
-    write_text(out, render_html(results, baseline=baseline, redact=a.redact))
-    print(out)
+    _rewrite_run_report(a, load=lambda: read(a.run_dir), baseline=baseline, only_html=a.out is not None)
+    print(own)
     return EXIT_OK
+
+
+def _is_own_report(out: Path, own: Path) -> bool:
+    return out.parent.resolve() == own.parent.resolve() and out.name == own.name
+
+
+def _check_report_out(out: Path, *, run: Path) -> None:
+    """``report --out FILE`` never lands inside a run folder (RUN, or any folder up the tree holding a
+    privaudit manifest) and never replaces a file that is not a privaudit HTML report: exit 2 naming it."""
+    from privaudit.ownership import MANIFEST
+
+    if not str(out) or str(out) in (".", ".."):
+        raise InputError(f"--out {str(out)!r}: give the HTML file to write")
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder; give the HTML file to write")
+    target = out.parent.resolve() / out.name
+    for folder in (target.parent, *target.parent.parents):
+        if folder == run.resolve() or (folder / MANIFEST).is_file():
+            raise InputError(f"--out {out}: inside the run folder {folder}; privaudit writes there only its own "
+                             f"report.html (omit --out, or write the file outside the run folder)")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file; the report cannot be written under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {parent} is not writable")
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise InputError(f"--out {out}: not a regular file; give a new file or a report privaudit wrote")
+    if out.exists():
+        try:
+            with open(out, "rb") as f:
+                head = f.read(4096).decode("utf-8", "replace").lower()
+        except OSError as e:
+            raise InputError(f"--out {out}: unreadable ({e.strerror or e.__class__.__name__})") from None
+        if not (head.lstrip().startswith("<!doctype html>") and "<title>privaudit " in head):
+            raise InputError(f"--out {out}: exists and is not a privaudit HTML report; choose a new file")
+
+
+def _rewrite_run_report(a: argparse.Namespace, *, load: Callable[[], dict], baseline: dict | None,
+                        only_html: bool) -> None:
+    """Re-render RUN/report.html (and with ``--redact blur|omit``, without ``--out``, every file of the run)
+    under the run folder's lock, so it cannot interleave with a scan publishing into the same folder (exit 2
+    while one holds it); the run's ownership manifest is updated with what was rewritten."""
+    from privaudit.io import write_text
+    from privaudit.ownership import MANIFEST, add_to_manifest, folder_lock, listed, refresh_manifests
+    from privaudit.reports import render_html
+
+    run = a.run_dir
+    own = run / "report.html"
+    with folder_lock(run, wait=False, busy=f"{run}: a privaudit run is writing to this folder; try again when it "
+                                           "has finished"):
+        results = load()  # read again under the lock: a run may have published just before it
+        has_manifest = (run / MANIFEST).is_file()
+        if has_manifest and (own.exists() or own.is_symlink()) and not listed(run, "report.html"):
+            raise InputError(f"{own}: not written by privaudit (no entry in {run / MANIFEST}); "
+                             "write the report elsewhere with --out FILE")
+        if own.is_symlink() or (own.exists() and not own.is_file()):
+            raise InputError(f"{own}: not a regular file; write the report elsewhere with --out FILE")
+        if a.redact != "thumbnails" and not only_html:  # the folder is what gets shared: every file in it
+            from privaudit.reports.images import redact_run
+
+            redact_run(run, mode=a.redact, render=lambda r, b, m: render_html(r, baseline=b, redact=m))
+        write_text(own, render_html(results, baseline=baseline, redact=a.redact))
+        refresh_manifests(run)
+        if has_manifest:
+            add_to_manifest(run, "report.html")
 
 
 def cmd_plugins(a: argparse.Namespace) -> int:
@@ -280,7 +347,9 @@ def cmd_fixture(a: argparse.Namespace) -> int:
                 **{name: partial(digits_variants.build, name=name) for name in digits_variants.VARIANTS}}
     if a.name not in builders:
         raise InputError(f"fixture {a.name!r}: unknown; available: {', '.join(builders)}")
-    out = builders[a.name](out=a.out, progress=not a.quiet)
+    if not a.out.strip():  # Path("") is "."; checked before anything is created
+        raise InputError(f"--out {a.out!r}: empty; give the folder to build the fixture in")
+    out = builders[a.name](out=Path(a.out), progress=not a.quiet)
     print(out)
     return EXIT_OK
 
@@ -306,6 +375,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
                            attacks=a.mitigate_attacks or a.attacks, detectors=tuple(dict.fromkeys((*a.detectors, "quality"))),
                            progress=not a.quiet),
                        device=a.device, reference=fixture / "reference", argv=sys.argv)
+        from privaudit.ownership import write_manifest
+
+        write_manifest(Path(out))  # the scan's folder now also holds mitigate/: both are privaudit's
         _mitigation_summary(mit, Path(out) / "mitigate")
     print(f"demo finished in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return EXIT_OK
@@ -400,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fixture", help="build a built-in target (no download)")
     p.add_argument("name", choices=FIXTURES, help="which built-in target")
-    p.add_argument("--out", type=Path, required=True, help="folder to write model/, members/, holdout/ ... into")
+    p.add_argument("--out", type=str, required=True, help="folder to write model/, members/, holdout/ ... into")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     # measured beside two busy processes on 2 cores: 47 ms a training step with 1 thread, 1588 ms with 2
     _add_threads(p, default=1)

@@ -42,7 +42,6 @@ import inspect
 import io
 import json
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -409,8 +408,10 @@ class ShardStore:
     """Finished shards of one run: ``root/<stage>/<key>/<index>.npz`` holding the output, the queries it
     cost and the run key it was computed for. ``root/run.json`` names the run key."""
 
-    def __init__(self, root: Path, *, run_key: str):
-        self.root, self.run_key = Path(root), run_key
+    def __init__(self, root: Path, *, run_key: str, ledger: Any = None):
+        # ledger (privaudit.ownership.Ledger): a run folder's shards are recorded as written, so a later run
+        # deletes ``.partial`` only when every file in it is one of them
+        self.root, self.run_key, self.ledger = Path(root), run_key, ledger
 
     def path(self, stage: str, key: str, index: int) -> Path:
         return self.root / stage / key / f"{index:06d}.npz"
@@ -428,8 +429,16 @@ class ShardStore:
             return None
 
     def save(self, stage: str, key: str, index: int, data: np.ndarray, queries: int) -> None:
-        _save_npz(self.path(stage, key, index), data=data, queries=np.int64(queries), run_key=np.str_(self.run_key),
-                  format=np.int64(SHARD_FORMAT))
+        arrays = dict(data=data, queries=np.int64(queries), run_key=np.str_(self.run_key), format=np.int64(SHARD_FORMAT))
+        if self.ledger is None:
+            _save_npz(self.path(stage, key, index), **arrays)
+            return
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "xb") as f:
+                np.savez(f, **arrays)
+
+        self.ledger.write(self.path(stage, key, index), write)
 
 
 def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) -> ShardStore:
@@ -438,14 +447,19 @@ def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) 
     A fresh run starts with no shards; ``resume`` keeps those of an interrupted run and refuses,
     naming both keys, when they were written for another run.
     """
+    from privaudit.ownership import Ledger, partial_problem, remove_owned
+
     run_dir = Path(run_dir)
-    root = run_dir / ".partial" / "shards"
-    if not resume:
-        shutil.rmtree(run_dir / ".partial", ignore_errors=True)
+    partial = run_dir / ".partial"
+    root = partial / "shards"
+    if not resume:  # only what privaudit provably wrote there is deleted (privaudit.ownership)
+        remove_owned(partial, hint="choose a new or empty --out")
     else:
         if not (root / "run.json").is_file():
             raise InputError(f"{run_dir}: --resume: no shards of an unfinished run here (expected {root}/run.json); "
                              "a finished run has nothing to resume; run without --resume to start afresh")
+        if problem := partial_problem(partial):
+            raise InputError(f"{problem}; --resume continues only shards privaudit wrote")
         try:
             old = json.loads((root / "run.json").read_text())["run_key"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -453,11 +467,10 @@ def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) 
         if old != run_key:
             raise InputError(f"{run_dir}: --resume: its shards belong to another run (run key {old[:12]}, this run "
                              f"{run_key[:12]}): the model, data or settings differ; run without --resume")
-    from privaudit.io import write_json
-
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(root / "run.json", {"run_key": run_key, "format": SHARD_FORMAT, "run": description})
-    return ShardStore(root, run_key=run_key)
+    ledger = Ledger(partial, keep=resume)
+    text = json.dumps({"run_key": run_key, "format": SHARD_FORMAT, "run": description}, indent=2, default=str) + "\n"
+    ledger.write(root / "run.json", lambda tmp: tmp.write_text(text))
+    return ShardStore(root, run_key=run_key, ledger=ledger)
 
 
 def run_key(description: dict) -> str:

@@ -64,24 +64,30 @@ def csv_safe(table):
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename."""
+def atomic_dir(path: str | Path, *, hint: str = "choose a new or empty folder") -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename (see ``publish_dir``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
     try:
         yield tmp
-        publish_dir(tmp, path)
+        publish_dir(tmp, path, hint=hint)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def publish_dir(stage: str | Path, out: str | Path) -> None:
-    """``stage`` (a finished folder beside ``out``) becomes ``out`` with one rename; a previous ``out`` is
-    first moved into a hidden sibling and removed after the swap, so ``out`` is never half old, half new."""
+def publish_dir(stage: str | Path, out: str | Path, *, hint: str = "choose a new or empty --out") -> None:
+    """``stage`` (a finished folder beside ``out``) gets its ownership manifest (``privaudit.ownership``,
+    written last) and becomes ``out`` with one rename. A previous ``out`` is replaced only when it is empty
+    or privaudit provably wrote all of it (exit 2 naming the first foreign file otherwise): it is first
+    moved into a hidden sibling and removed after the swap, so ``out`` is never half old, half new."""
+    from privaudit.ownership import check_replaceable, write_manifest
+
     stage, out = Path(stage), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    write_manifest(stage)
+    check_replaceable(out, hint=hint)
+    if out.exists() and any(out.iterdir()):
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
         os.replace(out, old / "previous")
         os.replace(stage, out)

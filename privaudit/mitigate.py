@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,10 +64,10 @@ from privaudit.errors import InputError
 from privaudit.exports import write_exports
 from privaudit.io import write_json, write_text
 from privaudit.latent import image_shape_of
+from privaudit.ownership import clear_owned, write_manifest
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION
 from privaudit.runner import (
-    PARTIAL,
     audit,
     bind_run,
     check_plan,
@@ -76,6 +75,7 @@ from privaudit.runner import (
     engine_session,
     load_data,
     manifest,
+    remove_partial,
     scan_results,
     write_run,
 )
@@ -497,13 +497,18 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
              plugins_dir: str | Path | None = None, argv: list[str] | None = None, redact: str = "thumbnails",
              log: Callable[[str], None] | None = None, dtype: str = "auto") -> dict:
     """``privaudit mitigate``: returns the mitigation results written to ``out``. Its audits and sampling
-    run on the chosen engine, sharded and resumable (``--resume``); the guard trains in this process."""
+    run on the chosen engine, sharded and resumable (``--resume``); the guard trains in this process.
+    ``out`` is written in place: a previous run there (provably privaudit's, else exit 2) is cleared first,
+    and the ownership manifest is written last."""
+    if not settings.resume:
+        clear_owned(out)
     with engine_session(Path(out), settings=settings) as run:
         results = _mitigate(run, model_dir=model_dir, members=members, holdout=holdout, out=out, method=method,
                             params=params, settings=settings, device=device, reference=reference, sweep=sweep,
                             allow_pickle=allow_pickle, plugins_dir=plugins_dir, argv=argv, redact=redact, log=log,
                             dtype=dtype)
-    shutil.rmtree(Path(out) / PARTIAL, ignore_errors=True)  # finished: its shards are no longer needed
+    remove_partial(Path(out))  # finished: its shards are no longer needed
+    write_manifest(Path(out))  # last: the whole folder is now provably privaudit's
     return results
 
 

@@ -7,7 +7,6 @@ results; ``scan`` wraps it with loading and writing, which is what ``privaudit s
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import os
 import platform
@@ -37,6 +36,9 @@ from privaudit.exports import write_exports
 from privaudit.io import csv_safe, publish_dir, write_json, write_text
 from privaudit.latent import conditioning_details, fit_inputs, image_shape_of
 from privaudit.metrics import calibration_split, membership_metrics, roc_points, threshold_at_balanced
+
+# PARTIAL: an unfinished run's finished shards (privaudit.engine): kept for --resume, gone once the run is written
+from privaudit.ownership import PARTIAL, check_replaceable, folder_lock, remove_stale_siblings
 from privaudit.plugin import Registry
 from privaudit.results import SCHEMA_VERSION, PluginResult
 from privaudit.target import ModelInfo, load_target
@@ -402,18 +404,6 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
     }
 
 
-# What a privaudit run folder holds at its top level: an existing folder is replaced only when
-# it holds a previous run and nothing else (a user's own files are never deleted).
-RUN_ENTRIES = ("results.json", "report.html", "summary.json", "junit.xml", "*.csv", "before", "after", "guard", "protected")
-# an unfinished run's finished shards (``privaudit.engine``): kept for --resume, gone once the run is written
-PARTIAL = ".partial"
-
-
-def _is_replaceable_run(out: Path) -> bool:
-    names = [p.name for p in out.iterdir() if p.name != PARTIAL]
-    return not names or ("results.json" in names and all(any(Path(n).match(g) for g in RUN_ENTRIES) for n in names))
-
-
 def check_out(out: str | Path) -> Path:
     """``--out`` must be a folder we may write: fails (exit 2) before any work, naming the path."""
     out = Path(out)
@@ -424,10 +414,8 @@ def check_out(out: str | Path) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"{parent}: is a file; --out {out} cannot be created under it")
-    if out.is_dir() and not _is_replaceable_run(out):
-        names = sorted(p.name for p in out.iterdir())
-        raise InputError(f"{out}: --out holds files that are not a privaudit run ({', '.join(names[:3])}"
-                         f"{', ...' if len(names) > 3 else ''}); choose a new or empty folder")
+    # replaced only when empty or provably privaudit's (privaudit.ownership): exit 2 naming the first foreign file
+    check_replaceable(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
@@ -440,18 +428,13 @@ def check_out(out: str | Path) -> Path:
 
 @contextmanager
 def run_folder(out: str | Path) -> Iterator[Path]:
-    """Check ``out`` and hold a lock on it for the whole run: a second run into it fails with exit 2."""
+    """Check ``out`` and hold a lock on it for the whole run: a second run into it fails with exit 2.
+    Hidden siblings a killed publish left (``.OUT.*.partial``, ``.OUT.*.old``) are removed when privaudit
+    provably wrote them, one line each on stderr."""
     out = check_out(out)
-    lock_path = out.parent / f".{out.name}.lock"
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{out}: another privaudit run is writing to this folder") from None
-        try:
-            yield out
-        finally:
-            lock_path.unlink(missing_ok=True)
+    with folder_lock(out, wait=False, busy=f"{out}: another privaudit run is writing to this folder"):
+        remove_stale_siblings(out)
+        yield out
 
 
 def write_run(out: str | Path, results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> Path:
@@ -610,10 +593,18 @@ def engine_session(out: Path, *, settings: AuditSettings) -> Iterator[Any]:
             yield run
     except BaseException:
         if run_store_empty(out):  # nothing worth resuming
-            shutil.rmtree(out / PARTIAL, ignore_errors=True)
+            remove_partial(out)
             if not existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
         raise
+
+
+def remove_partial(out: Path) -> None:
+    """Remove the run's shard folder when privaudit provably wrote all of it (else it stays, untouched)."""
+    from privaudit.ownership import partial_problem
+
+    if partial_problem(Path(out) / PARTIAL) is None:
+        shutil.rmtree(Path(out) / PARTIAL, ignore_errors=True)
 
 
 def run_store_empty(out: Path) -> bool:
