@@ -65,29 +65,36 @@ def test_fixture_is_copied_from_the_cached_target(digits_target, tmp_path, monke
     out = digits.build(out=tmp_path / "new", progress=False)
     assert json.loads((out / "fixture.json").read_text()) == json.loads((digits_target / "fixture.json").read_text())
     assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".new.lock", "cache", "new"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "new"]  # the lock is removed after use
 
 
 META = {"fixture": "toy", "version": 1, "config": {"n": 1}}
 
 
-def test_stale_partial_is_replaced_and_a_stale_build_of_ours_is_upgraded(tmp_path):
-    stale = tmp_path / ".toy.abc.partial"
-    stale.mkdir()
-    (stale / "junk").write_text("half")
+def test_stale_partial_is_replaced_and_a_stale_build_of_ours_is_upgraded(tmp_path, capsys):
+    from privaudit.ownership import write_manifest
+
+    stale, foreign = tmp_path / ".toy.abc.partial", tmp_path / ".toy.def.partial"
+    for d in (stale, foreign):
+        d.mkdir()
+        (d / "junk").write_text("half")
+    write_manifest(stale)  # killed while publishing: complete and provably ours
     make = lambda tmp: (tmp / "data.txt").write_text("v1") and {}
-    out = build_fixture(tmp_path / "toy", meta=META, entries=frozenset({"data.txt", "fixture.json"}), make=make)
+    out = build_fixture(tmp_path / "toy", meta=META, make=make)
     assert (out / "data.txt").read_text() == "v1" and not stale.exists()
-    # an older version of the same fixture, holding nothing else, is replaced
+    assert (foreign / "junk").read_text() == "half"  # no manifest: not provably ours, left alone and said so
+    err = capsys.readouterr().err
+    assert f"removed {stale}" in err and f"left {foreign} in place" in err
+    # an older version of the same fixture, untouched since privaudit wrote it, is replaced
     newer = {**META, "version": 2}
-    build_fixture(out, meta=newer, entries=frozenset({"data.txt", "fixture.json"}), make=make)
+    build_fixture(out, meta=newer, make=make)
     assert json.loads((out / "fixture.json").read_text())["version"] == 2
     # ... but not once a user has put a file in it
     (out / "notes.txt").write_text("mine")
     from privaudit.errors import InputError
 
     with pytest.raises(InputError, match="notes.txt"):
-        build_fixture(out, meta={**META, "version": 3}, entries=frozenset({"data.txt", "fixture.json"}), make=make)
+        build_fixture(out, meta={**META, "version": 3}, make=make)
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -98,7 +105,7 @@ def test_killed_fixture_build_leaves_no_temporaries(tmp_path):
         "from privaudit.fixtures import build_fixture\n"
         "def make(tmp):\n"
         "    (tmp / 'data.txt').write_text('x'); print('building', flush=True); time.sleep(60)\n"
-        f"build_fixture(Path({str(tmp_path / 'toy')!r}), meta={META!r}, entries=frozenset(), make=make)\n"
+        f"build_fixture(Path({str(tmp_path / 'toy')!r}), meta={META!r}, make=make)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "building"
@@ -242,10 +249,13 @@ def test_rerun_replaces_the_whole_previous_run(digits_target, tmp_path, capsys):
     out.mkdir()
     for name in ("results.json", "scores.csv", "report.html", "nn.csv"):  # a previous run with a detector
         (out / name).write_text("old")
+    from privaudit.ownership import write_manifest
+
+    write_manifest(out)  # as privaudit writes it last: the folder is provably a previous run
     assert _scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out,
                  "--param", "loss.k=1") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "results.json", "scores.csv",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".privaudit-manifest.json", "junit.xml", "report.html",
+                                                     "results.json", "scores.csv", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries or lock left
 
 
