@@ -377,7 +377,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
                        device=a.device, reference=fixture / "reference", argv=sys.argv)
         from privaudit.ownership import write_manifest
 
-        write_manifest(Path(out))  # the scan's folder now also holds mitigate/: both are privaudit's
+        if Path(out).is_dir():  # the scan's folder now also holds mitigate/: both are privaudit's
+            write_manifest(Path(out))
         _mitigation_summary(mit, Path(out) / "mitigate")
     print(f"demo finished in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return EXIT_OK
@@ -409,7 +410,7 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
     if a.scale is not None:
         params["scale"] = a.scale
     out = _out(a, "mitigate")
-    with run_folder(out):  # checked and locked before any work
+    with run_folder(out, resume=settings.resume):  # checked and locked before any work
         results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
                            params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,
                            allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact,

@@ -458,7 +458,7 @@ def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) 
         if not (root / "run.json").is_file():
             raise InputError(f"{run_dir}: --resume: no shards of an unfinished run here (expected {root}/run.json); "
                              "a finished run has nothing to resume; run without --resume to start afresh")
-        if problem := partial_problem(partial):
+        if problem := partial_problem(partial, resume=True):
             raise InputError(f"{problem}; --resume continues only shards privaudit wrote")
         try:
             old = json.loads((root / "run.json").read_text())["run_key"]

@@ -111,11 +111,21 @@ def _read_manifest(folder: Path) -> dict | str:
     return body if ok else f"{MANIFEST} is not a privaudit manifest"
 
 
+def _first_file(path: Path) -> Path:
+    """``path``, or for a real folder the first thing inside it (what a user would recognise as theirs)."""
+    if path.is_dir() and not path.is_symlink():
+        for rel, e in _walk(path):
+            if not e.is_dir(follow_symlinks=False):
+                return path / rel
+    return path
+
+
 def _foreign(path: Path, manifest: Path, why: str = "") -> str:
-    return f"{path}: not written by privaudit ({why or f'no entry in {manifest}'})"
+    return f"{_first_file(path)}: not written by privaudit ({why or f'no entry in {manifest}'})"
 
 
-def _check_against(folder: Path, body: dict, *, skip: tuple[str, ...], pending_ok: bool) -> str | None:
+def _check_against(folder: Path, body: dict, *, skip: tuple[str, ...], pending_ok: bool,
+                   changed_ok: bool = False) -> str | None:
     """The first entry of ``folder`` that ``body`` does not account for, or a changed/missing file."""
     files, dirs = body["files"], set(body["dirs"])
     pending = set(body.get("pending", [])) if pending_ok else set()
@@ -140,6 +150,8 @@ def _check_against(folder: Path, body: dict, *, skip: tuple[str, ...], pending_o
         if entry is None:
             return _foreign(p, man)
         seen.add(rel)
+        if changed_ok:
+            continue
         if e.stat(follow_symlinks=False).st_size != entry.get("size") or _sha256(p) != entry.get("sha256"):
             return f"{p}: changed since privaudit wrote it (its size or sha256 differs from {man})"
     if not pending_ok:
@@ -148,8 +160,10 @@ def _check_against(folder: Path, body: dict, *, skip: tuple[str, ...], pending_o
     return None
 
 
-def partial_problem(partial: Path) -> str | None:
-    """Why the shard folder ``partial`` is not provably privaudit's (None: it is, or it is absent)."""
+def partial_problem(partial: Path, *, resume: bool = False) -> str | None:
+    """Why the shard folder ``partial`` is not provably privaudit's (None: it is, or it is absent).
+    ``resume``: a listed shard whose bytes changed (damaged) is accepted: it is read back, validated and
+    computed again when unreadable; a file privaudit did not list is refused either way."""
     try:
         st = partial.lstat()
     except FileNotFoundError:
@@ -161,11 +175,12 @@ def partial_problem(partial: Path) -> str | None:
     body = _read_manifest(partial)
     if isinstance(body, str):
         return _foreign(partial, partial / MANIFEST, f"{body}: shards of an older privaudit version or not ours")
-    return _check_against(partial, body, skip=(MANIFEST, MANIFEST_TMP), pending_ok=True)
+    return _check_against(partial, body, skip=(MANIFEST, MANIFEST_TMP), pending_ok=True, changed_ok=resume)
 
 
-def ownership_problem(folder: str | Path) -> str | None:
-    """Why ``folder`` may not be replaced or deleted (None: it is absent, empty, or provably ours)."""
+def ownership_problem(folder: str | Path, *, resume: bool = False) -> str | None:
+    """Why ``folder`` may not be replaced or deleted (None: it is absent, empty, or provably ours).
+    ``resume``: its shards are about to be continued (``partial_problem``)."""
     folder = Path(folder)
     try:
         st = folder.lstat()
@@ -178,7 +193,7 @@ def ownership_problem(folder: str | Path) -> str | None:
     names = sorted(os.listdir(folder))
     if not names:
         return None
-    if problem := partial_problem(folder / PARTIAL):
+    if problem := partial_problem(folder / PARTIAL, resume=resume):
         return problem
     body = _read_manifest(folder)
     if isinstance(body, dict):
@@ -189,9 +204,7 @@ def ownership_problem(folder: str | Path) -> str | None:
             continue
         sub = folder / name
         if sub.is_symlink() or not sub.is_dir() or isinstance(_read_manifest(sub), str):
-            first = sub if not sub.is_dir() or sub.is_symlink() else next(
-                (sub / r for r, _ in _walk(sub)), sub)
-            return _foreign(first, folder / MANIFEST,
+            return _foreign(sub, folder / MANIFEST,
                             f"no {folder / MANIFEST}: not a privaudit folder, or one written by a version "
                             "before manifests")
         if problem := ownership_problem(sub):
@@ -199,9 +212,9 @@ def ownership_problem(folder: str | Path) -> str | None:
     return None
 
 
-def check_replaceable(folder: str | Path, *, hint: str = "choose a new or empty --out") -> None:
+def check_replaceable(folder: str | Path, *, hint: str = "choose a new or empty --out", resume: bool = False) -> None:
     """Exit 2 naming the first foreign or changed file unless ``folder`` may be replaced."""
-    if problem := ownership_problem(folder):
+    if problem := ownership_problem(folder, resume=resume):
         raise InputError(f"{problem}; {hint}")
 
 
@@ -322,6 +335,12 @@ class Ledger:
         body = _read_manifest(self.folder) if keep else None
         self.body: dict[str, Any] = body if isinstance(body, dict) else {
             "privaudit_manifest": MANIFEST_FORMAT, "files": {}, "dirs": [], "pending": []}
+        for rel in list(self.body["files"]):  # resumed: --resume takes the listed shards as they are now
+            f = self.folder / rel
+            if f.is_file() and not f.is_symlink():
+                self.body["files"][rel] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+            else:
+                del self.body["files"][rel]
         self.folder.mkdir(parents=True, exist_ok=True)
         self._save()
 

@@ -183,7 +183,7 @@ def write_query(out: str | Path, results: dict) -> Path:
     body = {k: v for k, v in results.items() if k != "scores"}
     body["outputs"] = {"scores": "scores.csv"}
     html = render_html(body)
-    with atomic_dir(out) as stage:
+    with atomic_dir(out, hint="choose a new or empty --out") as stage:
         write_text(stage / "scores.csv", csv_safe(results["scores"]).to_csv(index=False))
         write_json(stage / "results.json", body)
         write_text(stage / "report.html", html)

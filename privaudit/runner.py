@@ -404,7 +404,7 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
     }
 
 
-def check_out(out: str | Path) -> Path:
+def check_out(out: str | Path, *, resume: bool = False) -> Path:
     """``--out`` must be a folder we may write: fails (exit 2) before any work, naming the path."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -415,7 +415,7 @@ def check_out(out: str | Path) -> Path:
     if not parent.is_dir():
         raise InputError(f"{parent}: is a file; --out {out} cannot be created under it")
     # replaced only when empty or provably privaudit's (privaudit.ownership): exit 2 naming the first foreign file
-    check_replaceable(out)
+    check_replaceable(out, resume=resume)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
@@ -427,11 +427,11 @@ def check_out(out: str | Path) -> Path:
 
 
 @contextmanager
-def run_folder(out: str | Path) -> Iterator[Path]:
+def run_folder(out: str | Path, *, resume: bool = False) -> Iterator[Path]:
     """Check ``out`` and hold a lock on it for the whole run: a second run into it fails with exit 2.
     Hidden siblings a killed publish left (``.OUT.*.partial``, ``.OUT.*.old``) are removed when privaudit
     provably wrote them, one line each on stderr."""
-    out = check_out(out)
+    out = check_out(out, resume=resume)
     with folder_lock(out, wait=False, busy=f"{out}: another privaudit run is writing to this folder"):
         remove_stale_siblings(out)
         yield out
@@ -515,7 +515,7 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
          lora: str | Path | None = None, base: str | Path | None = None) -> dict:
     """``privaudit scan``: returns the results written to ``out``. ``lora``: an adapter loaded onto
     ``model_dir`` (the base); ``base``: the base model of a full fine-tune ``model_dir``."""
-    with run_folder(out):
+    with run_folder(out, resume=settings.resume):
         return _scan(model_dir=model_dir, members=members, holdout=holdout, out=out, settings=settings, device=device,
                      allow_pickle=allow_pickle, plugins_dir=plugins_dir, reference=reference, argv=argv, redact=redact,
                      dtype=dtype, lora=lora, base=base)
