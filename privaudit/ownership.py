@@ -278,7 +278,7 @@ def listed(folder: Path, rel: str) -> bool:
 def remove_stale_siblings(out: str | Path, *, say=None) -> None:
     """Remove hidden ``.OUT.*.partial`` / ``.OUT.*.old`` siblings a killed publish left, when privaudit
     provably wrote them (call with the folder's lock held: no live run owns them). One line each on stderr."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     say = say or (lambda msg: print(msg, file=sys.stderr))
     if not out.parent.is_dir():
         return
@@ -297,7 +297,7 @@ def remove_stale_siblings(out: str | Path, *, say=None) -> None:
 def folder_lock(out: str | Path, *, wait: bool, busy: str) -> Iterator[None]:
     """Hold ``.OUT.lock`` beside ``out`` (``wait``: block; else exit 2 with ``busy``). The lock file is
     removed on release; a waiter that then holds a removed file's lock retries on the new one."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." or "RUN/" name the folder itself: its lock sits beside it
     lock_path = out.parent / f".{out.name}.lock"
     while True:
         try:

@@ -407,6 +407,8 @@ def manifest(*, argv: list[str] | None, device: torch.device, settings: AuditSet
 def check_out(out: str | Path, *, resume: bool = False) -> Path:
     """``--out`` must be a folder we may write: fails (exit 2) before any work, naming the path."""
     out = Path(out)
+    if out.name in ("", ".", ".."):  # the stage, lock and swap are named after it and sit beside it
+        out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out exists and is a file, not a folder")
     parent = out.parent
