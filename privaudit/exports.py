@@ -53,7 +53,7 @@ def _plugins(scan: dict) -> list[dict]:
 
 def summary(results: dict) -> dict:
     """The compact summary of a scan or mitigation run (no images)."""
-    v = results.get("verdict") if isinstance(results.get("verdict"), dict) else {}
+    v: dict = results["verdict"] if isinstance(results.get("verdict"), dict) else {}
     level, problems = judged_level(v, _evidence(results))
     out = {"summary_version": SUMMARY_VERSION, "kind": results.get("kind", "scan"), "verdict": level,
            "reasons": problems, "warnings": list(v.get("warnings") or [])}
@@ -103,7 +103,7 @@ def junit_xml(results: dict) -> str:
             body = f"<failure type={quoteattr(p['severity'])} message={quoteattr(msg)}/>"
         cases.append(f'  <testcase classname={quoteattr("privaudit." + _area(p))} name={quoteattr(name)}>{body}'
                      "</testcase>")
-    v = results.get("verdict") if isinstance(results.get("verdict"), dict) else {}
+    v: dict = results["verdict"] if isinstance(results.get("verdict"), dict) else {}
     level, problems = judged_level(v, _evidence(results))
     if mitigation or level == INCONCLUSIVE:  # mitigation: rules only the protected model as a whole can fire
         body = ""
