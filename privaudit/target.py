@@ -72,7 +72,20 @@ def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) 
         raise InputError(f"{model_dir}: no weight files (.safetensors) in the pipeline folder")
     for name in spec:
         _check_component_config(model_dir / name)
+    _check_denoiser_class(spec, index=index)
     return spec
+
+
+def _check_denoiser_class(spec: dict, *, index: Path) -> None:
+    """A diffusers denoising network without an adapter here (e.g. Flux's) is refused before diffusers
+    builds it; a class of another library may belong to a pipeline that provides its own denoiser."""
+    for key in ("unet", "transformer"):
+        entry = spec.get(key)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
+            continue
+        if entry[1] not in ADAPTERS:
+            raise InputError(f"{index}: denoiser {key} {entry[1]!r} is not supported; supported: "
+                             f"{', '.join(ADAPTERS)}")
 
 
 def _read_json(path: Path):
@@ -129,7 +142,27 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
     except (OSError, ValueError, KeyError, AttributeError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
+    check_complete_weights(pipe, model_dir=Path(model_dir))
     return pipe.to(device, resolve_dtype(dtype, device=device, latent="vae" in spec))
+
+
+def _component_file(model_dir: Path, name: str) -> Path:
+    """The weight file of component ``name`` (its folder when it has several)."""
+    files = weight_files(model_dir / name) if (model_dir / name).is_dir() else []
+    return files[0] if len(files) == 1 else model_dir / name
+
+
+def check_complete_weights(pipe, *, model_dir: Path) -> None:
+    """A tensor missing from a weight file is left on the meta device by diffusers (and fails later as "Cannot
+    copy out of meta tensor"): name the file and the first missing tensor instead."""
+    for name, component in getattr(pipe, "components", {}).items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        tensors = [*component.named_parameters(), *component.named_buffers()]
+        missing = [pname for pname, t in tensors if t.is_meta]
+        if missing:
+            raise InputError(f"{_component_file(model_dir, name)}: tensor {missing[0]} is missing "
+                             f"({len(missing)} of {len(tensors)} missing); the weights do not match {name}/config.json")
 
 
 def check_finite_weights(pipe, *, model_dir: Path) -> None:
@@ -139,9 +172,8 @@ def check_finite_weights(pipe, *, model_dir: Path) -> None:
             continue
         for pname, t in component.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                files = [p for p in weight_files(model_dir / name)] if (model_dir / name).is_dir() else []
-                where = files[0] if len(files) == 1 else model_dir / name
-                raise InputError(f"{where}: weights contain NaN or infinite values (tensor {pname})")
+                raise InputError(f"{_component_file(model_dir, name)}: weights contain NaN or infinite values "
+                                 f"(tensor {pname})")
 
 
 def _quiet_transformers(model_dir: Path) -> None:
