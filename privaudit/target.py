@@ -339,9 +339,19 @@ def _peft_to_diffusers(state: dict, *, config: Path) -> dict:
     return out
 
 
+def check_peft(adapter: str | Path) -> None:
+    """diffusers loads LoRA adapters through peft: without it the adapter file is not to blame."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise InputError(f"--lora {adapter}: loading a LoRA adapter needs peft, which is not installed; "
+                         "install it with: pip install 'privaudit[lora]'")
+
+
 def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
     """Load a LoRA adapter onto ``pipe`` (diffusers' ``load_lora_weights``, peft backend); returns its file."""
     file = lora_weight_file(adapter, allow_pickle=allow_pickle)
+    check_peft(adapter)
     if not hasattr(pipe, "load_lora_weights"):
         raise InputError(f"{adapter}: pipeline {type(pipe).__name__} does not take LoRA adapters")
     try:
@@ -399,6 +409,7 @@ def load_lora_target(model_dir: str | Path, adapter: str | Path, *, device: str 
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     lora_weight_file(adapter, allow_pickle=allow_pickle)  # a bad adapter fails before the pipeline loads
+    check_peft(adapter)
     pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle, dtype=dtype)
     check_finite_weights(pipe, model_dir=model_dir)
     file = load_lora(pipe, adapter, allow_pickle=allow_pickle)
