@@ -527,7 +527,7 @@ class Session:
         todo = [i for i in range(len(sizes)) if i not in outs]
         with tqdm(total=int(sum(sizes)), initial=int(sum(sizes[i] for i in outs)), desc=label, unit=work.unit,
                   disable=not self.progress, leave=False) as bar:
-            while todo:
+            while True:
                 for i, out, queries in self.engine.map(work, ((i, (lambda i=i: make(i))) for i in todo)):
                     if store is not None:
                         store.save(work.stage, key, i, out, queries)
@@ -536,10 +536,13 @@ class Session:
                     cost.shards += 1
                     bar.update(int(sizes[i]))
                 # rows of unknown shape: every shard must agree with the computed ones (or, all reused, shard 0's)
-                ref = next((outs[i].shape[1:] for i in todo), None) or (outs[0].shape[1:] if outs else ())
+                ref = next((outs[i].shape[1:] for i in todo), outs[0].shape[1:] if outs else ())
                 todo = [i for i in reused if outs[i].shape[1:] != ref]
+                if not todo:
+                    break
                 for i in todo:
                     del outs[i], reused[i]
+                    bar.update(-int(sizes[i]))
         cost.reused += len(reused)
         cost.reused_queries += sum(reused.values())
         cost.units += int(sum(sizes))
