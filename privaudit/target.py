@@ -369,14 +369,47 @@ def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise InputError(f"{file}: LoRA weights contain NaN or infinite values (tensor {k})")
         state = _one_naming(state)
-        pipe.load_lora_weights(state)
+        _quietly(pipe.load_lora_weights, state)
     except InputError:
         raise
     except Exception as e:  # diffusers / peft / safetensors raise many types for a wrong or corrupt file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise InputError(f"{file}: could not load the LoRA adapter: {first[:300]}") from None
+        raise InputError(f"{file}: could not load the LoRA adapter: {_lora_problem(str(e), e)}") from e
     _check_all_loaded(pipe, state, file)
     return file
+
+
+def _quietly(fn, *args):
+    """Run ``fn`` with diffusers' and peft's logging muted: a failed load logs the whole torch message
+    (one line per mismatched layer) before raising it; the error names what matters (``--debug``: all)."""
+    import contextlib
+    import io
+    import logging
+
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args)
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def _lora_problem(message: str, e: Exception) -> str:
+    """One line: the first mismatched layer with both shapes (torch's message lists every layer), else the
+    message's first line."""
+    import re
+
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    size = next((ln for ln in lines if ln.startswith("size mismatch for ")), None)
+    if size:
+        m = re.match(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, "
+                     r"the shape in current model is (.+?)\.?$", size)
+        n = sum(ln.startswith("size mismatch for ") for ln in lines)
+        what = (f"layer {m[1]} has shape {m[2]} in the adapter, {m[3]} in the model" if m else size)
+        return f"{what.replace('torch.Size', '')} ({n} layer(s) mismatched); the adapter does not fit this model"
+    return (lines[0] if lines else e.__class__.__name__)[:300]
 
 
 def _one_naming(state: dict) -> dict:

@@ -147,3 +147,23 @@ def test_a_reused_shard_of_the_wrong_shape_is_computed_again(tmp_path, width, ba
     assert work.calls == 1 and again.costs["a"].reused == 2 and again.costs["a"].shards == 1
     for g, w in zip(got, whole):
         np.testing.assert_array_equal(g, w)
+
+
+def test_mismatched_lora_adapter_is_one_line_naming_the_layer(digits_lora_target, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    t = digits_lora_target
+    state = load_file(str(t / "lora" / "pytorch_lora_weights.safetensors"))
+    k = sorted(x for x in state if ".lora_A." in x or ".lora.down." in x)[0]
+    wrong = (state[k].shape[0], state[k].shape[1] + 3, *state[k].shape[2:])
+    state[k] = torch.zeros(wrong)
+    lora = tmp_path / "other.safetensors"
+    save_file(state, str(lora))
+    out = tmp_path / "out"
+    code = main(["scan", str(t / "base"), "--lora", str(lora), "--members", str(t / "members"), "--holdout",
+                 str(t / "holdout"), "--out", str(out), "--attacks", "loss", "--detectors", "", "--quiet",
+                 "--device", "cpu"])
+    layer = k.removeprefix("unet.").split(".lora")[0]
+    _one_line(code, capsys, lora, layer, str(list(wrong)))
+    assert not out.exists()
