@@ -35,6 +35,19 @@ def _threads(value: str) -> int:
     return n
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds: unsigned 32-bit
+
+
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number from 0 to {SEED_MAX}")
+    return n
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -82,7 +95,7 @@ def _add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = 
     p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files; they are imported, "
                    "i.e. their code runs with your permissions: use only files you trust")
     p.add_argument("--reference", type=Path, help="never-trained-on images for feature extractors (optional)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data splits, attack noise and sampling (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for data splits, attack noise and sampling (default: 0)")
     p.add_argument("--batch-size", type=int, default=128, help="images per model call (default: 128)")
     p.add_argument("--calibration-fraction", type=float, default=0.5,
                    help="share of members and holdout used to fit thresholds and timesteps; the rest is evaluated "
@@ -126,12 +139,55 @@ def _settings(a: argparse.Namespace):
         raise InputError(f"--workers {a.workers}: must be at least 1")
     if not 0 < a.calibration_fraction < 1:
         raise InputError(f"--calibration-fraction {a.calibration_fraction}: must lie strictly between 0 and 1")
+    if a.cache_dir is not None:
+        _check_cache_dir(a.cache_dir)
     return AuditSettings(attacks=a.attacks, detectors=a.default_detectors if a.detectors is None else a.detectors,
                          follow_target=a.detectors is None, plugin_params=params, seed=a.seed,
                          batch_size=a.batch_size, calibration_fraction=a.calibration_fraction,
                          n_boot=a.bootstrap, progress=not a.quiet, cache_dir=a.cache_dir,
                          prompt=a.prompt, epsilon_delta=a.delta, randomized_membership=a.randomized_membership,
                          engine=a.engine, ray_address=a.ray_address, workers=a.workers, resume=a.resume is not None)
+
+
+def _check_cache_dir(path: Path) -> None:
+    """``--cache-dir`` must be a folder privaudit can create or write: checked before any work."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--cache-dir {path}: exists and is a file, not a folder")
+    near = path
+    while not near.exists() and near != near.parent:
+        near = near.parent
+    if not near.is_dir():
+        raise InputError(f"--cache-dir {path}: {near} is a file; the cache folder cannot be created under it")
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise InputError(f"--cache-dir {path}: {near} is not writable")
+
+
+MIN_SPLIT = 2  # images in each calibration and evaluation split (membership metrics need 2 of each set)
+
+
+def _check_sets(a: argparse.Namespace) -> None:
+    """Set sizes against ``--calibration-fraction`` and ``--fpr``, before any model work (the sets are
+    counted, not decoded)."""
+    from privaudit.data import load_images
+    from privaudit.metrics import calibration_split
+
+    sizes = {}
+    for name in ("members", "holdout"):
+        path = getattr(a, name)
+        n = sizes[name] = len(load_images(path, name=name))
+        if n < 4:
+            continue  # the loader's own check names it (at least 4 images)
+        try:
+            n_cal, n_ev = (len(s) for s in calibration_split(n, fraction=a.calibration_fraction, seed=a.seed))
+        except ValueError:  # a split rounded to nothing (scikit-learn floors the calibration share)
+            n_cal = int(n * a.calibration_fraction)
+            n_ev = n - n_cal
+        if min(n_cal, n_ev) < MIN_SPLIT:
+            raise InputError(f"--calibration-fraction {a.calibration_fraction:g}: splits the {n} {name} images "
+                             f"({path}) into {n_cal} for calibration and {n_ev} for evaluation; each needs at "
+                             f"least {MIN_SPLIT}")
+    if a.fpr:
+        _check_fpr(a, sizes["holdout"])
 
 
 def _check_fpr(a: argparse.Namespace, holdout_count: int) -> None:
@@ -195,12 +251,10 @@ def _out(a: argparse.Namespace, kind: str) -> Path:
 
 
 def cmd_scan(a: argparse.Namespace) -> int:
-    from privaudit.data import load_images
     from privaudit.runner import scan
 
     settings = _settings(a)
-    if a.fpr:
-        _check_fpr(a, len(load_images(a.holdout, name="holdout")))
+    _check_sets(a)
     out = _out(a, "scan")
     results = scan(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, settings=settings,
                    device=a.device, allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, reference=a.reference,
@@ -404,6 +458,7 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
     from privaudit.runner import run_folder
 
     settings = _settings(a)
+    _check_sets(a)
     params = dict(settings.plugin_params.get(a.method, {}))  # --param METHOD.key=value
     if a.alpha is not None:
         params["alpha"] = a.alpha
@@ -425,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 clean, 1 a finding at or above --fail-on (or an inconclusive verdict), 2 usage or input "
         "error, 3 runtime error."))
     ap.add_argument("--version", action="version", version=f"privaudit {__version__}")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the full message and traceback "
+                    "(default: one line)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     model_help = "a local diffusers pipeline folder (model_index.json, unet/, scheduler/)"
@@ -515,13 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="the networks' dtype")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights: they can run code")
     p.add_argument("--plugins-dir", type=Path, help="folder of drop-in plugin .py files (their code runs)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the splits and attack noise (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for the splits and attack noise (default: 0)")
     p.add_argument("--batch-size", type=int, default=128, help="images per model call (default: 128)")
     p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
                    help="text-conditional models: condition attacks on captions or the empty prompt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_threads(p)
     p.set_defaults(func=cmd_query)
+    for sp in sub.choices.values():  # --debug also after the command; the top-level default stands
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return ap
 
 
@@ -561,6 +620,20 @@ def raise_on_signals() -> None:
             signal.signal(sig, interrupt)
 
 
+def _report_error(e: BaseException, *, debug: bool, text: str) -> None:
+    """One line on stderr (the first line of the message); ``--debug``: the whole message and the traceback,
+    the errors it was raised from included."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+        return
+    lines = text.strip().splitlines() or [e.__class__.__name__]
+    whole = len(lines) == 1 and isinstance(e, PrivauditError) and e.__cause__ is None
+    more = "" if whole else " (--debug shows the full message)"
+    print(f"privaudit: error: {lines[0]}{more}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console command (not a caller embedding main, e.g. a test session)
         raise_on_signals()
@@ -581,8 +654,11 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             return a.func(a)
     except PrivauditError as e:
-        print(f"privaudit: error: {e}", file=sys.stderr)
+        _report_error(e, debug=a.debug, text=str(e))
         return e.exit_code
+    except Exception as e:  # a bug or an unforeseen failure: exit 3 (runtime), never 1 (the findings code)
+        _report_error(e, debug=a.debug, text=f"{e.__class__.__name__}: {e}")
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("privaudit: interrupted", file=sys.stderr)
         return EXIT_RUNTIME

@@ -441,6 +441,12 @@ class ShardStore:
         self.ledger.write(self.path(stage, key, index), write)
 
 
+def _fits(out: np.ndarray, *, rows: int, unit_shape: tuple[int, ...] | None) -> bool:
+    """A stored shard fits its work unit: ``rows`` numeric rows, each of ``unit_shape`` when given."""
+    return (out.ndim >= 1 and out.shape[0] == rows and (out.dtype.kind in "fiub")
+            and (unit_shape is None or tuple(out.shape[1:]) == tuple(unit_shape)))
+
+
 def open_store(run_dir: Path, *, run_key: str, resume: bool, description: dict) -> ShardStore:
     """The shard store of the run folder ``run_dir`` (``RUN/.partial/shards``).
 
@@ -513,31 +519,45 @@ class Session:
                 "queries": self.queries}
 
     def run(self, work: Work, *, label: str, key: str, sizes: Sequence[int], make: Callable[[int], dict],
-            store: ShardStore | None) -> list[np.ndarray]:
+            store: ShardStore | None, unit_shape: tuple[int, ...] | None = None) -> list[np.ndarray]:
         """Outputs of every shard (in shard order): finished shards are read back, the rest computed by
-        the engine and each written as soon as it arrives. One progress bar across all workers."""
+        the engine and each written as soon as it arrives. One progress bar across all workers.
+
+        A finished shard is reused only when it fits its work unit: one numeric row per item and each
+        row of ``unit_shape`` (when not given: the shape the computed shards have); one that does not
+        (written by another version, or tampered with) is computed again, like a damaged one."""
         from tqdm.auto import tqdm
 
         cost = self.costs.setdefault(label, StageCost())
         start = time.perf_counter()
         outs: dict[int, np.ndarray] = {}
+        reused: dict[int, int] = {}  # shard -> the queries it cost when it was computed
         if store is not None:
             for i in range(len(sizes)):
                 got = store.load(work.stage, key, i)
-                if got is not None:
-                    outs[i] = got[0]
-                    cost.reused += 1
-                    cost.reused_queries += got[1]
+                if got is not None and _fits(got[0], rows=int(sizes[i]), unit_shape=unit_shape):
+                    outs[i], reused[i] = got
         todo = [i for i in range(len(sizes)) if i not in outs]
         with tqdm(total=int(sum(sizes)), initial=int(sum(sizes[i] for i in outs)), desc=label, unit=work.unit,
                   disable=not self.progress, leave=False) as bar:
-            for i, out, queries in self.engine.map(work, ((i, (lambda i=i: make(i))) for i in todo)):
-                if store is not None:
-                    store.save(work.stage, key, i, out, queries)
-                outs[i] = out
-                cost.queries += queries
-                cost.shards += 1
-                bar.update(int(sizes[i]))
+            while True:
+                for i, out, queries in self.engine.map(work, ((i, (lambda i=i: make(i))) for i in todo)):
+                    if store is not None:
+                        store.save(work.stage, key, i, out, queries)
+                    outs[i] = out
+                    cost.queries += queries
+                    cost.shards += 1
+                    bar.update(int(sizes[i]))
+                # rows of unknown shape: every shard must agree with the computed ones (or, all reused, shard 0's)
+                ref = next((outs[i].shape[1:] for i in todo), outs[0].shape[1:] if outs else ())
+                todo = [i for i in reused if outs[i].shape[1:] != ref]
+                if not todo:
+                    break
+                for i in todo:
+                    del outs[i], reused[i]
+                    bar.update(-int(sizes[i]))
+        cost.reused += len(reused)
+        cost.reused_queries += sum(reused.values())
         cost.units += int(sum(sizes))
         cost.seconds += time.perf_counter() - start
         return [outs[i] for i in range(len(sizes))]
@@ -560,7 +580,7 @@ class Session:
 
         work = ScoreWork(attack=attack, denoiser=denoiser, batch_size=batch_size, seed=seed, prompt=prompt)
         outs = self.run(work, label=f"scores:{attack.name}:{label}", key=f"{attack.name}-{key}",
-                        sizes=[b - a for a, b in bounds], make=make, store=self.store)
+                        sizes=[b - a for a, b in bounds], make=make, store=self.store, unit_shape=())
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros(0, dtype=np.float32)
 
     def features(self, extractor, images, *, batch_size: int, label: str) -> np.ndarray:
@@ -590,12 +610,14 @@ class Session:
 
     def samples(self, denoiser, *, n: int, steps: int, sampler: str, seed: int, batch_size: int,
                 key: str) -> torch.Tensor:
+        from privaudit.latent import image_shape_of
+
         bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         store = None if self.sample_root is None else ShardStore(self.sample_root, run_key=key)
         work = SampleWork(denoiser=denoiser, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
         outs = self.run(work, label=f"samples:{sampler}-{steps}", key=key, sizes=[b - a for a, b in bounds],
                         make=lambda i: {"start": np.int64(bounds[i][0]), "count": np.int64(bounds[i][1] - bounds[i][0])},
-                        store=store)
+                        store=store, unit_shape=tuple(image_shape_of(denoiser)))  # decoded: image shape
         return torch.from_numpy(np.concatenate(outs)) if outs else torch.zeros((0, *denoiser.sample_shape))
 
 

@@ -8,8 +8,12 @@
 - ``junit.xml``: one test case per plugin (``classname`` = its area). A plugin whose severity
   is ``medium`` or above fails (``FAIL_AT``), with the rules that fired as the message; a
   skipped plugin is skipped and a crashed one an error, so CI systems show findings natively.
-  A mitigation run adds one case for the rules judged on the protected model as a whole
-  (reversed scores, headline numbers).
+  A plugin whose evidence was unusable fails as ``inconclusive``. A mitigation run adds one case
+  for the rules judged on the protected model as a whole (reversed scores, headline numbers); a
+  scan whose verdict is inconclusive adds a failing ``verdict`` case with the reasons.
+
+Both read the verdict as the report does (``privaudit.verdict.judged_level``): a missing verdict, or
+a calm one beside failed or unusable evidence, is ``inconclusive``, never "info" or "low".
 
 Both are built from the results dict alone, so ``privaudit report`` could rebuild them.
 """
@@ -21,6 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 from privaudit.io import write_json, write_text
 from privaudit.results import SEVERITIES
+from privaudit.verdict import INCONCLUSIVE, judged_level
 
 SUMMARY_VERSION = 1
 FAIL_AT = "medium"
@@ -42,14 +47,16 @@ def _plugins(scan: dict) -> list[dict]:
     return [{"name": p.get("name"), "kind": p.get("kind"), "status": p.get("status"),
              "severity": p.get("severity", "info"), "threat_model": p.get("threat_model"),
              "rules": list((p.get("details") or {}).get("rules") or []), "reason": p.get("reason", ""),
+             "inconclusive": str((p.get("details") or {}).get("inconclusive") or ""),
              "metrics": _metrics(p)} for p in scan.get("plugins") or [] if isinstance(p, dict)]
 
 
 def summary(results: dict) -> dict:
     """The compact summary of a scan or mitigation run (no images)."""
-    v = results.get("verdict") or {}
-    out = {"summary_version": SUMMARY_VERSION, "kind": results.get("kind", "scan"), "verdict": v.get("level", "info"),
-           "warnings": list(v.get("warnings") or [])}
+    v: dict = results["verdict"] if isinstance(results.get("verdict"), dict) else {}
+    level, problems = judged_level(v, _evidence(results))
+    out = {"summary_version": SUMMARY_VERSION, "kind": results.get("kind", "scan"), "verdict": level,
+           "reasons": problems, "warnings": list(v.get("warnings") or [])}
     if results.get("kind") == "mitigation":
         out.update(verdict_before=v.get("before"), method=results.get("method"),
                    fired=[{k: f.get(k) for k in ("level", "plugin", "area", "text")} for f in v.get("fired") or []],
@@ -67,6 +74,12 @@ def summary(results: dict) -> dict:
     return out
 
 
+def _evidence(results: dict) -> object:
+    """The plugin results the verdict was judged on: a mitigation run's after-audit, else the scan's own."""
+    scan = results.get("after") if results.get("kind") == "mitigation" else results
+    return scan.get("plugins") if isinstance(scan, dict) else None
+
+
 def junit_xml(results: dict) -> str:
     """JUnit XML: one test case per plugin; severity >= ``FAIL_AT`` is a failure."""
     mitigation = results.get("kind") == "mitigation"
@@ -81,22 +94,28 @@ def junit_xml(results: dict) -> str:
         elif p["status"] == "error":
             errors += 1
             body = f"<error message={quoteattr(p['reason'] or 'error')}/>"
-        elif SEVERITIES.index(p["severity"]) >= SEVERITIES.index(FAIL_AT):
+        elif p["inconclusive"]:
+            failures += 1
+            body = f"<failure type={quoteattr(INCONCLUSIVE)} message={quoteattr(p['inconclusive'])}/>"
+        elif p["severity"] in SEVERITIES and SEVERITIES.index(p["severity"]) >= SEVERITIES.index(FAIL_AT):
             failures += 1
             msg = f"{p['severity']}: " + "; ".join(p["rules"])
             body = f"<failure type={quoteattr(p['severity'])} message={quoteattr(msg)}/>"
         cases.append(f'  <testcase classname={quoteattr("privaudit." + _area(p))} name={quoteattr(name)}>{body}'
                      "</testcase>")
-    if mitigation:  # rules only the protected model as a whole can fire (reversed scores, headline numbers)
-        v = results.get("verdict") or {}
-        level = v.get("level", "info")
+    v: dict = results["verdict"] if isinstance(results.get("verdict"), dict) else {}
+    level, problems = judged_level(v, _evidence(results))
+    if mitigation or level == INCONCLUSIVE:  # mitigation: rules only the protected model as a whole can fire
         body = ""
-        if level in SEVERITIES and SEVERITIES.index(level) >= SEVERITIES.index(FAIL_AT):
+        if level == INCONCLUSIVE:
+            failures += 1
+            body = f"<failure type={quoteattr(level)} message={quoteattr(f'{level}: ' + '; '.join(problems))}/>"
+        elif level in SEVERITIES and SEVERITIES.index(level) >= SEVERITIES.index(FAIL_AT):
             failures += 1
             msg = f"{level}: " + "; ".join(f"{f.get('plugin')}: {f.get('text')}" for f in v.get("fired") or [])
             body = f"<failure type={quoteattr(level)} message={quoteattr(msg)}/>"
-        cases.append(f'  <testcase classname="privaudit.mitigation" name={quoteattr("verdict.protected")}>{body}'
-                     "</testcase>")
+        classname, name = ("privaudit.mitigation", "verdict.protected") if mitigation else ("privaudit", "verdict")
+        cases.append(f'  <testcase classname={quoteattr(classname)} name={quoteattr(name)}>{body}</testcase>')
     head = (f'<testsuite name="privaudit" tests="{len(cases)}" failures="{failures}" errors="{errors}" '
             f'skipped="{skipped}">')
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + head + "\n" + "\n".join(cases) + "\n</testsuite>\n"

@@ -252,7 +252,7 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
     so ``level`` is the worst of everything (``basis`` says which). ``verdict["before"]`` is the raw
     model's level; ``verdict["reversed"]`` each attack's metrics with its score reversed.
     """
-    from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, worst
+    from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, evidence_problems, overall, worst
 
     by_name = {p["name"]: p for p in after_res["plugins"]}
     fired = [{"level": p["severity"], "plugin": p["name"], "text": r, "threat_model": _threat_of(p),
@@ -291,11 +291,16 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
         shown = sorted((f for f in rules if f["level"] not in ("low", "info")), key=lambda f: -rank.index(f["level"]))
         return level, shown
 
+    # a failed or unusable after-audit plugin (or none judged at all) must never read as "low": inconclusive
+    # unless other evidence found medium or worse, as for a scan
+    problems = evidence_problems(after_res["plugins"])
     everything_level, everything = judge(fired, ok)
+    everything_level = overall([everything_level], problems)
     if black_attacks:
         basis = "black-box"
         level, shown = judge([f for f in fired if f["threat_model"] == "black-box"],
                              [p for p in ok if _threat_of(p) == "black-box"])
+        level = overall([level], problems)
     else:
         basis, level, shown = "every threat model", everything_level, everything
     by_threat = {tm: judge([f for f in fired if f["threat_model"] == tm], [p for p in ok if _threat_of(p) == tm])[0]
@@ -310,7 +315,7 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
                           "guard changes.")}
     return {"level": level, "basis": basis, "before": before["verdict"]["level"], "fired": shown,
             "if_weights_leak": if_leak, "by_threat_model": by_threat, "reversed": reversed_metrics,
-            "reasons": [f"{f['plugin']}: {f['text']}" for f in shown],
+            "reasons": [f"{f['plugin']}: {f['text']}" for f in shown] + problems,
             "warnings": list(after_res["verdict"].get("warnings", []))
             + ([] if black_attacks else ["no black-box membership attack ran (e.g. --attacks rediffuse,gen-nn): the "
                                          "protected model is judged on every threat model, gray-box included"]),

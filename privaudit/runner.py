@@ -45,6 +45,7 @@ from privaudit.target import ModelInfo, load_target
 from privaudit.verdict import (
     RULES_TEXT,
     Inconclusive,
+    evidence_problems,
     membership_severity,
     metrics_problem,
     overall,
@@ -373,10 +374,12 @@ def _detector_severity(plugin: ReplicationDetector, out) -> tuple[str, list[str]
 
 
 def verdict(results: list[PluginResult], checks) -> dict:
+    """The worst severity; failed plugins and unusable or missing evidence make it inconclusive
+    (``privaudit.verdict.overall``), each listed as a reason."""
     ok = [r for r in results if r.status == "ok"]
-    unusable = [f"{r.name}: {r.details['inconclusive']}" for r in ok if r.details.get("inconclusive")]
-    level = overall([r.severity for r in ok], unusable) if ok else "info"
-    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])] + unusable
+    problems = evidence_problems([r.to_json() for r in results])
+    level = overall([r.severity for r in ok], problems)
+    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])] + problems
     warnings = [c.message for c in checks if not c.ok]
     return {"level": level, "reasons": reasons, "warnings": warnings, "rules": RULES_TEXT}
 

@@ -72,7 +72,20 @@ def check_pipeline_folder(model_dir: str | Path, *, allow_pickle: bool = False) 
         raise InputError(f"{model_dir}: no weight files (.safetensors) in the pipeline folder")
     for name in spec:
         _check_component_config(model_dir / name)
+    _check_denoiser_class(spec, index=index)
     return spec
+
+
+def _check_denoiser_class(spec: dict, *, index: Path) -> None:
+    """A diffusers denoising network without an adapter here (e.g. Flux's) is refused before diffusers
+    builds it; a class of another library may belong to a pipeline that provides its own denoiser."""
+    for key in ("unet", "transformer"):
+        entry = spec.get(key)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
+            continue
+        if entry[1] not in ADAPTERS:
+            raise InputError(f"{index}: denoiser {key} {entry[1]!r} is not supported; supported: "
+                             f"{', '.join(ADAPTERS)}")
 
 
 def _read_json(path: Path):
@@ -129,7 +142,27 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device, allow_pickle: 
     except (OSError, ValueError, KeyError, AttributeError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InputError(f"{model_dir}: could not load the diffusers pipeline: {first}") from None
+    check_complete_weights(pipe, model_dir=Path(model_dir))
     return pipe.to(device, resolve_dtype(dtype, device=device, latent="vae" in spec))
+
+
+def _component_file(model_dir: Path, name: str) -> Path:
+    """The weight file of component ``name`` (its folder when it has several)."""
+    files = weight_files(model_dir / name) if (model_dir / name).is_dir() else []
+    return files[0] if len(files) == 1 else model_dir / name
+
+
+def check_complete_weights(pipe, *, model_dir: Path) -> None:
+    """A tensor missing from a weight file is left on the meta device by diffusers (and fails later as "Cannot
+    copy out of meta tensor"): name the file and the first missing tensor instead."""
+    for name, component in getattr(pipe, "components", {}).items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        tensors = [*component.named_parameters(), *component.named_buffers()]
+        missing = [pname for pname, t in tensors if t.is_meta]
+        if missing:
+            raise InputError(f"{_component_file(model_dir, name)}: tensor {missing[0]} is missing "
+                             f"({len(missing)} of {len(tensors)} missing); the weights do not match {name}/config.json")
 
 
 def check_finite_weights(pipe, *, model_dir: Path) -> None:
@@ -139,9 +172,8 @@ def check_finite_weights(pipe, *, model_dir: Path) -> None:
             continue
         for pname, t in component.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                files = [p for p in weight_files(model_dir / name)] if (model_dir / name).is_dir() else []
-                where = files[0] if len(files) == 1 else model_dir / name
-                raise InputError(f"{where}: weights contain NaN or infinite values (tensor {pname})")
+                raise InputError(f"{_component_file(model_dir, name)}: weights contain NaN or infinite values "
+                                 f"(tensor {pname})")
 
 
 def _quiet_transformers(model_dir: Path) -> None:
@@ -307,9 +339,19 @@ def _peft_to_diffusers(state: dict, *, config: Path) -> dict:
     return out
 
 
+def check_peft(adapter: str | Path) -> None:
+    """diffusers loads LoRA adapters through peft: without it the adapter file is not to blame."""
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise InputError(f"--lora {adapter}: loading a LoRA adapter needs peft, which is not installed; "
+                         "install it with: pip install 'privaudit[lora]'")
+
+
 def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
     """Load a LoRA adapter onto ``pipe`` (diffusers' ``load_lora_weights``, peft backend); returns its file."""
     file = lora_weight_file(adapter, allow_pickle=allow_pickle)
+    check_peft(adapter)
     if not hasattr(pipe, "load_lora_weights"):
         raise InputError(f"{adapter}: pipeline {type(pipe).__name__} does not take LoRA adapters")
     try:
@@ -327,14 +369,47 @@ def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise InputError(f"{file}: LoRA weights contain NaN or infinite values (tensor {k})")
         state = _one_naming(state)
-        pipe.load_lora_weights(state)
+        _quietly(pipe.load_lora_weights, state)
     except InputError:
         raise
     except Exception as e:  # diffusers / peft / safetensors raise many types for a wrong or corrupt file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise InputError(f"{file}: could not load the LoRA adapter: {first[:300]}") from None
+        raise InputError(f"{file}: could not load the LoRA adapter: {_lora_problem(str(e), e)}") from e
     _check_all_loaded(pipe, state, file)
     return file
+
+
+def _quietly(fn, *args):
+    """Run ``fn`` with diffusers' and peft's logging muted: a failed load logs the whole torch message
+    (one line per mismatched layer) before raising it; the error names what matters (``--debug``: all)."""
+    import contextlib
+    import io
+    import logging
+
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args)
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def _lora_problem(message: str, e: Exception) -> str:
+    """One line: the first mismatched layer with both shapes (torch's message lists every layer), else the
+    message's first line."""
+    import re
+
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    size = next((ln for ln in lines if ln.startswith("size mismatch for ")), None)
+    if size:
+        m = re.match(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, "
+                     r"the shape in current model is (.+?)\.?$", size)
+        n = sum(ln.startswith("size mismatch for ") for ln in lines)
+        what = (f"layer {m[1]} has shape {m[2]} in the adapter, {m[3]} in the model" if m else size)
+        return f"{what.replace('torch.Size', '')} ({n} layer(s) mismatched); the adapter does not fit this model"
+    return (lines[0] if lines else e.__class__.__name__)[:300]
 
 
 def _one_naming(state: dict) -> dict:
@@ -367,6 +442,7 @@ def load_lora_target(model_dir: str | Path, adapter: str | Path, *, device: str 
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     lora_weight_file(adapter, allow_pickle=allow_pickle)  # a bad adapter fails before the pipeline loads
+    check_peft(adapter)
     pipe = load_pipeline(model_dir, device=dev, allow_pickle=allow_pickle, dtype=dtype)
     check_finite_weights(pipe, model_dir=model_dir)
     file = load_lora(pipe, adapter, allow_pickle=allow_pickle)

@@ -25,7 +25,9 @@ The overall verdict is the worst severity of any plugin; each rule that fired is
 Inconclusive: where a plugin's evidence is unusable (non-finite scores, samples or metrics,
 every distance infinite), that plugin cannot say "low". If no other plugin reached medium or
 above, the verdict is **inconclusive**, never low: ``--fail-on`` treats it as failing at
-every level except ``never``, and the reasons say which test could not judge and why.
+every level except ``never``, and the reasons say which test could not judge and why. A plugin
+that failed (status error) counts the same way, and so does missing evidence: no plugin produced
+a usable result, or a results file holds no verdict.
 """
 
 from __future__ import annotations
@@ -121,6 +123,35 @@ def overall(levels: list[str], inconclusive: list[str]) -> str:
     if inconclusive and SEVERITIES.index(level) < SEVERITIES.index("medium"):
         return INCONCLUSIVE
     return level
+
+
+def evidence_problems(plugins: list) -> list[str]:
+    """Why the evidence of these plugin results (results.json dicts) is incomplete: every failed plugin, every
+    plugin whose evidence was unusable, and "no usable result" when no plugin judged anything."""
+    ps = [p for p in plugins if isinstance(p, dict)]
+    out = [f"{p.get('name', '?')} failed: {p.get('reason') or 'error'}" for p in ps if p.get("status") == "error"]
+    out += [f"{p.get('name', '?')}: {(p.get('details') or {})['inconclusive']}" for p in ps
+            if p.get("status") == "ok" and isinstance(p.get("details"), dict) and p["details"].get("inconclusive")]
+    judged = [p for p in ps if p.get("status") == "ok" and not (p.get("details") or {}).get("inconclusive")
+              and p.get("severity") in SEVERITIES[1:]]
+    if not judged:
+        out.append("no test produced a usable result" + ("" if ps else " (no test ran)"))
+    return out
+
+
+def judged_level(verdict: object, plugins: object) -> tuple[str, list[str]]:
+    """(level, problems) of a stored verdict as readers must show it (report, summary.json, junit.xml): a
+    missing or unknown level, or a calm level beside failed or unusable evidence, is ``inconclusive`` (unless
+    the stored level is medium or worse: real leakage stands). ``problems`` are the reasons."""
+    v = verdict if isinstance(verdict, dict) else {}
+    level = v.get("level")
+    # without a plugin list (another writer) a stored level stands on its own
+    problems = evidence_problems(plugins) if isinstance(plugins, list) and plugins else []
+    if level == INCONCLUSIVE:
+        return level, problems
+    if level not in SEVERITIES:
+        return INCONCLUSIVE, ["the results hold no verdict", *(problems or evidence_problems([]))]
+    return overall([level], problems), problems
 
 
 def fails(level: str, fail_on: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from privaudit.reports import svg
 from privaudit.reports.images import BLUR_FRACTION, THUMB_PX
+from privaudit.verdict import judged_level
 
 LEVELS = ("low", "medium", "high", "critical")
 
@@ -56,6 +57,8 @@ MITIGATED_TODO = {
     "low": "Release only the protected pipeline as a service and keep the raw weights private (the protected folder "
            "holds them unchanged); keep this report with the release record and audit again after any change.",
     "info": "Check the run: every test was skipped or failed (see the sections below).",
+    "inconclusive": "Do not treat this as a pass: a test of the protected model failed or its evidence was unusable "
+                    "(see why below); fix the cause and audit again.",
 }
 
 MITIGATED_ANSWERS = {
@@ -375,7 +378,9 @@ def rules_table(stored_text: str | None) -> dict:
 
 def verdict_view(scan: dict) -> dict:
     v = scan.get("verdict") if isinstance(scan.get("verdict"), dict) else {}
-    level = str(v.get("level") or "info")
+    level, problems = judged_level(v, scan.get("plugins"))  # no verdict, or failed tests: never a calm badge
+    said = {f"{p.get('name', '?')}: {_details(p)['inconclusive']}" for p in _plugins(scan)
+            if _details(p).get("inconclusive")}  # plain_why says these in its own words
     fired = []
     for p in _plugins(scan):
         for rule in _details(p).get("rules") or []:
@@ -386,14 +391,15 @@ def verdict_view(scan: dict) -> dict:
     fired.sort(key=lambda f: -(LEVELS.index(f["level"]) if f["level"] in LEVELS else -1))
     todo = (MITIGATED_TODO if scan.get("mitigated") else TODO)  # a protected model is not told to mitigate
     return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": todo.get(level, todo["info"]),
-            "why": plain_why(scan), "fired": fired, "warnings": [str(w) for w in v.get("warnings") or []],
+            "why": [f"{p}." for p in problems if p not in said] + plain_why(scan), "fired": fired,
+            "warnings": [str(w) for w in v.get("warnings") or []],
             "rules": rules_table(v.get("rules")), "scale": LEVELS, "basis": "", "if_weights_leak": None}
 
 
 def mitigated_verdict_view(r: dict, v: dict) -> dict:
     """A mitigation run's verdict: its own level and rules (both score directions, every headline number)."""
     mv = r["verdict"]
-    level = str(mv.get("level") or "info")
+    level, _ = judged_level(mv, (r.get("after") or {}).get("plugins") if isinstance(r.get("after"), dict) else None)
     fired = [{"level": str(f.get("level", "info")), "plugin": str(f.get("plugin", "")), "text": str(f.get("text", "")),
               "area": str(f.get("area", ""))} for f in mv.get("fired") or [] if isinstance(f, dict)]
     # rules a one-sided scan cannot see (a reversed score, a headline number) join "Why" when they raised the
