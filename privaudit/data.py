@@ -198,15 +198,19 @@ def open_regular(path: str | Path) -> BinaryIO:
     The type is checked on the opened descriptor (no race with a swap after a check), and the open is
     non-blocking, so a FIFO is refused at once instead of blocking forever; a device or a socket would
     stream or block too."""
+    def refuse(mode: int) -> InputError:
+        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+        return InputError(f"{path}: is {kind}; privaudit reads only regular files")
+
     try:
+        if not stat.S_ISREG(mode := os.stat(path).st_mode):  # names what it is (a socket cannot be opened)
+            raise refuse(mode)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
         raise InputError(f"{path}: cannot open ({e.strerror or e.__class__.__name__})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode := os.fstat(fd).st_mode):  # swapped since the stat
         os.close(fd)
-        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
-        raise InputError(f"{path}: is {kind}; privaudit reads only regular files")
+        raise refuse(mode)
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -216,7 +220,7 @@ def decode_image(data: BinaryIO, *, source: object, channels: int | None,
     """One image (a file object or bytes) as uint8 (C, H, W); any decoder failure is an InputError naming
     ``source``. The size is checked from the header before the pixels are decoded, and PIL's
     decompression-bomb warning is an error, so a small file cannot expand into gigabytes."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -229,6 +233,8 @@ def decode_image(data: BinaryIO, *, source: object, channels: int | None,
         raise
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, bomb errors, struct errors...
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        if isinstance(e, UnidentifiedImageError):  # its message names a BytesIO object, not the input
+            first = f"not a {', '.join(IMAGE_FORMATS)} image"
         raise InputError(f"{source}: unreadable image ({e.__class__.__name__}{': ' + first if first else ''})") from None
 
 

@@ -199,7 +199,7 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     caps = capabilities_of(denoiser)
     ctx = AuditContext(denoiser=denoiser, members=members, holdout=holdout, registry=registry,
                        settings=settings, reference=reference)
-    checks = run_checks(members, holdout, seed=settings.seed)
+    checks = run_checks(members, holdout, seed=settings.seed, captions="text" in caps and settings.prompt == "caption")
     dups = next((c for c in checks if c.name == "exact_duplicates"), None)
     if dups is not None and dups.details["count"] >= len(holdout):  # nothing left to compare members against
         raise InputError(f"{holdout.source}: every holdout image is also a member ({members.source}); "
