@@ -8,6 +8,11 @@
   lies above 0.5, members and holdout differ in distribution and membership AUCs are
   confounded by that shift (Das et al. 2024, "Blind baselines beat membership inference
   attacks for foundation models").
+- a caption baseline (text-conditional models scored with their captions): the same classifier
+  and permutation test on simple caption features (empty, length, word counts, padding,
+  punctuation). A text model scores an image with its caption, so missing or padded captions in
+  one set shift every score without any membership; a set without captions counts as all empty
+  captions, which is what the model is then given.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from privaudit.data import ImageSet
+from privaudit.results import Metric
 
 
 @dataclass(frozen=True)
@@ -95,20 +101,61 @@ def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_d
     values per image (area-downsampled) keep it cheap on large data; the shift it looks for
     survives both.
     """
+    rng = np.random.default_rng(seed)
+    pick = lambda s: np.sort(rng.choice(len(s), size=min(len(s), max_images), replace=False))
+    xm = np.concatenate(list(_flat01(members, pick(members), max_dim=max_dim)))
+    xh = np.concatenate(list(_flat01(holdout, pick(holdout), max_dim=max_dim)))
+    sep = _separability(xm, xh, seed=seed, n_permutations=n_permutations)
+    if sep is None:
+        return CheckResult("blind_baseline", True, "blind baseline skipped: fewer than 2 images in a set",
+                           {"auc": None, "model": "none"})
+    auc, p_value, shifted = sep.auc, sep.p_value, sep.shifted
+    assert auc.ci is not None  # membership_metrics always gives intervals
+    msg = (f"a classifier on the images alone separates members from holdout (AUC {auc.value:.2f}, "
+           f"95% CI {auc.ci[0]:.2f}-{auc.ci[1]:.2f}, permutation p = {p_value:.3f}): the two sets differ in "
+           "distribution, so membership numbers are confounded by that shift" if shifted else
+           f"no distribution shift detected: a classifier on the images alone reaches AUC {auc.value:.2f} "
+           f"(95% CI {auc.ci[0]:.2f}-{auc.ci[1]:.2f}; permutation p = {p_value:.3f}, {sep.permutations} permutations)")
+    return CheckResult("blind_baseline", not shifted, msg,
+                       {**sep.details(), "images": [len(xm), len(xh)],
+                        "model": f"least-squares linear classifier on {sep.components} PCA components of "
+                                 f"{xm.shape[1]} pixel values, {sep.folds}-fold CV, against {sep.permutations} "
+                                 "label permutations"})
+
+
+@dataclass(frozen=True)
+class Separability:
+    """How well a cross-validated linear classifier tells two sets of feature rows apart."""
+
+    auc: Metric
+    p_value: float
+    null_auc_95: float
+    permutations: int
+    components: int
+    folds: int
+
+    @property
+    def shifted(self) -> bool:
+        assert self.auc.ci is not None  # membership_metrics always gives intervals
+        return self.p_value < 0.05 and self.auc.ci[0] > 0.5
+
+    def details(self) -> dict:
+        return {"auc": self.auc.to_json(), "p_value": round(self.p_value, 4), "permutations": self.permutations,
+                "null_auc_95": round(self.null_auc_95, 4)}
+
+
+def _separability(xm: np.ndarray, xh: np.ndarray, *, seed: int, n_permutations: int | None) -> Separability | None:
+    """Cross-validated AUC of rows ``xm`` (label 1) against ``xh`` (label 0), with its permutation p-value;
+    None when a set has fewer than 2 rows."""
     from sklearn.decomposition import PCA
     from sklearn.model_selection import KFold
     from sklearn.preprocessing import StandardScaler
 
     from privaudit.metrics import membership_metrics
 
-    rng = np.random.default_rng(seed)
-    pick = lambda s: np.sort(rng.choice(len(s), size=min(len(s), max_images), replace=False))
-    xm = np.concatenate(list(_flat01(members, pick(members), max_dim=max_dim)))
-    xh = np.concatenate(list(_flat01(holdout, pick(holdout), max_dim=max_dim)))
     n_splits = min(5, len(xm), len(xh))
     if n_splits < 2:
-        return CheckResult("blind_baseline", True, "blind baseline skipped: fewer than 2 images in a set",
-                           {"auc": None, "model": "none"})
+        return None
     x, y = np.r_[xm, xh], np.r_[np.ones(len(xm)), np.zeros(len(xh))]
     n_comp = int(min(32, x.shape[1], max(2, min(len(xm), len(xh)) // 4), len(x) - len(x) // n_splits - 1))
     # Label-free folds and features (scaler + PCA fitted on each training fold): the observed labels
@@ -139,18 +186,9 @@ def blind_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0, max_d
     perms = np.stack([perm_rng.permutation(y) for _ in range(n_perm)], axis=1)
     null = _rank_auc(cv_scores(perms), perms)
     p_value = float((1 + np.sum(null >= auc.value)) / (1 + n_perm))
-    assert auc.ci is not None  # membership_metrics always gives intervals
-    shifted = p_value < 0.05 and auc.ci[0] > 0.5
-    msg = (f"a classifier on the images alone separates members from holdout (AUC {auc.value:.2f}, "
-           f"95% CI {auc.ci[0]:.2f}-{auc.ci[1]:.2f}, permutation p = {p_value:.3f}): the two sets differ in "
-           "distribution, so membership numbers are confounded by that shift" if shifted else
-           f"no distribution shift detected: a classifier on the images alone reaches AUC {auc.value:.2f} "
-           f"(95% CI {auc.ci[0]:.2f}-{auc.ci[1]:.2f}; permutation p = {p_value:.3f}, {n_perm} permutations)")
-    return CheckResult("blind_baseline", not shifted, msg,
-                       {"auc": auc.to_json(), "images": [len(xm), len(xh)], "p_value": round(p_value, 4),
-                        "permutations": n_perm, "null_auc_95": round(float(np.quantile(null, 0.95)), 4),
-                        "model": f"least-squares linear classifier on {n_comp} PCA components of {x.shape[1]} pixel values, "
-                                 f"{n_splits}-fold CV, against {n_perm} label permutations"})
+    null_95 = float(np.quantile(null, 0.95))
+    return Separability(auc=auc, p_value=p_value, null_auc_95=null_95, permutations=n_perm, components=n_comp,
+                        folds=n_splits)
 
 
 def _rank_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -163,6 +201,59 @@ def _rank_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ((ranks * labels).sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
-def run_checks(members: ImageSet, holdout: ImageSet, *, seed: int = 0) -> list[CheckResult]:
-    return [exact_duplicates(members, holdout), near_duplicates(members, holdout),
-            blind_baseline(members, holdout, seed=seed)]
+CAPTION_FEATURES = ("empty", "log characters", "log words", "whitespace fraction", "padded", "punctuation fraction",
+                    "uppercase fraction", "digit fraction", "distinct-word ratio", "log longest word")
+
+
+def caption_features(captions: list[str] | tuple[str, ...]) -> np.ndarray:
+    """One row of ``CAPTION_FEATURES`` per caption: what careless or padded captioning changes."""
+    rows = []
+    for c in captions:
+        words = c.split()
+        n = max(len(c), 1)
+        letters = [ch for ch in c if ch.isalpha()]
+        rows.append([not c.strip(), np.log1p(len(c)), np.log1p(len(words)), sum(ch.isspace() for ch in c) / n,
+                     c != c.strip(), sum(not ch.isalnum() and not ch.isspace() for ch in c) / n,
+                     sum(ch.isupper() for ch in letters) / max(len(letters), 1), sum(ch.isdigit() for ch in c) / n,
+                     len(set(words)) / max(len(words), 1), np.log1p(max((len(w) for w in words), default=0))])
+    return np.asarray(rows, dtype=np.float64).reshape(len(captions), len(CAPTION_FEATURES))
+
+
+def caption_baseline(members: ImageSet, holdout: ImageSet, *, seed: int = 0,
+                     n_permutations: int | None = None) -> CheckResult:
+    """Can the captions alone (no model, no pixels) tell members from holdout? The blind baseline's
+    classifier and permutation test on ``caption_features``; an uncaptioned set counts as empty captions."""
+    caps = [list(s.captions) if s.captions else [""] * len(s) for s in (members, holdout)]
+    xm, xh = caption_features(caps[0]), caption_features(caps[1])
+    empty = [round(float(x[:, 0].mean()), 4) if len(x) else None for x in (xm, xh)]
+    words = [float(np.median([len(c.split()) for c in cs])) if cs else None for cs in caps]
+    stats = {"captioned": [bool(members.captions), bool(holdout.captions)], "fraction_empty": empty,
+             "median_words": words, "features": list(CAPTION_FEATURES)}
+    varies = np.ptp(np.r_[xm, xh], axis=0) > 0 if len(xm) and len(xh) else np.zeros(0, bool)
+    sep = _separability(xm[:, varies], xh[:, varies], seed=seed, n_permutations=n_permutations) if varies.any() else None
+    if sep is None:
+        why = "fewer than 2 images in a set" if min(len(xm), len(xh)) < 2 else "every caption has the same features"
+        return CheckResult("caption_baseline", True, f"caption baseline: no caption shift ({why})",
+                           {"auc": None, **stats})
+    auc = sep.auc
+    msg = (f"a classifier on the captions alone separates members from holdout (AUC {auc.value:.2f}, "
+           f"permutation p = {sep.p_value:.3f}; empty captions {empty[0]:.0%} vs {empty[1]:.0%}, median "
+           f"{words[0]:g} vs {words[1]:g} words): a text model scores each image with its caption, so membership "
+           "numbers are confounded by that shift; caption both sets the same way" if sep.shifted else
+           f"no caption shift detected: a classifier on the captions alone reaches AUC {auc.value:.2f} "
+           f"(permutation p = {sep.p_value:.3f}, {sep.permutations} permutations)")
+    return CheckResult("caption_baseline", not sep.shifted, msg,
+                       {**sep.details(), **stats,
+                        "model": f"least-squares linear classifier on {sep.components} PCA components of "
+                                 f"{int(varies.sum())} caption features, {sep.folds}-fold CV, against "
+                                 f"{sep.permutations} label permutations"})
+
+
+def run_checks(members: ImageSet, holdout: ImageSet, *, seed: int = 0, captions: bool = False) -> list[CheckResult]:
+    """The data checks; ``captions``: the model is scored with the images' captions (a text model,
+    ``--prompt caption``), so their distributions are compared too when either set has any."""
+    checks = [exact_duplicates(members, holdout), near_duplicates(members, holdout),
+              blind_baseline(members, holdout, seed=seed)]
+    if captions and (members.captions or holdout.captions):
+        checks.append(caption_baseline(members, holdout, seed=seed))
+    return checks

@@ -13,21 +13,39 @@ Images are kept as uint8 on disk and converted per batch to the model's range
 Every image has a stable id (its relative path, or ``name[i]``) and a content hash of
 its decoded pixels, which the duplicate check uses.
 
+Hostile or broken inputs end with exit 2 naming the file (and row), never a traceback or a hang:
+every file is opened only when it is a regular file (``open_regular``: a FIFO, device, socket or
+folder named like an image is refused, never read); images are decoded by PIL restricted to
+``IMAGE_FORMATS``, with its decompression-bomb warning made an error and the model's image size
+checked from the header before any pixels are decoded, so memory stays bounded by one image. A
+``datasets`` cell must hold the image's bytes: a cell holding only a path (to any file, inside the
+dataset folder or not) is refused, as is a null cell. ``load_checked`` (what the flows call for
+members, holdout, suspect and ``--reference``) reads every image once, up front and streaming,
+so a bad image fails before any work starts, and keeps each image's content hash for the
+duplicate check.
+
 Captions (text-conditional models): an image folder may hold ``metadata.jsonl`` or
 ``metadata.csv`` files, the layout of the ``datasets`` image folder: one row per image,
 ``file_name`` relative to the metadata file's folder, and the caption in a ``text`` column
 (else ``caption``, ``prompt``, or ``label``: the class of a class-conditional model). Then every image needs a caption; ``ImageSet.captions``
-holds them in image order (empty for uncaptioned sets).
+holds them in image order (empty for uncaptioned sets). A metadata row must name a file inside
+its folder (no absolute path, no ``..``, no symlink leading out of the folder), and each image
+at most once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
+import os
+import stat
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +55,8 @@ from privaudit.io import sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 _ONE_CHANNEL_MODES = {"1", "L", "I", "I;16", "F", "LA"}
+# What PIL may decode: common raster formats only (never EPS/PDF, which PIL hands to Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,7 @@ class ImageSet:
     _read: Callable[[Sequence[int] | np.ndarray], np.ndarray] = field(repr=False, compare=False)
     files: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
+    hashes: tuple[str, ...] = ()  # content hashes, once ``load_checked`` has read every image
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -80,10 +101,13 @@ class ImageSet:
             _read=lambda idx: parent(index[np.asarray(idx, dtype=int)]),
             files=tuple(self.files[i] for i in index) if self.files else (),
             captions=tuple(self.captions[i] for i in index) if self.captions else (),
+            hashes=tuple(self.hashes[i] for i in index) if self.hashes else (),
         )
 
     def content_hashes(self, batch_size: int = 512) -> list[str]:
         """sha256 of each image's decoded pixels (finds duplicates across file formats)."""
+        if self.hashes:
+            return list(self.hashes)
         out: list[str] = []
         for start in range(0, len(self), batch_size):
             for img in self.uint8(range(start, min(start + batch_size, len(self)))):
@@ -125,15 +149,19 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def load_images(path: str | Path, *, name: str, channels: int | None = None, size: int | tuple[int, int] | None = None) -> ImageSet:
-    """Load a folder or array file, checked against the model's ``channels`` and ``size``."""
+    """Load a folder or array file, checked against the model's ``channels`` and ``size``.
+
+    Images are read lazily; ``load_checked`` also reads every one of them now."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {name} path does not exist")
+    want = None if size is None else ((size, size) if isinstance(size, int) else (int(size[0]), int(size[1])))
     if path.is_dir() and _is_saved_dataset(path):
-        images = _load_saved_dataset(path, name=name, channels=channels)
+        images = _load_saved_dataset(path, name=name, channels=channels, size=want)
     elif path.is_dir():
-        images = _load_folder(path, name=name, channels=channels)
+        images = _load_folder(path, name=name, channels=channels, size=want)
     elif path.suffix in (".npy", ".npz"):
+        open_regular(path).close()  # np.load would block on a FIFO
         images = _load_array(path, name=name)
     else:
         raise InputError(f"{path}: {name} must be an image folder, a saved `datasets` folder or a .npy/.npz file")
@@ -142,26 +170,83 @@ def load_images(path: str | Path, *, name: str, channels: int | None = None, siz
     c, h, w = images.shape
     if channels is not None and c != channels:
         raise InputError(f"{path}: {name} images have {c} channel(s), the model expects {channels}")
-    if size is not None:
-        want = (size, size) if isinstance(size, int) else tuple(size)
-        if (h, w) != want:
-            raise InputError(f"{path}: {name} images are {h}x{w}, the model expects {want[0]}x{want[1]}")
+    if want is not None and (h, w) != want:
+        raise InputError(f"{path}: {name} images are {h}x{w}, the model expects {want[0]}x{want[1]}")
     return images
 
 
-def _load_folder(path: Path, *, name: str, channels: int | None) -> ImageSet:
+def load_checked(path: str | Path, *, name: str, channels: int | None = None,
+                 size: int | tuple[int, int] | None = None, batch_size: int = 256) -> ImageSet:
+    """``load_images``, then every image read once, up front and streaming (``batch_size`` at a time):
+    an unreadable, oversized or non-regular file fails here, naming it, before any work starts. The
+    content hashes computed on the way are kept, so the duplicate check does not decode again."""
+    images = load_images(path, name=name, channels=channels, size=size)
+    hashes: list[str] = []
+    for start in range(0, len(images), batch_size):
+        for img in images.uint8(range(start, min(start + batch_size, len(images)))):
+            hashes.append(hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest())
+    return dataclasses.replace(images, hashes=tuple(hashes))
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (symlinks followed), else InputError.
+
+    The type is checked on the opened descriptor (no race with a swap after a check), and the open is
+    non-blocking, so a FIFO is refused at once instead of blocking forever; a device or a socket would
+    stream or block too."""
+    def refuse(mode: int) -> InputError:
+        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+        return InputError(f"{path}: is {kind}; privaudit reads only regular files")
+
+    try:
+        if not stat.S_ISREG(mode := os.stat(path).st_mode):  # names what it is (a socket cannot be opened)
+            raise refuse(mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise InputError(f"{path}: cannot open ({e.strerror or e.__class__.__name__})") from None
+    if not stat.S_ISREG(mode := os.fstat(fd).st_mode):  # swapped since the stat
+        os.close(fd)
+        raise refuse(mode)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def decode_image(data: BinaryIO, *, source: object, channels: int | None,
+                 size: tuple[int, int] | None) -> np.ndarray:
+    """One image (a file object or bytes) as uint8 (C, H, W); any decoder failure is an InputError naming
+    ``source``. The size is checked from the header before the pixels are decoded, and PIL's
+    decompression-bomb warning is an error, so a small file cannot expand into gigabytes."""
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(data, formats=IMAGE_FORMATS) as im:
+                if size is not None and (im.height, im.width) != size:
+                    raise InputError(f"{source}: image is {im.height}x{im.width}, the model expects {size[0]}x{size[1]}")
+                return _pil_to_array(im, source=source, channels=channels)
+    except InputError:
+        raise
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, bomb errors, struct errors...
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        if isinstance(e, UnidentifiedImageError):  # its message names a BytesIO object, not the input
+            first = f"not a {', '.join(IMAGE_FORMATS)} image"
+        raise InputError(f"{source}: unreadable image ({e.__class__.__name__}{': ' + first if first else ''})") from None
+
+
+def _load_folder(path: Path, *, name: str, channels: int | None, size: tuple[int, int] | None) -> ImageSet:
+    # not is_file(): a FIFO, device or dangling link named like an image is refused when read, not skipped
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     if not files:
         return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
 
     def open_one(f: Path) -> np.ndarray:
-        try:
-            with Image.open(f) as im:
-                return _pil_to_array(im, source=f, channels=channels)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-            raise InputError(f"{f}: unreadable image ({e.__class__.__name__})") from None
+        with open_regular(f) as fp:
+            return decode_image(fp, source=f, channels=channels, size=size)
 
     first = open_one(files[0])
 
@@ -216,8 +301,9 @@ def _is_saved_dataset(path: Path) -> bool:
     return one or (path / "dataset_dict.json").is_file()
 
 
-def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> ImageSet:
-    """A ``datasets.Dataset`` saved with ``save_to_disk``: memory-mapped Arrow, decoded per batch."""
+def _load_saved_dataset(path: Path, *, name: str, channels: int | None, size: tuple[int, int] | None) -> ImageSet:
+    """A ``datasets.Dataset`` saved with ``save_to_disk``: memory-mapped Arrow, decoded per batch by
+    ``decode_image`` (not by ``datasets``, which would open a path cell's file, a FIFO included)."""
     if (path / "dataset_dict.json").is_file():
         splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
         raise InputError(f"{path}: a saved DatasetDict with splits {', '.join(splits) or 'none'}; "
@@ -238,18 +324,27 @@ def _load_saved_dataset(path: Path, *, name: str, channels: int | None) -> Image
     image_col = image_cols[0]
     text_col = next((c for c in CAPTION_COLUMNS if c in ds.features), None)
     captions = tuple("" if t is None else str(t) for t in ds[text_col]) if text_col else ()
-    images = ds.select_columns([image_col])
+    images = ds.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
     if len(ds) == 0:
         return ImageSet(name=name, source=str(path), ids=(), shape=(0, 0, 0), _read=lambda idx: np.zeros((0,)))
-    first_shape = _pil_to_array(images[0][image_col], source=f"{path}[0]", channels=channels).shape
+
+    def decode_cell(i: int, cell: object) -> np.ndarray:
+        where = f"{path} row {i} ({image_col})"
+        if not isinstance(cell, dict) or cell.get("bytes") is None:
+            if isinstance(cell, dict) and cell.get("path"):
+                raise InputError(f"{where}: the cell holds only a path ({cell['path']}), not the image; privaudit "
+                                 "reads images stored in the dataset (save it again with a current `datasets`)")
+            raise InputError(f"{where}: the cell holds no image (null)")
+        return decode_image(io.BytesIO(cell["bytes"]), source=where, channels=channels, size=size)
+
+    first_shape = decode_cell(0, images[0][image_col]).shape
 
     def read(idx: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = [int(i) for i in idx]
-        out = [_pil_to_array(im, source=f"{path}[{i}]", channels=channels)
-               for i, im in zip(idx, images.select(idx)[image_col])] if idx else []
+        out = [decode_cell(i, cell) for i, cell in zip(idx, images.select(idx)[image_col])] if idx else []
         bad = next((i for i, a in zip(idx, out) if a.shape != first_shape), None)
         if bad is not None:
-            raise InputError(f"{path}[{bad}]: image shape differs from the first image's {first_shape}")
+            raise InputError(f"{path} row {bad} ({image_col}): image shape differs from the first image's {first_shape}")
         return np.stack(out) if out else np.zeros((0, *first_shape), dtype=np.uint8)
 
     return ImageSet(name=name, source=str(path), ids=tuple(f"{path.name}[{i}]" for i in range(len(ds))),
@@ -260,38 +355,76 @@ CAPTION_COLUMNS = ("text", "caption", "prompt", "label")  # label: class-conditi
 
 
 def read_captions(folder: Path, files: Sequence[Path]) -> tuple[str, ...]:
-    """Captions for ``files`` from the ``metadata.jsonl`` / ``metadata.csv`` files under ``folder``."""
-    import json
+    """Captions for ``files`` from the ``metadata.jsonl`` / ``metadata.csv`` files under ``folder``.
 
+    Keyed by the row's path as written (made absolute lexically, not through symlinks), so an image
+    that is itself a link keeps its caption; a row must stay inside its metadata's folder and name
+    each file once."""
     import pandas as pd
 
-    metas = sorted(p for p in folder.rglob("metadata.*") if p.is_file() and p.suffix in (".jsonl", ".csv"))
+    metas = sorted(p for p in folder.rglob("metadata.*") if p.suffix in (".jsonl", ".csv") and not p.is_dir())
     if not metas:
         return ()
-    by_file: dict[Path, str] = {}
+    root = folder.resolve()
+    by_file: dict[str, tuple[str, str]] = {}  # normalised path -> (caption, where it was given)
     for meta in metas:
         try:
-            if meta.suffix == ".csv":
-                table = pd.read_csv(meta, dtype=str, keep_default_na=False)
-            else:
-                with open(meta) as f:
-                    table = pd.DataFrame([json.loads(line) for line in f if line.strip()])
-        except (ValueError, pd.errors.ParserError) as e:
+            with open_regular(meta) as fp:
+                if meta.suffix == ".csv":
+                    table = pd.read_csv(fp, dtype=str, keep_default_na=False)
+                    rows = [f"{meta} row {i + 1}" for i in range(len(table))]  # data rows, header excluded
+                else:
+                    lines = [(no, line) for no, line in enumerate(io.TextIOWrapper(fp, encoding="utf-8"), 1)
+                             if line.strip()]
+                    table = pd.DataFrame([_json_row(line, meta, no) for no, line in lines])
+                    rows = [f"{meta} line {no}" for no, _ in lines]
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
             raise InputError(f"{meta}: unreadable caption metadata ({str(e).splitlines()[0]})") from None
         col = next((c for c in CAPTION_COLUMNS if c in table.columns), None)
         if "file_name" not in table.columns or col is None:
             raise InputError(f"{meta}: caption metadata needs a file_name column and one of "
                              f"{', '.join(CAPTION_COLUMNS)}; found {', '.join(map(str, table.columns)) or 'none'}")
-        for fname, text in zip(table["file_name"], table[col]):
-            target = (meta.parent / str(fname)).resolve()
-            if not target.is_file():
-                raise InputError(f"{meta}: lists {fname}, which is not in {meta.parent}")
-            by_file[target] = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
-    missing = [f for f in files if Path(f).resolve() not in by_file]
+        for where, fname, text in zip(rows, table["file_name"], table[col]):
+            key = _row_target(meta, fname, where=where, root=root)
+            if key in by_file:
+                raise InputError(f"{where}: names {fname} again (first at {by_file[key][1]}); give each image one caption")
+            by_file[key] = ("" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text), where)
+    keys = [os.path.normpath(os.path.abspath(f)) for f in files]
+    missing = [f for f, k in zip(files, keys) if k not in by_file]
     if missing:
         raise InputError(f"{missing[0]}: no caption in {', '.join(str(m) for m in metas)} "
                          f"({len(missing)} of {len(files)} images lack one)")
-    return tuple(by_file[Path(f).resolve()] for f in files)
+    return tuple(by_file[k][0] for k in keys)
+
+
+def _json_row(line: str, meta: Path, no: int) -> dict:
+    import json
+
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"{meta} line {no}: not JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{meta} line {no}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _row_target(meta: Path, fname: object, *, where: str, root: Path) -> str:
+    """The normalised path a metadata row names; refused when it leaves the folder (absolute, ``..``,
+    or a symlink leading out) or names no file."""
+    if not isinstance(fname, str) or not fname.strip():
+        raise InputError(f"{where}: file_name must be a relative path, got {fname!r}")
+    rel = Path(fname)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise InputError(f"{where}: file_name {fname} points outside {meta.parent}; name files relative to it")
+    target = meta.parent / rel
+    if not target.is_file():
+        raise InputError(f"{where}: lists {fname}, which is not in {meta.parent}")
+    # a link to another image is fine as long as the folder holding it is not a link out of the data set
+    if not target.parent.resolve().is_relative_to(root):
+        raise InputError(f"{where}: file_name {fname} leads outside {root} through a symlink")
+    return os.path.normpath(os.path.abspath(target))
+
 
 
 def _load_array(path: Path, *, name: str) -> ImageSet:

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from privaudit.api import AuditSettings, Mitigation, MitigationContext, MitigationOutput, Variant, default_cache_dir  # noqa: F401 (MitigationContext, Variant, MitigationOutput: re-exported)
-from privaudit.data import ImageSet, load_images
+from privaudit.data import ImageSet, load_checked
 from privaudit.denoiser import Denoiser, ProvidesDenoiser
 from privaudit.errors import InputError
 from privaudit.exports import write_exports
@@ -532,7 +532,7 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     if isinstance(pipe, ProvidesDenoiser):
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
     mem, hold = load_data(members, holdout, shape=image_shape_of(raw))
-    ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
+    ref = load_checked(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     split_note = None
     if ref is None:  # the guard needs never-trained-on images: a seeded part of the holdout the audits never use
         hold, ref, split_note = split_reference(hold, seed=settings.seed)

@@ -20,7 +20,7 @@ import pandas as pd
 from privaudit import dataset_inference as di
 from privaudit.api import AuditSettings, MembershipAttack, capabilities_of
 from privaudit.checks import run_checks
-from privaudit.data import load_images
+from privaudit.data import load_checked
 from privaudit.errors import InputError, PluginError
 from privaudit.latent import fit_inputs, image_shape_of
 from privaudit.plugin import Registry
@@ -42,11 +42,15 @@ VERDICTS = {
     "not_shown": "No evidence that the collection was used: its images score like images the model never saw. "
                  "Absence of evidence is not proof of absence (a weak attack, too few images, or a model that "
                  "memorised little can all hide use).",
-    "shifted": "Inconclusive: the suspect images differ in distribution from the holdout without any model (the blind "
-               "baseline separates them), so a difference in scores may come from that shift rather than from training. "
-               "Use holdout images from the same source as the suspect images.",
+    "shifted": "Inconclusive: the suspect images (or their captions) differ in distribution from the holdout without any "
+               "model (a blind baseline on the images or on the captions separates them), so a difference in scores may "
+               "come from that shift rather than from training. Use holdout images from the same source as the suspect "
+               "images, captioned the same way.",
     "too_few": "Too few suspect images for a set test: only per-image p-values are reported.",
 }
+
+
+SHIFT_CHECKS = ("blind_baseline", "caption_baseline")  # either makes the answer "shifted"
 
 
 def query(*, model_dir: str | Path, suspect: str | Path, holdout: str | Path, out: str | Path,
@@ -68,11 +72,10 @@ def query(*, model_dir: str | Path, suspect: str | Path, holdout: str | Path, ou
         den, info, base_den = load_scan_target(model_dir, lora=lora, base=base, device=device,
                                                allow_pickle=allow_pickle, dtype=dtype)
         c, h, w = image_shape_of(den)
-        sus = load_images(suspect, name="suspect", channels=c, size=(h, w))
-        hold = load_images(holdout, name="holdout", channels=c, size=(h, w))
+        sus = load_checked(suspect, name="suspect", channels=c, size=(h, w))  # every image read now: a bad
+        hold = load_checked(holdout, name="holdout", channels=c, size=(h, w))  # file fails before any work
         if len(hold) < 8:
             raise InputError(f"{hold.source}: holdout holds {len(hold)} image(s); at least 8 are needed")
-        sus.uint8([0]), hold.uint8([0])
         res = _query(den, base_den, sus, hold, registry=registry, settings=settings, alpha=alpha, repeats=repeats)
         results = {"schema_version": SCHEMA_VERSION, "kind": "query",
                    "target": {**info.__dict__, "schedule": info.scheduler_class}, **res}
@@ -87,14 +90,15 @@ def query(*, model_dir: str | Path, suspect: str | Path, holdout: str | Path, ou
 def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSettings, alpha: float,
            repeats: int) -> dict:
     s = settings
-    checks = run_checks(sus, hold, seed=s.seed) if len(sus) >= 2 else []
+    caps = capabilities_of(den)
+    # a text model is scored with each image's caption: suspect captions unlike the holdout's shift scores too
+    checks = run_checks(sus, hold, seed=s.seed, captions="text" in caps and s.prompt == "caption") if len(sus) >= 2 else []
     dups = next((ch for ch in checks if ch.name == "exact_duplicates"), None)
     if dups is not None and dups.details["count"] >= len(hold):
         raise InputError(f"{hold.source}: every holdout image is also a suspect image ({sus.source})")
     can_test = len(sus) >= di.MIN_SUSPECT
     sf, st = di.split_halves(len(sus), seed=s.seed) if can_test else (np.zeros(0, int), np.arange(len(sus)))
     hf, ht = di.split_halves(len(hold), seed=s.seed + 1)
-    caps = capabilities_of(den)
     cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     attacks: list[dict] = []
     kw: dict[str, Any] = dict(batch_size=s.batch_size, seed=s.seed, prompt=s.prompt, progress=s.progress)
@@ -137,7 +141,7 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
     names = tuple(cols)
     fs = np.stack([cols[n][0] for n in names], 1)
     fh = np.stack([cols[n][1] for n in names], 1)
-    shifted = any(ch.name == "blind_baseline" and not ch.ok for ch in checks)
+    shifted = any(ch.name in SHIFT_CHECKS and not ch.ok for ch in checks)
     test = curve = None
     if can_test:
         t = di.dataset_test(fs, fh, features=names, seed=s.seed, splits=(sf, st, hf, ht))

@@ -28,7 +28,7 @@ import torch
 from privaudit import __version__
 from privaudit.api import AuditContext, AuditSettings, ReplicationDetector, capabilities_of, default_cache_dir  # noqa: F401 (AuditSettings, AuditContext, default_cache_dir: re-exported)
 from privaudit.checks import run_checks
-from privaudit.data import ImageSet, load_images
+from privaudit.data import ImageSet, load_checked
 from privaudit.denoiser import Denoiser, white_box_sha256
 from privaudit.ensemble import ensemble_view
 from privaudit.errors import InputError, PluginError
@@ -202,7 +202,7 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     caps = capabilities_of(denoiser)
     ctx = AuditContext(denoiser=denoiser, members=members, holdout=holdout, registry=registry,
                        settings=settings, reference=reference)
-    checks = run_checks(members, holdout, seed=settings.seed)
+    checks = run_checks(members, holdout, seed=settings.seed, captions="text" in caps and settings.prompt == "caption")
     dups = next((c for c in checks if c.name == "exact_duplicates"), None)
     if dups is not None and dups.details["count"] >= len(holdout):  # nothing left to compare members against
         raise InputError(f"{holdout.source}: every holdout image is also a member ({members.source}); "
@@ -504,12 +504,11 @@ def check_distinct_sets(members: str | Path, holdout: str | Path) -> None:
 def load_data(members: str | Path, holdout: str | Path, *, shape: tuple[int, int, int]) -> tuple[ImageSet, ImageSet]:
     check_distinct_sets(members, holdout)
     c, h, w = shape
-    m = load_images(members, name="members", channels=c, size=(h, w))
-    ho = load_images(holdout, name="holdout", channels=c, size=(h, w))
+    m = load_checked(members, name="members", channels=c, size=(h, w))  # every image read now: a bad
+    ho = load_checked(holdout, name="holdout", channels=c, size=(h, w))  # file fails before any work
     for s in (m, ho):
         if len(s) < 4:  # each set is split into calibration and evaluation halves
             raise InputError(f"{s.source}: {s.name} holds {len(s)} image(s); at least 4 are needed")
-    m.uint8([0]), ho.uint8([0])  # decode one image of each now: a bad file fails before any work
     return m, ho
 
 
@@ -560,7 +559,7 @@ def _scan(*, model_dir, members, holdout, out, settings: AuditSettings, device, 
     denoiser, info, base_den = load_scan_target(model_dir, lora=lora, base=base, device=device,
                                                 allow_pickle=allow_pickle, dtype=dtype)
     mem, hold = load_data(members, holdout, shape=image_shape_of(denoiser))
-    ref = load_images(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
+    ref = load_checked(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     data = data_fingerprints(mem, hold, ref)
     with engine_session(Path(out), settings=settings) as run:
         bind_run(run, Path(out), settings=settings, denoiser=denoiser, data=data, registry=registry,
