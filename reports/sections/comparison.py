@@ -3,7 +3,7 @@ after, or a scan against a baseline scan; every metric of every plugin with its 
 
 from __future__ import annotations
 
-from privaudit.reports.fmt import fmt_metric, judge, metric, plugins_of, section_of, short
+from privaudit.reports.fmt import fmt_metric, judge, metric, plugins_of, section_of, short, with_ci
 
 
 def comparison_view(before: dict, after: dict, *, labels: tuple[str, str]) -> dict:
@@ -31,8 +31,8 @@ def comparison_view(before: dict, after: dict, *, labels: tuple[str, str]) -> di
             cb, ca = metric(mb)["ci"], metric(ma)["ci"]
             overlap = bool(cb and ca and cb[0] <= ca[1] and ca[0] <= cb[1]) and word in ("better", "worse")
             rows.append({"plugin": name, "area": area, "label": fb["label"] if mb is not None else fa["label"],
-                         "before": fb["text"] + (f" ({fb['ci']})" if fb["ci"] else "") if mb is not None else "not run",
-                         "after": fa["text"] + (f" ({fa['ci']})" if fa["ci"] else "") if ma is not None else "not run",
+                         "before": with_ci(fb) if mb is not None else "not run",
+                         "after": with_ci(fa) if ma is not None else "not run",
                          "delta": delta, "word": word, "cls": cls, "overlap": overlap})
     lb = str((before.get("verdict") or {}).get("level", "info"))
     la = str((after.get("verdict") or {}).get("level", "info"))

@@ -19,6 +19,7 @@ from privaudit.reports.fmt import (
     plugins_of,
     section_of,
     short,
+    with_ci,
 )
 from privaudit.reports.sections.comparison import comparison_view
 
@@ -73,8 +74,7 @@ def _table(entries: list[dict], *, skip: tuple[str, ...] = ()) -> dict:
         for c in cols:
             v = r.get(c)
             if isinstance(v, dict) and "value" in v:
-                fm = fmt_metric(c, v)
-                line.append(fm["text"] + (f" ({fm['ci']})" if fm["ci"] else ""))
+                line.append(with_ci(fmt_metric(c, v)))
             elif isinstance(v, (int, float)) and not isinstance(v, bool) and known(c):
                 line.append(fmt_metric(c, v)["text"])
             else:
@@ -94,6 +94,14 @@ def _worst(scan: dict, key: str, area: str) -> dict | None:
     return {"value": v, "plugin": p.get("name")}
 
 
+def _change(key: str, area: str, label: str, b: float | None, a: float | None, *, kind: str | None = None) -> dict:
+    """A headline row: ``key`` before -> after, judged by its declared direction."""
+    kind = kind or metric_info(key)[2]
+    word, cls = judge(key, area, b, a)
+    return {"key": key, "label": label, "before": fmt_value(b, kind), "after": fmt_value(a, kind), "word": word,
+            "cls": cls, "values": (b, a)}
+
+
 def headline_deltas(before: dict, after: dict) -> list[dict]:
     """The few numbers a reviewer wants first: copies, the strongest attack, quality; before -> after."""
     out = []
@@ -105,11 +113,7 @@ def headline_deltas(before: dict, after: dict) -> list[dict]:
         b, a = _worst(before, key, area), _worst(after, key, area)
         if b is None and a is None:
             continue
-        kind = metric_info(key)[2]
-        word, cls = judge(key, area, b and b["value"], a and a["value"])
-        out.append({"key": key, "label": label, "before": fmt_value(b and b["value"], kind),
-                    "after": fmt_value(a and a["value"], kind), "word": word, "cls": cls,
-                    "values": (b and b["value"], a and a["value"])})
+        out.append(_change(key, area, label, b and b["value"], a and a["value"]))
     return out
 
 
@@ -192,8 +196,7 @@ def controls_table(controls: list[dict]) -> dict:
         ms = c.get("metrics") or {}
         cells = []
         for k in cols:
-            fm = fmt_metric(k, ms[k]) if k in ms else None
-            cells.append("" if fm is None else fm["text"] + (f" ({fm['ci']})" if fm["ci"] else ""))
+            cells.append(with_ci(fmt_metric(k, ms[k])) if k in ms else "")
         time_ = [fmt_value(num(c.get("sampling_seconds")), "num") + " s" if num(c.get("sampling_seconds")) is not None else "",
                  fmt_value(num(c.get("sampling_ratio")), "ratio") if num(c.get("sampling_ratio")) is not None else ""]
         rows.append({"name": str(c.get("name", "")), "description": str(c.get("description") or ""),
@@ -218,6 +221,57 @@ def matched_view(m: dict) -> dict:
     return {"kv": kv, "table": table if points else None, "note": str(m.get("note") or "")}
 
 
+def _headline(before: dict, after: dict, controls: list[dict], mv: dict) -> list[dict]:
+    """Privacy gain and quality cost, before -> after: black-box numbers first (a served model faces them),
+    the protected model judged in both score directions, the quality cost always named."""
+    headline = headline_deltas(before, after)
+    rev = mv.get("reversed") if isinstance(mv.get("reversed"), dict) else {}
+    flipped = [metric((m or {}).get("tpr_at_fpr_0.01"))["value"] for m in rev.values() if isinstance(m, dict)]
+    flipped = [v for v in flipped if v is not None]
+    for h in headline:  # the protected model is judged in both score directions: so is its headline TPR
+        if h["key"] == "tpr_at_fpr_0.01" and flipped and h["values"][1] is not None and max(flipped) > h["values"][1]:
+            b, a = h["values"][0], max(flipped)
+            word, cls = judge("tpr_at_fpr_0.01", "membership", b, a)
+            h.update(after=fmt_value(a, "pct") + " (score reversed)", word=word, cls=cls)
+    if len(controls) >= 2:  # the two-sided AUC the verdict also judges replaces the one-sided one
+        b2, a2 = (num((c.get("metrics") or {}).get("membership_auc_two_sided")) for c in controls[:2])
+        if b2 is not None or a2 is not None:
+            headline = [h for h in headline if h["key"] != "auc"]
+            headline.insert(min(2, len(headline)), _change(
+                "membership_auc_two_sided", "membership",
+                "membership AUC, two-sided (an attacker may reverse a score; 0.5 is guessing)", b2, a2, kind="num"))
+    if not any("Frechet" in h["label"] for h in headline):  # the cost side must never silently vanish
+        headline.append({"key": "frechet_distance", "label": "quality (Frechet distance): not measured; add the quality detector "
+                                  "(--detectors nn,quality) to see what the protection costs",
+                         "before": "n/a", "after": "n/a", "word": "", "cls": ""})
+    if len(controls) >= 2:  # a served model faces black-box attackers: their numbers lead
+        m0, m1 = ((c.get("metrics") or {}) for c in controls[:2])
+        lead = []
+        for key, label in (("black_box_auc_two_sided", "black-box membership AUC, two-sided (images only: what the "
+                                                       "served model faces; 0.5 is guessing)"),
+                           ("black_box_tpr_at_fpr_0.01", "training images a black-box attacker identifies at 1% "
+                                                         "false alarms")):
+            b, a = num(m0.get(key)), num(m1.get(key))
+            if b is None and a is None:
+                continue
+            lead.append(_change(key, "membership", label, b, a))
+        headline = lead + headline
+    return headline
+
+
+def _families(fams: list[dict]) -> dict:
+    """Each mitigation family of the sweep: how many settings meet the copy target, and its pick."""
+    return {"cols": ["family", "settings meeting the copy target", "its pick", "copies", "quality",
+                     "black-box AUC, two-sided", "gate leak", "lowest gate leak at the copy target"],
+            "rows": [[str(f.get("family")), f"{f.get('meet_copy_target')} of {f.get('settings')}",
+                      str(f.get("pick") or "none"), fmt_value(num(f.get("pick_copy_fraction")), "pct"),
+                      (f"{metric_info(str(f.get('quality_metric')))[0]} "
+                       f"{fmt_value(num(f.get('pick_quality')), 'num')}" if f.get("quality_metric") else "n/a"),
+                      fmt_value(num(f.get("pick_black_box_auc_two_sided")), "num"),
+                      fmt_value(num(f.get("pick_gate_leak")), "num"),
+                      fmt_value(num(f.get("lowest_gate_leak_at_copy_target")), "num")] for f in fams]}
+
+
 def mitigation_view(r: dict) -> dict:
     before = r.get("before") if isinstance(r.get("before"), dict) else {}
     after = r.get("after") if isinstance(r.get("after"), dict) else {}
@@ -239,57 +293,13 @@ def mitigation_view(r: dict) -> dict:
     mv = r.get("verdict") if isinstance(r.get("verdict"), dict) else {}
     if mv.get("level"):  # the mitigation's own verdict (both score directions, headline numbers), not the scan's
         comparison["after_level"] = str(mv["level"])
-    headline = headline_deltas(before, after)
-    rev = mv.get("reversed") if isinstance(mv.get("reversed"), dict) else {}
-    flipped = [metric((m or {}).get("tpr_at_fpr_0.01"))["value"] for m in rev.values() if isinstance(m, dict)]
-    flipped = [v for v in flipped if v is not None]
-    for h in headline:  # the protected model is judged in both score directions: so is its headline TPR
-        if h["key"] == "tpr_at_fpr_0.01" and flipped and h["values"][1] is not None and max(flipped) > h["values"][1]:
-            b, a = h["values"][0], max(flipped)
-            word, cls = judge("tpr_at_fpr_0.01", "membership", b, a)
-            h.update(after=fmt_value(a, "pct") + " (score reversed)", word=word, cls=cls)
-    if len(controls) >= 2:  # the two-sided AUC the verdict also judges replaces the one-sided one
-        b2, a2 = (num((c.get("metrics") or {}).get("membership_auc_two_sided")) for c in controls[:2])
-        if b2 is not None or a2 is not None:
-            word, cls = judge("membership_auc_two_sided", "membership", b2, a2)
-            headline = [h for h in headline if h["key"] != "auc"]
-            headline.insert(min(2, len(headline)), {"key": "membership_auc_two_sided",
-                "label": "membership AUC, two-sided (an attacker may reverse a score; 0.5 is guessing)",
-                "before": fmt_value(b2, "num"), "after": fmt_value(a2, "num"), "word": word, "cls": cls})
-    if not any("Frechet" in h["label"] for h in headline):  # the cost side must never silently vanish
-        headline.append({"key": "frechet_distance", "label": "quality (Frechet distance): not measured; add the quality detector "
-                                  "(--detectors nn,quality) to see what the protection costs",
-                         "before": "n/a", "after": "n/a", "word": "", "cls": ""})
-    if len(controls) >= 2:  # a served model faces black-box attackers: their numbers lead
-        m0, m1 = ((c.get("metrics") or {}) for c in controls[:2])
-        lead = []
-        for key, label in (("black_box_auc_two_sided", "black-box membership AUC, two-sided (images only: what the "
-                                                       "served model faces; 0.5 is guessing)"),
-                           ("black_box_tpr_at_fpr_0.01", "training images a black-box attacker identifies at 1% "
-                                                         "false alarms")):
-            b, a = num(m0.get(key)), num(m1.get(key))
-            if b is None and a is None:
-                continue
-            word, cls = judge(key, "membership", b, a)
-            kind = metric_info(key)[2]
-            lead.append({"key": key, "label": label, "before": fmt_value(b, kind), "after": fmt_value(a, kind),
-                         "word": word, "cls": cls})
-        headline = lead + headline
+    headline = _headline(before, after, controls, mv)
     leak = r.get("gate_leak") if isinstance(r.get("gate_leak"), dict) else None
     fams = [f for f in r.get("sweep_families") or [] if isinstance(f, dict)]
-    families = {"cols": ["family", "settings meeting the copy target", "its pick", "copies", "quality",
-                         "black-box AUC, two-sided", "gate leak", "lowest gate leak at the copy target"],
-                "rows": [[str(f.get("family")), f"{f.get('meet_copy_target')} of {f.get('settings')}",
-                          str(f.get("pick") or "none"), fmt_value(num(f.get("pick_copy_fraction")), "pct"),
-                          (f"{metric_info(str(f.get('quality_metric')))[0]} "
-                           f"{fmt_value(num(f.get('pick_quality')), 'num')}" if f.get("quality_metric") else "n/a"),
-                          fmt_value(num(f.get("pick_black_box_auc_two_sided")), "num"),
-                          fmt_value(num(f.get("pick_gate_leak")), "num"),
-                          fmt_value(num(f.get("lowest_gate_leak_at_copy_target")), "num")] for f in fams]}
     weights = r.get("weights") if isinstance(r.get("weights"), dict) else {}
     same = weights.get("sha256") if isinstance(weights.get("sha256"), dict) else {}
     return {"method": r.get("method", "unknown"), "headline": headline,
-            "threats": threat_table(controls), "families": families if fams else None,
+            "threats": threat_table(controls), "families": _families(fams) if fams else None,
             "gate_leak": ({"value": fmt_value(num(leak.get("value")), "num"),
                            "before": fmt_value(num(leak.get("before")), "num"),
                            "black_box": fmt_value(num(leak.get("black_box")), "num") if leak.get("black_box") is not None
