@@ -40,6 +40,11 @@ def _env() -> Environment:
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
+def verdict_rules() -> Rules:
+    """This version's severity rules (``privaudit.verdict``), which the report lays beside the run's own."""
+    return Rules(rows=tuple(core_verdict.RULES), text=core_verdict.RULES_TEXT or "")  # RULES_TEXT: None under -OO
+
+
 def render_html(results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> str:
     """The report for ``results`` (a run's results.json), optionally against a ``baseline`` run."""
     if redact not in REDACT_MODES:
@@ -52,6 +57,5 @@ def render_html(results: dict, *, baseline: dict | None = None, redact: str = "t
         return _env().get_template("query.html.j2").render(q=query.query_view(results), version=__version__)
     results = redact_images(results, mode=redact)
     baseline = redact_images(baseline, mode=redact) if baseline is not None else None
-    rules = Rules(rows=tuple(getattr(core_verdict, "RULES", ())), text=core_verdict.RULES_TEXT or "")
-    ctx = report.build(results, baseline=baseline, redact=redact, version=__version__, rules=rules)
+    ctx = report.build(results, baseline=baseline, redact=redact, version=__version__, rules=verdict_rules())
     return _env().get_template("report.html.j2").render(**ctx)
