@@ -215,7 +215,7 @@ def _exit_for(results: dict, fail_on: str) -> int:
 
 def _fmt_metric(key: str, m: dict) -> str:
     """``key=value [lo, hi]``; counts as integers; ``(indicative)`` where the set is too small to resolve it."""
-    from privaudit.reports.view import metric_info
+    from privaudit.reports.fmt import metric_info
 
     v, ci = m["value"], m.get("ci")
     whole = metric_info(key)[2] == "count" and float(v).is_integer()

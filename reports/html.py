@@ -8,10 +8,14 @@ How the pieces fit:
 
 1. ``images.redact_images`` re-encodes every embedded image in the results for the
    redaction mode (thumbnails / blur / omit), before anything reaches a template;
-2. ``view.build`` turns the results into what each section shows (missing keys become
-   "not run"); plots are inline SVG from ``svg``;
-3. the templates in ``templates/`` lay it out, with autoescaping on for every value:
-   file names, paths and plugin names are user input.
+2. ``sections.report.build`` turns the results into what each section shows (missing keys
+   become "not run"), one module per section in ``sections/``; plots are inline SVG from ``svg``;
+   numbers become text in ``fmt``;
+3. each section's template, beside its module in ``sections/``, lays it out, with autoescaping
+   on for every value: file names, paths and plugin names are user input.
+
+This module is where the report layer meets the core: the version, the input error, the PNG
+encoder and the verdict rules come from here; the sections read results JSON only.
 """
 
 from __future__ import annotations
@@ -19,19 +23,26 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from privaudit import __version__
+from privaudit import verdict as core_verdict
 from privaudit.errors import InputError
 from privaudit.images import png_data_uri
-from privaudit.reports import view
 from privaudit.reports.images import REDACT_MODES, redact_images
+from privaudit.reports.sections import query, report
+from privaudit.reports.sections.verdict import Rules
 
 __all__ = ["REDACT_MODES", "png_data_uri", "render_html"]
 
 
 def _env() -> Environment:
     # StrictUndefined: a template typo fails the tests instead of printing an empty cell.
-    return Environment(loader=PackageLoader("privaudit.reports", "templates"),
+    return Environment(loader=PackageLoader("privaudit.reports", "sections"),
                        autoescape=select_autoescape(["html", "j2"], default=True),
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def verdict_rules() -> Rules:
+    """This version's severity rules (``privaudit.verdict``), which the report lays beside the run's own."""
+    return Rules(rows=tuple(core_verdict.RULES), text=core_verdict.RULES_TEXT or "")  # RULES_TEXT: None under -OO
 
 
 def render_html(results: dict, *, baseline: dict | None = None, redact: str = "thumbnails") -> str:
@@ -43,8 +54,8 @@ def render_html(results: dict, *, baseline: dict | None = None, redact: str = "t
     if baseline is not None and not isinstance(baseline, dict):
         raise InputError("--baseline: expected a JSON object (a run's results.json)")
     if results.get("kind") == "query":  # privaudit query: a data owner's report
-        return _env().get_template("query.html.j2").render(q=view.query_view(results), version=__version__)
+        return _env().get_template("query.html.j2").render(q=query.query_view(results), version=__version__)
     results = redact_images(results, mode=redact)
     baseline = redact_images(baseline, mode=redact) if baseline is not None else None
-    ctx = view.build(results, baseline=baseline, redact=redact, version=__version__)
+    ctx = report.build(results, baseline=baseline, redact=redact, version=__version__, rules=verdict_rules())
     return _env().get_template("report.html.j2").render(**ctx)

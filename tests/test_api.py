@@ -116,12 +116,14 @@ def test_variant_roles_are_declared():
 
 def test_report_reads_declared_specs_not_names():
     """A third-party metric is labelled and judged as its plugin declared it; an undeclared one is never judged."""
-    from privaudit.reports import view
+    from privaudit.reports import fmt as view
+    from privaudit.reports.html import verdict_rules
+    from privaudit.reports.sections import report
 
     run = {"plugins": [{"name": "widget", "kind": "detector", "status": "ok", "metrics": {"widgetness": 0.3},
                         "details": {"metric_specs": {"widgetness": MetricSpec(
                             "widgetness", "widget score", "quality", "high", "rate", "how widgety").to_json()}}}]}
-    view.build(run, baseline=None, redact="thumbnails", version="test")
+    report.build(run, baseline=None, redact="thumbnails", version="test", rules=verdict_rules())
     assert view.metric_info("widgetness") == ("widget score", "how widgety", "pct", "high")
     assert view.is_quality(run["plugins"][0])
     assert view.metric_info("sprocket_count")[3] is None  # undeclared: shown, never called better or worse

@@ -383,7 +383,8 @@ def test_summary_json_and_junit_beside_results(digits_scan, tmp_path):
 
 def test_prose_has_no_raw_internals_and_arrows_follow_the_change(digits_scan, null_scan):
     from privaudit.reports import render_html
-    from privaudit.reports.view import _judge, plain_why
+    from privaudit.reports.fmt import judge as _judge
+    from privaudit.reports.sections.verdict import plain_why
 
     r = mitigation_results(digits_scan, null_scan)
     r["params"]["seed"] = None
@@ -459,7 +460,8 @@ def test_redaction_refuses_a_file_it_cannot_redact_and_changes_nothing(digits_sc
 
 
 def test_direction_comes_from_declarations_not_names():
-    from privaudit.reports.view import METRIC_INFO, _judge, metric_info
+    from privaudit.reports.fmt import METRIC_INFO, metric_info
+    from privaudit.reports.fmt import judge as _judge
 
     # an undeclared plugin metric ending in "_fraction" is shown as changed, never judged from its name
     assert metric_info("guided_fraction")[3] is None and _judge("guided_fraction", "replication", 0.2, 0.5)[0] == "changed"
