@@ -22,6 +22,7 @@ unguided, and the share of rows guided. The floor is 1 + cost(guard fwd + bwd) /
     python benchmarks/gpu_sd_check.py                  # a GPU: full-size SD 1.5 UNet, fp16
     python benchmarks/gpu_sd_check.py --family all     # a GPU: every family in turn
     python benchmarks/gpu_sd_check.py --tiny           # CPU smoke run: same code, tiny UNet
+    python benchmarks/gpu_sd_check.py --quick          # CI smoke run: --tiny, every family, 2 steps, 1 repeat
     python benchmarks/gpu_sd_check.py --device cpu --batch 1 --steps 2 --repeats 1   # full size on a CPU (slow)
 """
 
@@ -216,7 +217,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--alpha", type=float, default=0.25)
     ap.add_argument("--scale", type=float, default=30.0)
     ap.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: --tiny --family all --steps 2 --repeats 1")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.tiny, a.family, a.steps, a.repeats = True, "all", a.steps or 2, 1
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()  # the fp16 cast note is about from_pretrained checkpoints, not ours
