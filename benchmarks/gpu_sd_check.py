@@ -36,9 +36,12 @@ import argparse
 import json
 import time
 
+import diffusers
 import torch
 
 from privaudit.denoiser import Denoiser
+from privaudit.plugins.mitigations.cpsample.guard import guard_for
+from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
 SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json, written out
     sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
@@ -126,9 +129,7 @@ class PromptedNet(Denoiser):
 
 @torch.no_grad()
 def sample(den, *, batch: int, steps: int, guidance: float, seed: int, dtype) -> torch.Tensor:
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(den.scheduler.config)
+    sched = diffusers.DDIMScheduler.from_config(den.scheduler.config)
     sched.set_timesteps(steps)
     gen = torch.Generator(device=den.device).manual_seed(seed)
     z = torch.randn((batch, *den.sample_shape), generator=gen, device=den.device, dtype=dtype)
@@ -154,11 +155,6 @@ def timed(fn, *, repeats: int, device: torch.device) -> float:
 
 def check_family(family: str, *, tiny: bool, device: torch.device, dtype, batch: int, steps: int, repeats: int,
                  alpha: float, scale: float, guidance: float) -> dict:
-    import diffusers
-
-    from privaudit.plugins.mitigations.cpsample.guard import guard_for
-    from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
-
     spec = FAMILIES[family]
     cfg = spec["tiny" if tiny else "full"]
     torch.manual_seed(0)
@@ -221,9 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     if a.quick:
         a.tiny, a.family, a.steps, a.repeats = True, "all", a.steps or 2, 1
-    from diffusers.utils import logging as dlogging
-
-    dlogging.set_verbosity_error()  # the fp16 cast note is about from_pretrained checkpoints, not ours
+    diffusers.utils.logging.set_verbosity_error()  # the fp16 cast note is about from_pretrained checkpoints, not ours
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.tiny else "cpu"))
     if not a.tiny and device.type != "cuda" and a.device is None:
         ap.error("the full-size check needs a GPU; pass --tiny for a CPU smoke run, or --device cpu for the "
