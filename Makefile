@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-quick clean
 
 
 setup: $(VENV)/.installed
@@ -25,6 +25,11 @@ bench: setup
 	$(PY) benchmarks/search.py
 	$(PY) benchmarks/cpsample.py
 	$(PY) benchmarks/scale.py
+
+# every benchmark at tiny sizes (seconds each, timings meaningless): what CI runs (tests/test_benchmarks.py)
+bench-quick: setup
+	for b in attacks search cpsample cpsample_gpu_check gpu_sd_check scale scale_gpu_check; do \
+		$(PY) benchmarks/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) privaudit-runs .pytest_cache test-artifacts

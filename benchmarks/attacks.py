@@ -10,9 +10,12 @@ where the UNet rate is measured in the same run, same batch size, right before t
 since shared machines are noisy and load only ever slows a timing down). A ratio of 1 means the
 attack costs exactly its queries; the goal is >= 0.8. GSA needs a backward pass per forward,
 so it is also compared with the measured forward+backward rate (``ratio_fb``).
-Fitting (calibration sweeps, GSA's classifier) is one-off per audit and reported apart.
+Scoring runs through ``privaudit.engine.score_batches``, the loop every audit engine runs (per-image
+keyed noise, batches read from the image set), so the ratio includes what an audit pays around the
+queries. Fitting (calibration sweeps, GSA's classifier) is one-off per audit and reported apart.
 
     python benchmarks/attacks.py [--target DIR] [--device cpu] [--threads 2] [--repeats 3]
+    python benchmarks/attacks.py --quick    # CI smoke run: tiny target, one short round (timings meaningless)
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from _quick import digits_target  # benchmarks/_quick.py, beside this file
 
-from privaudit.data import load_images
-from privaudit.fixtures import digits
+from privaudit.data import ImageSet, load_images
+from privaudit.denoiser import Denoiser
+from privaudit.engine import score_batches
 from privaudit.plugin import Registry
-from privaudit.runner import default_cache_dir
 from privaudit.target import load_target
 
 ATTACKS = ("loss", "secmi", "pia", "pian", "sima", "gsa")
@@ -66,20 +71,26 @@ class CountingModule(torch.nn.Module):
         return self.inner(x, t)
 
 
-class CountingDenoiser:
+class CountingDenoiser(Denoiser):
     """Wraps a Denoiser; ``rows`` counts the images passed through the UNet."""
 
-    def __init__(self, inner):
-        self.inner, self.rows = inner, 0
-        self.sample_numel = math.prod(inner.sample_shape)
-        self.white_box = CountingModule(inner.white_box, self) if inner.white_box is not None else None
+    def __init__(self, base: Denoiser):
+        self.base, self.rows = base, 0
+        self.device, self.sample_shape, self.scheduler = base.device, base.sample_shape, base.scheduler
+        self.alphas_cumprod, self.prediction_type = base.alphas_cumprod, base.prediction_type
+        self.sample_numel = math.prod(base.sample_shape)
+        self.white_box = CountingModule(base.white_box, self) if base.white_box is not None else None
+        self.fingerprint = base.fingerprint
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def __getattr__(self, name):  # anything else a model family adds
+        return getattr(self.base, name)
+
+    def conditioning(self, n: int):
+        return self.base.conditioning(n)
 
     def eps(self, x_t, t, cond=None):
         self.rows += len(x_t)
-        return self.inner.eps(x_t, t, cond)
+        return self.base.eps(x_t, t, cond)
 
 
 def best_rate(fn, items: int, *, min_seconds: float, device: torch.device) -> float:
@@ -115,29 +126,28 @@ def unet_forward_backward(den, x: torch.Tensor):
     return run
 
 
-def bench(name: str, attack, den, cal_m, cal_h, images, *, repeats: int, batch_size: int,
+def bench(name: str, attack, den, cal_m, cal_h, images: ImageSet, *, repeats: int, batch_size: int,
           min_seconds: float) -> dict:
     """Fit once, count forwards in one scoring pass, then alternate reference and attack timings."""
     counting = CountingDenoiser(den)
     start = time.perf_counter()
     attack.fit(counting, members=cal_m, holdout=cal_h, seed=0)
     fit_s = time.perf_counter() - start
-    gen = torch.Generator().manual_seed(0)
 
     def score_all(d=den):
-        for i in range(0, len(images), batch_size):
-            attack.score(d, images[i:i + batch_size], generator=gen)
+        score_batches(attack, d, images, batch_size=batch_size, seed=0)
 
     counting.rows = 0
     score_all(counting)
     forwards = counting.rows / len(images)
-    fwd = unet_forward(den, images[:batch_size])
-    fb = unet_forward_backward(den, images[:batch_size]) if name == "gsa" else None
+    x = images.tensor(range(min(batch_size, len(images))), device=den.device)
+    fwd = unet_forward(den, x)
+    fb = unet_forward_backward(den, x) if name == "gsa" else None
     r = {"fwd": 0.0, "fb": 0.0, "img": 0.0}
     for _ in range(repeats):  # interleaved, best of each: load from other processes only slows things down
-        r["fwd"] = max(r["fwd"], best_rate(fwd, batch_size, min_seconds=min_seconds, device=den.device))
+        r["fwd"] = max(r["fwd"], best_rate(fwd, len(x), min_seconds=min_seconds, device=den.device))
         if fb is not None:
-            r["fb"] = max(r["fb"], best_rate(fb, batch_size, min_seconds=min_seconds, device=den.device))
+            r["fb"] = max(r["fb"], best_rate(fb, len(x), min_seconds=min_seconds, device=den.device))
         r["img"] = max(r["img"], best_rate(score_all, len(images), min_seconds=min_seconds, device=den.device))
     return {"images_per_s": r["img"], "forwards_per_image": forwards, "fit_s": fit_s,
             "unet_fwd_per_s": r["fwd"], "unet_fwd_bwd_per_s": r["fb"] or None}
@@ -145,8 +155,9 @@ def bench(name: str, attack, den, cal_m, cal_h, images, *, repeats: int, batch_s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--target", type=Path, default=default_cache_dir() / "fixtures" / "digits",
-                   help="digits target folder (built there if missing)")
+    p.add_argument("--target", type=Path, help="digits target folder (default: the cached fixture, built if missing)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: a tiny target (seconds to build), one short timing round")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="alternating timing rounds; best of each is kept")
@@ -155,17 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--block", default="", help="comma-separated plugin names not to load (a broken third-party one)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.repeats, a.min_seconds, a.batch_size = 1, 0.0, 32
     torch.set_num_threads(a.threads)
-    target = digits.build(out=a.target, progress=True)
-    den, _, _ = load_target(target / "model", device=a.device)
-    members = load_images(target / "members", name="members").tensor(device=den.device)
-    holdout = load_images(target / "holdout", name="holdout").tensor(device=den.device)
-    images = torch.cat([members, holdout])
+    with digits_target(a.target, quick=a.quick, progress=True) as target:  # read here: a --quick one is removed
+        den, _, _ = load_target(target / "model", device=a.device)
+        members = load_images(target / "members", name="members").uint8()
+        holdout = load_images(target / "holdout", name="holdout").uint8()
+    if a.quick:  # few images and a small calibration set: GSA fits a classifier on per-sample gradients
+        members, holdout = members[:16], holdout[:16]
+    n_m, n_h = (8, 8) if a.quick else (32, 128)
+    images = ImageSet.from_array(np.concatenate([members, holdout]), name="bench")
+    cal_m = images.tensor(range(min(n_m, len(members))), device=den.device)
+    cal_h = images.tensor(range(len(members), len(members) + min(n_h, len(holdout))), device=den.device)
     registry = Registry.build(blocked=_csv(a.block))
     rows = []
     for name in _csv(a.attacks):
         attack = registry.create(name, kind="attack")
-        r = bench(name, attack, den, members[:32], holdout[:128], images, repeats=a.repeats,
+        r = bench(name, attack, den, cal_m, cal_h, images, repeats=a.repeats,
                   batch_size=a.batch_size, min_seconds=a.min_seconds)
         q, fwd, fb = attack.queries_per_image(), r["unet_fwd_per_s"], r["unet_fwd_bwd_per_s"]
         rows.append((name, attack.threat_model, q, r["forwards_per_image"], r["images_per_s"], fwd,

@@ -20,6 +20,8 @@ rounds, best of each kept: a shared machine only ever slows a timing down). Prin
 The guard comes from a protected pipeline folder (``--protected``, e.g. a ``privaudit
 mitigate`` run's ``protected/``), else it is trained here on the built-in digits target's
 members with the plugin's default recipe (``--train-steps`` caps it).
+
+    python benchmarks/cpsample.py --quick    # CI smoke run: tiny target, 8 images, 3 steps (timings meaningless)
 """
 
 from __future__ import annotations
@@ -35,9 +37,14 @@ import time
 from pathlib import Path
 
 import torch
+from _quick import digits_target  # benchmarks/_quick.py, beside this file
 
+from privaudit.data import load_images
 from privaudit.denoiser import sample
-from privaudit.runner import default_cache_dir
+from privaudit.plugins.mitigations.cpsample import CPSample  # also registers the protected pipeline class
+from privaudit.plugins.mitigations.cpsample.guard import guard_for
+from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard
 from privaudit.target import load_target
 
 
@@ -58,11 +65,6 @@ def _best(fn, device: torch.device, repeats: int) -> float:
 
 
 def _guard_from_training(den, pipe, target: Path, device: torch.device, steps: int):
-    from privaudit.data import load_images
-    from privaudit.plugins.mitigations.cpsample import CPSample
-    from privaudit.plugins.mitigations.cpsample.guard import guard_for
-    from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard
-
     p = CPSample().get_params()
     c, h, _ = den.sample_shape
     members = load_images(target / "members", name="members", channels=c, size=h).tensor(device=device)
@@ -94,25 +96,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float)
     ap.add_argument("--train-steps", type=int, default=3000)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--quick", action="store_true",
+                    help="CI smoke run: a tiny target (seconds to build), batch 8, 3 steps, 5 guard training steps")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.batch, a.steps, a.repeats, a.train_steps = 8, 3, 1, 5
+        a.alpha = 1.0 if a.alpha is None else a.alpha  # gate open on every row: the guided path runs untrained
     if a.threads:
         torch.set_num_threads(a.threads)
-
-    import privaudit.plugins.mitigations.cpsample  # noqa: F401 (registers the pipeline class)
-    from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
     if a.protected:
         prot, info, pipe = load_target(a.protected, device=a.device)
         raw, guard = prot.base, prot.guard
         alpha, scale = prot.alpha, prot.scale
     else:
-        from privaudit.fixtures import digits
-
-        target = a.target or digits.build(out=default_cache_dir() / "fixtures" / "digits", progress=False)
-        raw, info, pipe = load_target(target / "model", device=a.device)
-        guard = _guard_from_training(raw, pipe, target, raw.device, a.train_steps)
-        from privaudit.plugins.mitigations.cpsample import CPSample
-
+        with digits_target(a.target, quick=a.quick) as target:
+            raw, info, pipe = load_target(target / "model", device=a.device)
+            guard = _guard_from_training(raw, pipe, target, raw.device, a.train_steps)
         alpha, scale = CPSample().alpha, CPSample().scale
     alpha = a.alpha if a.alpha is not None else alpha
     scale = a.scale if a.scale is not None else scale

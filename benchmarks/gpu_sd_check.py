@@ -22,6 +22,7 @@ unguided, and the share of rows guided. The floor is 1 + cost(guard fwd + bwd) /
     python benchmarks/gpu_sd_check.py                  # a GPU: full-size SD 1.5 UNet, fp16
     python benchmarks/gpu_sd_check.py --family all     # a GPU: every family in turn
     python benchmarks/gpu_sd_check.py --tiny           # CPU smoke run: same code, tiny UNet
+    python benchmarks/gpu_sd_check.py --quick          # CI smoke run: --tiny, every family, 2 steps, 1 repeat
     python benchmarks/gpu_sd_check.py --device cpu --batch 1 --steps 2 --repeats 1   # full size on a CPU (slow)
 """
 
@@ -35,9 +36,12 @@ import argparse
 import json
 import time
 
+import diffusers
 import torch
 
 from privaudit.denoiser import Denoiser
+from privaudit.plugins.mitigations.cpsample.guard import guard_for
+from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
 SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json, written out
     sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
@@ -125,9 +129,7 @@ class PromptedNet(Denoiser):
 
 @torch.no_grad()
 def sample(den, *, batch: int, steps: int, guidance: float, seed: int, dtype) -> torch.Tensor:
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(den.scheduler.config)
+    sched = diffusers.DDIMScheduler.from_config(den.scheduler.config)
     sched.set_timesteps(steps)
     gen = torch.Generator(device=den.device).manual_seed(seed)
     z = torch.randn((batch, *den.sample_shape), generator=gen, device=den.device, dtype=dtype)
@@ -153,11 +155,6 @@ def timed(fn, *, repeats: int, device: torch.device) -> float:
 
 def check_family(family: str, *, tiny: bool, device: torch.device, dtype, batch: int, steps: int, repeats: int,
                  alpha: float, scale: float, guidance: float) -> dict:
-    import diffusers
-
-    from privaudit.plugins.mitigations.cpsample.guard import guard_for
-    from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
-
     spec = FAMILIES[family]
     cfg = spec["tiny" if tiny else "full"]
     torch.manual_seed(0)
@@ -216,10 +213,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--alpha", type=float, default=0.25)
     ap.add_argument("--scale", type=float, default=30.0)
     ap.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    ap.add_argument("--quick", action="store_true", help="CI smoke run: --tiny --family all --steps 2 --repeats 1")
     a = ap.parse_args(argv)
-    from diffusers.utils import logging as dlogging
-
-    dlogging.set_verbosity_error()  # the fp16 cast note is about from_pretrained checkpoints, not ours
+    if a.quick:
+        a.tiny, a.family, a.steps, a.repeats = True, "all", a.steps or 2, 1
+    diffusers.utils.logging.set_verbosity_error()  # the fp16 cast note is about from_pretrained checkpoints, not ours
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.tiny else "cpu"))
     if not a.tiny and device.type != "cuda" and a.device is None:
         ap.error("the full-size check needs a GPU; pass --tiny for a CPU smoke run, or --device cpu for the "

@@ -9,6 +9,7 @@ the local engine), Ray's overhead per shard, and whether the scores of 1 and N w
     python benchmarks/scale_gpu_check.py                          # this machine's GPUs
     python benchmarks/scale_gpu_check.py --ray-address auto       # a cluster started with `ray start`
     python benchmarks/scale_gpu_check.py --images 4096 --attack secmi --batch-size 64
+    python benchmarks/scale_gpu_check.py --quick                  # CI smoke run: small UNet, CPU when no GPU
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: no spin-waiting threads
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import scale  # noqa: E402  (benchmarks/scale.py, beside this file)
 
-if __name__ == "__main__":
-    argv = sys.argv[1:]
-    defaults = {"--images": "2048", "--batch-size": "32", "--attack": "loss"}
-    for flag, value in defaults.items():
+DEFAULTS = {"--images": "2048", "--batch-size": "32", "--attack": "loss"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for flag, value in DEFAULTS.items():  # --quick's own sizes win over these
         if flag not in argv:
             argv += [flag, value]
-    sys.argv = [sys.argv[0], "--gpu", *argv]
-    scale.main()
+    scale.main(["--gpu", *argv])
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ and speed, and peak memory of the streamed search. Machines are shared: read rat
 absolute times.
 
     python benchmarks/search.py            # Q=10,000; N=100,000 and 1,000,000; d=64 and 512
-    python benchmarks/search.py --quick    # Q=1,000; N=20,000 and 100,000; d=64
+    python benchmarks/search.py --quick    # CI smoke run: Q=200; N=5,000; d=16 (seconds; timings meaningless)
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         child(a)
         return 0
     if a.quick:
-        a.queries, a.sizes, a.dims, a.chunk = 1000, "20000,100000", "64", 10_000
+        a.queries, a.sizes, a.dims, a.chunk = 200, "5000", "16", 1000
     sizes, dims = [int(s) for s in a.sizes.split(",")], [int(s) for s in a.dims.split(",")]
     import faiss
     import sklearn
