@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from privaudit.data import load_images
+from privaudit.api.registry import Registry
+from privaudit.audit.runner import default_cache_dir
+from privaudit.data.sets import load_images
 from privaudit.fixtures import digits
-from privaudit.plugin import Registry
-from privaudit.runner import default_cache_dir
-from privaudit.target import load_target
+from privaudit.model.target import load_target
 
 ATTACKS = ("loss", "secmi", "pia", "pian", "sima", "gsa")
 

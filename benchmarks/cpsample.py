@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from privaudit.denoiser import sample
-from privaudit.runner import default_cache_dir
-from privaudit.target import load_target
+from privaudit.audit.runner import default_cache_dir
+from privaudit.model.denoiser import sample
+from privaudit.model.target import load_target
 
 
 def _sync(device: torch.device) -> None:
@@ -58,7 +58,7 @@ def _best(fn, device: torch.device, repeats: int) -> float:
 
 
 def _guard_from_training(den, pipe, target: Path, device: torch.device, steps: int):
-    from privaudit.data import load_images
+    from privaudit.data.sets import load_images
     from privaudit.plugins.mitigations.cpsample import CPSample
     from privaudit.plugins.mitigations.cpsample.guard import guard_for
     from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard

@@ -37,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
 
-    from privaudit.data import load_images
-    from privaudit.denoiser import sample
+    from privaudit.data.sets import load_images
+    from privaudit.model.denoiser import sample
+    from privaudit.model.target import load_target
     from privaudit.plugins.mitigations.cpsample import CPSample
     from privaudit.plugins.mitigations.cpsample.guard import guard_for
     from privaudit.plugins.mitigations.cpsample.pipeline import CPSamplePipeline
     from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
     from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard
-    from privaudit.target import load_target
 
     report: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}
     raw, _, pipe = load_target(a.target / "model", device=a.device)

@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from privaudit.denoiser import Denoiser
+from privaudit.model.denoiser import Denoiser
 
 SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json, written out
     sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,

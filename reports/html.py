@@ -19,8 +19,8 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from privaudit import __version__
-from privaudit.errors import InputError
-from privaudit.images import png_data_uri
+from privaudit.io.errors import InputError
+from privaudit.io.images import png_data_uri
 from privaudit.reports import view
 from privaudit.reports.images import REDACT_MODES, redact_images
 

@@ -365,7 +365,7 @@ def plain_why(scan: dict) -> list[str]:
 
 def rules_table(stored_text: str | None) -> dict:
     """The documented severity rules: structured from the code, and as recorded by the run."""
-    from privaudit import verdict as v
+    from privaudit.audit import verdict as v
 
     rows = getattr(v, "RULES", None)
     current = (v.RULES_TEXT or "").strip()
@@ -513,7 +513,7 @@ def membership_view(scan: dict) -> dict:
 
 
 def epsilon_view(attacks: list[dict], summary: Any) -> dict | None:
-    """eps_hat per attack (privaudit.epsilon) with its label: a DP lower bound or distinguishability."""
+    """eps_hat per attack (privaudit.audit.epsilon) with its label: a DP lower bound or distinguishability."""
     rows = []
     for p in attacks:
         e = _details(p).get("epsilon")
@@ -552,7 +552,7 @@ def ensemble_view(e: Any) -> dict | None:
                  "strongest": []}
     ms = e.get("metrics")
     if isinstance(ms, dict) and all(isinstance(m, dict) and "attack" in m for m in ms.values()):
-        # privaudit.ensemble: the strongest attack per metric, with its own interval and cost
+        # privaudit.audit.ensemble: the strongest attack per metric, with its own interval and cost
         for k, m in ms.items():
             tied = [str(t) for t in m.get("tied") or [] if t != m.get("attack")]
             out["strongest"].append({**fmt_metric(k, m), "attack": str(m.get("attack")),
@@ -1328,7 +1328,7 @@ def tested_summary(scan: dict) -> list[str]:
 
 
 def query_view(r: dict) -> dict:
-    """What the ``privaudit query`` report shows (results of ``privaudit.query``)."""
+    """What the ``privaudit query`` report shows (results of ``privaudit.audit.query``)."""
     t = r.get("target") if isinstance(r.get("target"), dict) else {}
     test = r.get("test") if isinstance(r.get("test"), dict) else None
     curve = r.get("curve") if isinstance(r.get("curve"), dict) else None

@@ -1,7 +1,7 @@
 """The documented severity rules."""
 
-from privaudit.results import Metric
-from privaudit.verdict import membership_severity, replication_severity
+from privaudit.audit.verdict import membership_severity, replication_severity
+from privaudit.io.results import Metric
 
 
 def m(value, lo, hi):
