@@ -39,13 +39,13 @@ from pathlib import Path
 import torch
 from _quick import digits_target  # benchmarks/_quick.py, beside this file
 
-from privaudit.data import load_images
-from privaudit.denoiser import sample
+from privaudit.data.sets import load_images
+from privaudit.model.denoiser import sample
+from privaudit.model.target import load_target
 from privaudit.plugins.mitigations.cpsample import CPSample  # also registers the protected pipeline class
 from privaudit.plugins.mitigations.cpsample.guard import guard_for
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard
-from privaudit.target import load_target
 
 
 def _sync(device: torch.device) -> None:

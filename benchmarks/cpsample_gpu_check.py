@@ -27,14 +27,14 @@ import torch
 from _quick import digits_target  # benchmarks/_quick.py, beside this file
 from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
 
-from privaudit.data import load_images
-from privaudit.denoiser import sample
+from privaudit.data.sets import load_images
+from privaudit.model.denoiser import sample
+from privaudit.model.target import load_target
 from privaudit.plugins.mitigations.cpsample import CPSample
 from privaudit.plugins.mitigations.cpsample.guard import guard_for
 from privaudit.plugins.mitigations.cpsample.pipeline import CPSamplePipeline
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 from privaudit.plugins.mitigations.cpsample.train import random_labels, train_guard
-from privaudit.target import load_target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ import time
 import diffusers
 import torch
 
-from privaudit.denoiser import Denoiser
+from privaudit.model.denoiser import Denoiser
 from privaudit.plugins.mitigations.cpsample.guard import guard_for
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 

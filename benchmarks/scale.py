@@ -2,7 +2,7 @@
 
 The work is per-image scoring (the part ``--engine ray`` distributes): an attack fitted once in
 this process scores ``--images`` images (the digits fixture's members and holdout, tiled), cut
-into shards of ``--batch-size`` images, through ``privaudit.engine`` exactly
+into shards of ``--batch-size`` images, through ``privaudit.audit.engine`` exactly
 as an audit does (shards written to a scratch store, so the cost of writing them is included).
 Measured side by side in one run, in this order: local engine (torch with ``--threads``), Ray
 with 1 worker, Ray with ``--workers`` workers (each actor one CPU and one torch thread, or one
@@ -49,11 +49,11 @@ import torch
 from _quick import digits_target  # benchmarks/_quick.py, beside this file
 from diffusers import DDPMScheduler, UNet2DModel
 
-from privaudit.data import ImageSet, load_images
-from privaudit.denoiser import UNetDenoiser
-from privaudit.engine import ShardStore, Work, get_engine, session
-from privaudit.plugin import Registry
-from privaudit.target import load_target
+from privaudit.api.registry import Registry
+from privaudit.audit.engine import ShardStore, Work, get_engine, session
+from privaudit.data.sets import ImageSet, load_images
+from privaudit.model.denoiser import UNetDenoiser
+from privaudit.model.target import load_target
 
 DDPM256 = dict(sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
                block_out_channels=(128, 128, 256, 256, 512, 512),

@@ -1,9 +1,9 @@
-"""Nearest-neighbour search: privaudit.search (faiss, streamed) vs scikit-learn brute force.
+"""Nearest-neighbour search: privaudit.stats.search (faiss, streamed) vs scikit-learn brute force.
 
 For each member count N and dimension d: Q query vectors against N random Gaussian member
 vectors, k nearest neighbours (L2), measured side by side in one run on one machine:
 
-- ours, exact: ``privaudit.search.KnnStream`` fed member chunks as they are generated
+- ours, exact: ``privaudit.stats.search.KnnStream`` fed member chunks as they are generated
   (only one chunk of ``--chunk`` vectors exists at a time), run in a fresh child process so
   its peak memory (``ru_maxrss``, minus the child's resident size before the search) is
   its own. Search time excludes generating the vectors; total time includes it.
@@ -64,7 +64,7 @@ def child(a: argparse.Namespace) -> None:
     """One streamed search in this (fresh) process; prints JSON, saves neighbours to a .npy."""
     import faiss
 
-    from privaudit.search import FunctionSource, KnnStream, default_nlist, train_ivf
+    from privaudit.stats.search import FunctionSource, KnnStream, default_nlist, train_ivf
 
     faiss.omp_set_num_threads(a.threads)
     q = queries(a.nq, a.d, a.seed)

@@ -23,9 +23,9 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from privaudit import __version__
-from privaudit import verdict as core_verdict
-from privaudit.errors import InputError
-from privaudit.images import png_data_uri
+from privaudit.io import verdict as core_verdict
+from privaudit.io.errors import InputError
+from privaudit.io.images import png_data_uri
 from privaudit.reports.images import REDACT_MODES, redact_images
 from privaudit.reports.sections import query, report
 from privaudit.reports.sections.verdict import Rules
@@ -41,7 +41,7 @@ def _env() -> Environment:
 
 
 def verdict_rules() -> Rules:
-    """This version's severity rules (``privaudit.verdict``), which the report lays beside the run's own."""
+    """This version's severity rules (``privaudit.io.verdict``), which the report lays beside the run's own."""
     return Rules(rows=tuple(core_verdict.RULES), text=core_verdict.RULES_TEXT or "")  # RULES_TEXT: None under -OO
 
 

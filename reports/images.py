@@ -142,8 +142,8 @@ def redact_run(run: Path, *, mode: str, render: Callable[[dict, dict | None, str
     """
     import json
 
-    from privaudit.errors import InputError
-    from privaudit.io import write_text
+    from privaudit.io.errors import InputError
+    from privaudit.io.files import write_text
 
     run = Path(run)
     planned: dict[Path, str] = {}
@@ -152,7 +152,7 @@ def redact_run(run: Path, *, mode: str, render: Callable[[dict, dict | None, str
             body = redact_images(json.loads(f.read_text()), mode=mode)
         except json.JSONDecodeError as e:
             raise InputError(f"{f}: invalid JSON ({e.msg} at line {e.lineno})") from None
-        planned[f] = json.dumps(body, indent=2, default=str) + "\n"  # as privaudit.io.write_json
+        planned[f] = json.dumps(body, indent=2, default=str) + "\n"  # as privaudit.io.files.write_json
         base = f.parent.parent / "before" / "results.json" if f.parent.name == "after" else None
         baseline = redact_images(json.loads(base.read_text()), mode=mode) if base and base.exists() else None
         planned[f.parent / "report.html"] = render(body, baseline, mode)

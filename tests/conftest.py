@@ -38,7 +38,7 @@ def digits_target() -> Path:
 
 @pytest.fixture(scope="session")
 def digits_denoiser(digits_target):
-    from privaudit.target import load_target
+    from privaudit.model.target import load_target
 
     den, _, _ = load_target(digits_target / "model", device="cpu")
     return den
@@ -46,7 +46,7 @@ def digits_denoiser(digits_target):
 
 def run_scan(target: Path, out: Path, *, members: str = "members", attacks=("loss",), detectors=("nn",),
              params=None) -> dict:
-    from privaudit.runner import AuditSettings, scan
+    from privaudit.audit.runner import AuditSettings, scan
 
     settings = AuditSettings(attacks=tuple(attacks), detectors=tuple(detectors), plugin_params=params or {},
                              progress=False, n_boot=200)
@@ -118,7 +118,7 @@ def digits_lora_target(digits_text_target) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_text_denoiser(digits_text_target):
-    from privaudit.target import load_target
+    from privaudit.model.target import load_target
 
     den, _, _ = load_target(digits_text_target / "model", device="cpu")
     return den

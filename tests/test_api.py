@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from privaudit.api import MembershipAttack, MetricSpec, PluginError, ReplicationDetector, Variant
-from privaudit.plugin import Registry
+from privaudit.api.registry import Registry
 from privaudit.testing import check_plugin
 
 REPO = Path(__file__).resolve().parents[1]
-FLOWS = ("privaudit.runner", "privaudit.mitigate", "privaudit.reports")
+FLOWS = ("privaudit.audit.runner", "privaudit.mitigation.flow", "privaudit.reports")
 NEEDS_FILES = {"torchscript", "torchvision"}  # their behaviour needs a model file the user points to
 
 
@@ -106,7 +106,7 @@ def test_metric_specs_are_declared_and_travel_with_results(digits_scan):
 
 
 def test_variant_roles_are_declared():
-    from privaudit.oracles import GaussianOracle
+    from privaudit.testing.oracles import GaussianOracle
 
     den = GaussianOracle(torch.rand(4, 1, 2, 2) * 2 - 1)
     assert Variant(name="p", description="", denoiser=den, role="placebo").role == "placebo"

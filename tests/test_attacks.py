@@ -10,20 +10,20 @@ import pytest
 import torch
 from conftest import ALL_ATTACKS, plugin
 
-from privaudit.data import ImageSet
-from privaudit.denoiser import Denoiser
-from privaudit.ensemble import ensemble_view
-from privaudit.errors import InputError
-from privaudit.noise import Noise
-from privaudit.oracles import EmpiricalOracle, GaussianOracle
-from privaudit.plugin import ENTRY_POINT_GROUP, Registration, Registry
+from privaudit.api.registry import ENTRY_POINT_GROUP, Registration, Registry
+from privaudit.audit.ensemble import ensemble_view
+from privaudit.audit.runner import AuditSettings, audit
+from privaudit.data.sets import ImageSet
+from privaudit.io.errors import InputError
+from privaudit.model.denoiser import Denoiser
+from privaudit.model.noise import Noise
 from privaudit.plugins.attacks.gsa import GSAAttack
 from privaudit.plugins.attacks.loss import LossAttack
 from privaudit.plugins.attacks.pia import PIAAttack
 from privaudit.plugins.attacks.pian import PIANAttack
 from privaudit.plugins.attacks.secmi import SecMIAttack
 from privaudit.plugins.attacks.sima import SimAAttack
-from privaudit.runner import AuditSettings, audit
+from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
 CLASSES = {c.name: c for c in (LossAttack, SecMIAttack, PIAAttack, PIANAttack, SimAAttack, GSAAttack)}
 GRAY_BOX = tuple(n for n in ALL_ATTACKS if n != "gsa")

@@ -12,16 +12,16 @@ import pytest
 import torch
 from conftest import plugin, run_scan
 
-from privaudit.data import ImageSet
-from privaudit.errors import PluginError
-from privaudit.noise import Noise
-from privaudit.oracles import EmpiricalOracle, GaussianOracle
-from privaudit.plugin import Registry
+from privaudit.api.registry import Registry
+from privaudit.audit.runner import AuditSettings, audit
+from privaudit.data.sets import ImageSet
+from privaudit.io.errors import PluginError
+from privaudit.model.noise import Noise
 from privaudit.plugins.attacks.gennn import GeneratedNearestNeighbourAttack
 from privaudit.plugins.attacks.promptcopy import PromptCopyAttack
 from privaudit.plugins.attacks.rediffuse import ReDiffuseAttack
-from privaudit.runner import AuditSettings, audit
 from privaudit.testing import check_plugin
+from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
 BLACK_BOX = ("rediffuse", "gen-nn")
 
@@ -163,7 +163,7 @@ def test_gen_nn_cost_is_the_detectors_sampling_spread_over_the_images(bb_scan):
 
 @pytest.fixture(scope="module")
 def text_bb_scans(digits_text_target, tmp_path_factory) -> dict:
-    from privaudit.runner import scan
+    from privaudit.audit.runner import scan
 
     out = {}
     n = torch.get_num_threads()
@@ -207,7 +207,7 @@ def test_a_model_that_returns_nan_is_inconclusive_never_low(digits_u8):
 def test_score_time_text_views_are_rebound_per_chunk(digits_text_denoiser):
     """A batch bound to its captions and cut into chunks keeps each image's caption (it once tiled the whole
     batch's captions onto each chunk's draws: misaligned conditioning, silently)."""
-    from privaudit.latent import ConditionedDenoiser
+    from privaudit.model.latent import ConditionedDenoiser
     from privaudit.plugins.attacks._common import image_chunks
 
     lat = digits_text_denoiser

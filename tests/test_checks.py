@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from privaudit.checks import blind_baseline, exact_duplicates, near_duplicates, run_checks
-from privaudit.data import ImageSet
-from privaudit.metrics import balanced_accuracy, threshold_at_balanced
+from privaudit.data.checks import blind_baseline, exact_duplicates, near_duplicates, run_checks
+from privaudit.data.sets import ImageSet
+from privaudit.stats.metrics import balanced_accuracy, threshold_at_balanced
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_calibrated_threshold_is_finite_when_scores_are_uninformative():
 
 
 def test_proportion_interval_is_exact_at_the_ends():
-    from privaudit.metrics import proportion_ci
+    from privaudit.stats.metrics import proportion_ci
 
     assert proportion_ci(0, 50)[0] == 0.0 and 0 < proportion_ci(0, 50)[1] < 0.1
     assert proportion_ci(50, 50)[1] == 1.0 and 0.9 < proportion_ci(50, 50)[0] < 1
@@ -120,7 +120,7 @@ def test_proportion_interval_is_exact_at_the_ends():
 def test_intervals_never_collapse_to_a_point_with_finite_samples():
     import numpy as np
 
-    from privaudit.metrics import auc_interval, clopper_pearson, membership_metrics, proportion_ci
+    from privaudit.stats.metrics import auc_interval, clopper_pearson, membership_metrics, proportion_ci
 
     for k, n in ((0, 32), (32, 32), (1, 1), (0, 1)):
         lo, hi = proportion_ci(k, n)

@@ -30,7 +30,7 @@ def _one_line(code: int, capsys, *needles) -> str:
 
 @pytest.fixture
 def no_model_work(monkeypatch):
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     monkeypatch.setattr(runner, "load_scan_target", lambda *a, **k: pytest.fail("model work started"))
 
@@ -96,8 +96,8 @@ def test_debug_shows_the_whole_error(digits_target, tmp_path, capsys, no_model_w
 def test_lora_without_peft_names_the_extra(tmp_path, monkeypatch):
     import importlib.util
 
-    from privaudit.errors import InputError
-    from privaudit.target import check_peft
+    from privaudit.io.errors import InputError
+    from privaudit.model.target import check_peft
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
@@ -130,7 +130,7 @@ class _Engine:
                                         (None, np.array(["a"] * 4)),  # not numbers
                                         (5, np.zeros((4, 7), np.float32))])  # features of another width
 def test_a_reused_shard_of_the_wrong_shape_is_computed_again(tmp_path, width, bad):
-    from privaudit.engine import Session, ShardStore
+    from privaudit.audit.engine import Session, ShardStore
 
     store = ShardStore(tmp_path, run_key="k")
     sizes = [4, 4, 2]

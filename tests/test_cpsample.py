@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import ARTIFACTS
 
-from privaudit.data import load_images
-from privaudit.denoiser import sample
-from privaudit.errors import InputError
+from privaudit.data.sets import load_images
+from privaudit.io.errors import InputError
+from privaudit.model.denoiser import sample
 
 # Small but real settings: one guard of the default recipe, few samples, few bootstrap rounds.
 AUDIT = dict(attacks=("loss", "rediffuse", "gen-nn"), detectors=("nn",), n_boot=100, progress=False,
@@ -21,7 +21,7 @@ PARAMS = {"rejection_max_factor": 4.0}
 
 
 def _settings(**kw):
-    from privaudit.runner import AuditSettings
+    from privaudit.audit.runner import AuditSettings
 
     return AuditSettings(**{**AUDIT, **kw})
 
@@ -39,7 +39,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def mitigation_run(digits_target, tmp_path_factory):
     """One ``privaudit mitigate`` run (CPSample, default recipe) on the memorising target."""
-    from privaudit.mitigate import mitigate
+    from privaudit.mitigation.flow import mitigate
 
     out = tmp_path_factory.mktemp("mitigate")
     results = mitigate(model_dir=digits_target / "model", members=digits_target / "members",
@@ -51,7 +51,7 @@ def mitigation_run(digits_target, tmp_path_factory):
 @pytest.fixture(scope="module")
 def protected(mitigation_run):
     """The protected pipeline loaded back from disk, and its Denoiser."""
-    from privaudit.target import load_target
+    from privaudit.model.target import load_target
 
     out, _ = mitigation_run
     den, info, pipe = load_target(out / "protected", device="cpu")
@@ -162,7 +162,7 @@ def test_from_pretrained_round_trip_samples_with_protection(mitigation_run, prot
 
 
 def test_scan_audits_the_protected_folder(mitigation_run, digits_target, tmp_path):
-    from privaudit.runner import scan
+    from privaudit.audit.runner import scan
 
     out, r = mitigation_run
     res = scan(model_dir=out / "protected", members=digits_target / "members", holdout=digits_target / "holdout",
@@ -190,7 +190,7 @@ def test_fresh_process_loads_protected_folder_via_cli(mitigation_run, digits_tar
 
 
 def test_protected_denoiser_contract(protected, digits_denoiser):
-    from privaudit.denoiser import Denoiser
+    from privaudit.model.denoiser import Denoiser
 
     den, _, _ = protected
     assert isinstance(den, Denoiser)
@@ -212,8 +212,8 @@ def test_protected_denoiser_contract(protected, digits_denoiser):
     ({"max_unseen_gate": "none"}, r"cpsample: max_unseen_gate='none' is invalid; expected None or a number"),
 ])
 def test_bad_parameters_fail_before_any_work(digits_target, tmp_path, params, match):
-    from privaudit.errors import PrivauditError
-    from privaudit.mitigate import mitigate
+    from privaudit.io.errors import PrivauditError
+    from privaudit.mitigation.flow import mitigate
 
     with pytest.raises(PrivauditError, match=match):
         mitigate(model_dir=digits_target / "model", members=digits_target / "members", holdout=digits_target / "holdout",
@@ -241,7 +241,7 @@ def test_cli_rejects_bad_alpha_and_mismatched_members(digits_target, tmp_path, c
 
 
 def test_guard_shortfall_is_an_error_or_a_warning(digits_target, tmp_path):
-    from privaudit.mitigate import mitigate
+    from privaudit.mitigation.flow import mitigate
     from privaudit.plugins.mitigations.cpsample import CPSample
     from privaudit.plugins.mitigations.cpsample.mitigation import GuardShortfallError
     from privaudit.plugins.mitigations.cpsample.train import TrainStats
@@ -262,7 +262,7 @@ def test_guard_shortfall_is_an_error_or_a_warning(digits_target, tmp_path):
 
 
 def test_already_protected_model_is_refused(mitigation_run, digits_target, tmp_path):
-    from privaudit.mitigate import mitigate
+    from privaudit.mitigation.flow import mitigate
 
     out, _ = mitigation_run
     with pytest.raises(InputError, match="already a protected pipeline"):
@@ -273,7 +273,7 @@ def test_already_protected_model_is_refused(mitigation_run, digits_target, tmp_p
 def test_summary_headline_is_the_worst_detectors_copy_fraction():
     """A text run has copies of unconditional samples (nn) and of prompted generations
     (promptcopy): the headline is the worse, each is kept, and diversity is carried."""
-    from privaudit.mitigate import summarize
+    from privaudit.mitigation.flow import summarize
 
     def det(name, cf, **more):
         return {"name": name, "kind": "detector", "status": "ok", "threat_model": "black-box",
@@ -292,7 +292,7 @@ def _implied_levels(saved: dict, method: str, *, black_box_only: bool = False) -
     """Every level a membership or replication number in results.json reaches by the documented rules,
     re-derived here from the numbers alone (either score direction for the protected model); with
     ``black_box_only``, from the evidence a served model faces (black-box attacks, copy detectors)."""
-    from privaudit.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, TPR_CRITICAL, TPR_HIGH
+    from privaudit.io.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, TPR_CRITICAL, TPR_HIGH
 
     out = []
     ours = next(c for c in saved["controls"] if c["family"] == method)["metrics"]
@@ -365,8 +365,8 @@ def test_reversed_scores_raise_the_mitigated_verdict():
     """A mitigation that turns members into the least member-like images (AUC near 0) is not 'low'."""
     import pandas as pd
 
-    from privaudit.mitigate import mitigation_verdict
-    from privaudit.runner import AuditSettings
+    from privaudit.audit.runner import AuditSettings
+    from privaudit.mitigation.flow import mitigation_verdict
 
     n = 40
     scores = pd.DataFrame({"image_id": [str(i) for i in range(2 * n)], "set": ["member"] * n + ["holdout"] * n,

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from privaudit.cli import main
-from privaudit.data import load_checked, load_images
-from privaudit.errors import InputError
+from privaudit.data.sets import load_checked, load_images
+from privaudit.io.errors import InputError
 
 datasets = pytest.importorskip("datasets")
 
@@ -274,7 +274,7 @@ def test_linked_image_keeps_its_caption(tmp_path):
 # ----------------------------------------------------------------------------------- captions shift
 
 def _set(name: str, captions: list[str] | None, *, n: int = 48, seed: int = 0):
-    from privaudit.data import ImageSet
+    from privaudit.data.sets import ImageSet
 
     imgs = np.random.default_rng(seed).integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)
     return ImageSet.from_array(imgs, name=name, captions=captions)
@@ -290,7 +290,7 @@ def _captions(n: int, seed: int) -> list[str]:
 
 @pytest.mark.parametrize("change", ["missing", "blank", "padded"])
 def test_caption_shift_is_caught(change):
-    from privaudit.checks import caption_baseline, run_checks
+    from privaudit.data.checks import caption_baseline, run_checks
 
     h = _set("holdout", _captions(48, seed=1), seed=1)
     sus = {"missing": None, "blank": [""] * 48, "padded": [c + " " * 30 + "." * 20 for c in _captions(48, seed=2)]}
@@ -304,7 +304,7 @@ def test_caption_shift_is_caught(change):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_same_caption_distribution_is_not_called_shifted(seed):
-    from privaudit.checks import caption_baseline
+    from privaudit.data.checks import caption_baseline
 
     res = caption_baseline(_set("members", _captions(48, seed=10 + seed)), _set("holdout", _captions(48, seed=20 + seed)),
                            seed=seed)
@@ -312,7 +312,7 @@ def test_same_caption_distribution_is_not_called_shifted(seed):
 
 
 def test_identical_or_absent_captions_need_no_classifier():
-    from privaudit.checks import caption_baseline, run_checks
+    from privaudit.data.checks import caption_baseline, run_checks
 
     res = caption_baseline(_set("members", ["same"] * 8, n=8), _set("holdout", ["same"] * 8, n=8, seed=1))
     assert res.ok and res.details["auc"] is None

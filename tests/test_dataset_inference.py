@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom, kstest
 
-from privaudit.dataset_inference import (
+from privaudit.audit.dataset_inference import (
     MIN_SUSPECT,
     dataset_test,
     per_image_pvalues,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from privaudit.data import load_images
-from privaudit.denoiser import sample
-from privaudit.noise import Noise, seed_of
-from privaudit.plugin import Registry
-from privaudit.runner import score_set
+from privaudit.api.registry import Registry
+from privaudit.audit.runner import score_set
+from privaudit.data.sets import load_images
+from privaudit.model.denoiser import sample
+from privaudit.model.noise import Noise, seed_of
 
 
 @pytest.mark.parametrize("name,params", [("loss", {"timesteps": (100,), "k": 3}), ("sima", {}), ("pia", {}),

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from privaudit import runner
+from privaudit.api.registry import Registry
+from privaudit.audit import runner
+from privaudit.audit.engine import LocalEngine, QueryCounter, Work, networks
+from privaudit.audit.engines import session
+from privaudit.audit.runner import score_set
 from privaudit.cli import main
-from privaudit.data import load_images
-from privaudit.denoiser import sample
-from privaudit.engine import LocalEngine, QueryCounter, Work, networks, session
-from privaudit.plugin import Registry
-from privaudit.runner import score_set
+from privaudit.data.sets import load_images
+from privaudit.model.denoiser import sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,8 @@ def test_sharded_features_equal_the_plain_loop(digits_target, digits_denoiser):
     """Features as an engine stage (shards of the batch size) equal the plain batched loop bit for bit, for
     an image set and for a tensor of samples, and a fitted extractor's identity keys its shards."""
     from privaudit.api import AuditContext, AuditSettings
-    from privaudit.engine import extractor_key, transform_batches
+    from privaudit.api.stages import transform_batches
+    from privaudit.audit.engine import extractor_key
 
     reg = Registry.build()
     members = load_images(digits_target / "members", name="members").subset(range(13))
@@ -102,7 +104,8 @@ def test_feature_work_ships_a_torchscript_extractor(tmp_path):
     the unpickled copy embeds exactly as the driver's extractor does (which stays as it was)."""
     import pickle
 
-    from privaudit.engine import FeatureWork, transform_batches
+    from privaudit.api.stages import transform_batches
+    from privaudit.audit.engine import FeatureWork
 
     torch.manual_seed(0)
     path = tmp_path / "tiny.pt"
@@ -156,7 +159,7 @@ def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
 
 def test_resume_recomputes_only_a_damaged_shard(digits_target, tmp_path, monkeypatch):
     """Interrupted after 4 of 10 shards, one of them then damaged: resume computes the other 7."""
-    from privaudit.engine import ShardStore
+    from privaudit.audit.engine import ShardStore
 
     out = tmp_path / "run"
     args = _argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=3", "--batch-size", "32")
@@ -198,7 +201,7 @@ def _feature_stages(run: Path) -> dict:
 def test_resume_reuses_feature_shards(digits_target, tmp_path, monkeypatch):
     """A scan interrupted after 5 feature shards resumes with them (counted as reused in the manifest's
     per-stage records) and gives the same metrics as an uninterrupted run."""
-    from privaudit.engine import ShardStore
+    from privaudit.audit.engine import ShardStore
 
     out = tmp_path / "run"
     args = _argv(digits_target, out, *_nn_args())
@@ -227,8 +230,8 @@ def test_resume_reuses_feature_shards(digits_target, tmp_path, monkeypatch):
 
 
 def test_ray_engine_without_ray_is_a_clear_error(monkeypatch):
-    from privaudit.engine import get_engine
-    from privaudit.errors import InputError
+    from privaudit.audit.engines import get_engine
+    from privaudit.io.errors import InputError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
     with pytest.raises(InputError, match=r"pip install 'privaudit\[ray\]'"):
@@ -243,7 +246,7 @@ def test_unreachable_ray_address_fails_fast_before_any_work(digits_target, tmp_p
 
 
 def test_resume_refuses_another_run(digits_target, tmp_path, capsys, monkeypatch):
-    from privaudit.engine import ShardStore
+    from privaudit.audit.engine import ShardStore
 
     out = tmp_path / "run"
     args = _argv(digits_target, out, "--attacks", "loss", "--param", "loss.k=1")
@@ -355,7 +358,7 @@ class _DiesOnce(Work):
 
 @pytest.mark.ray
 def test_ray_worker_killed_midway_is_retried(tmp_path, ray_local):
-    from privaudit.engine import get_engine
+    from privaudit.audit.engines import get_engine
 
     items = [(i, (lambda i=i: {"i": np.int64(i), "x": np.arange(3.0) + i})) for i in range(4)]
     got = dict((i, out) for i, out, _ in get_engine("ray", workers=2).map(_DiesOnce(str(tmp_path / "died")), items))

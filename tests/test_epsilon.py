@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from privaudit.epsilon import DIST_LABEL, DP_LABEL, empirical_epsilon, epsilon_at, epsilon_bound, max_over_thresholds
+from privaudit.audit.epsilon import (
+    DIST_LABEL,
+    DP_LABEL,
+    empirical_epsilon,
+    epsilon_at,
+    epsilon_bound,
+    max_over_thresholds,
+)
 
 
 def test_bound_on_exact_rates():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, plugin, run_scan
 
-from privaudit.noise import Noise
+from privaudit.model.noise import Noise
 
 FLAGGING = ("loss", "secmi", "pia", "sima")
 
@@ -39,8 +39,8 @@ def variant_target(request) -> Path:
 
 @pytest.mark.slow
 def test_variant_models_load_with_their_convention(variant_target):
-    from privaudit.flow import FlowDenoiser
-    from privaudit.target import load_target
+    from privaudit.model.flow import FlowDenoiser
+    from privaudit.model.target import load_target
 
     den, info, pipe = load_target(variant_target / "model", device="cpu")
     if variant_target.name == "digits-flow":
@@ -88,11 +88,11 @@ class _OracleVelocity(torch.nn.Module):
 def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from privaudit.data import load_images
-    from privaudit.denoiser import sample
-    from privaudit.flow import FlowDenoiser, flow_grid, sigmas_of, vp_scheduler
-    from privaudit.oracles import GaussianOracle
-    from privaudit.plugin import Registry
+    from privaudit.api.registry import Registry
+    from privaudit.data.sets import load_images
+    from privaudit.model.denoiser import sample
+    from privaudit.model.flow import FlowDenoiser, flow_grid, sigmas_of, vp_scheduler
+    from privaudit.testing.oracles import GaussianOracle
 
     # float64 throughout: this checks the conversions, not float32 conditioning (eps of a flow model at
     # sigma = 1e-3 is a small difference of O(1) terms, which float32 resolves to about 1e-4)
@@ -153,9 +153,9 @@ def test_sd_class_v_prediction_scans_mitigates_and_ships(digits_text_target, tmp
     import subprocess
     import sys
 
-    from privaudit.mitigate import mitigate
-    from privaudit.runner import AuditSettings, scan
-    from privaudit.target import load_target
+    from privaudit.audit.runner import AuditSettings, scan
+    from privaudit.mitigation.flow import mitigate
+    from privaudit.model.target import load_target
 
     model = _as_prediction(digits_text_target / "model", tmp_path / "model-v", "v_prediction")
     den, _, _ = load_target(model, device="cpu")
@@ -190,9 +190,9 @@ def test_flow_model_mitigates_and_its_protected_pipeline_samples(tmp_path):
     import numpy as np
     from diffusers import DiffusionPipeline
 
-    from privaudit.flow import FlowDenoiser
-    from privaudit.mitigate import mitigate
-    from privaudit.runner import AuditSettings
+    from privaudit.audit.runner import AuditSettings
+    from privaudit.mitigation.flow import mitigate
+    from privaudit.model.flow import FlowDenoiser
 
     target = _variant("digits-flow")
     n = torch.get_num_threads()

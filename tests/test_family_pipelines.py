@@ -33,9 +33,9 @@ def family(request, digits_text_target, tmp_path_factory) -> tuple[str, Path]:
 
 @pytest.mark.slow
 def test_family_scans_with_every_attack_mitigates_and_ships(family, tmp_path):
-    from privaudit.mitigate import mitigate
-    from privaudit.runner import AuditSettings, scan
-    from privaudit.target import load_target
+    from privaudit.audit.runner import AuditSettings, scan
+    from privaudit.mitigation.flow import mitigate
+    from privaudit.model.target import load_target
 
     name, folder = family
     den, info, _ = load_target(folder / "model", device="cpu")

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from scipy.stats import binom
 
+from privaudit.audit.runner import AuditSettings, scan
 from privaudit.cli import main
-from privaudit.errors import InputError
-from privaudit.runner import AuditSettings, scan
+from privaudit.io.errors import InputError
 
 pytestmark = pytest.mark.slow
 ATTACKS = ("loss", "pia")
@@ -118,8 +118,8 @@ def test_full_finetune_with_base_matches_lora(digits_lora_target, lora_scan, tmp
 
 
 def test_gsa_takes_adapter_gradients_only(digits_lora_target):
-    from privaudit.denoiser import audited_parameters
-    from privaudit.target import load_lora_target, load_target
+    from privaudit.model.denoiser import audited_parameters
+    from privaudit.model.target import load_lora_target, load_target
 
     den, _, _ = load_lora_target(digits_lora_target / "base", digits_lora_target / "lora", device="cpu")
     names = list(audited_parameters(den.white_box))
@@ -131,7 +131,7 @@ def test_gsa_takes_adapter_gradients_only(digits_lora_target):
 def test_peft_adapter_folder_loads_like_diffusers_file(digits_lora_target, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from privaudit.target import load_lora_target, load_target
+    from privaudit.model.target import load_lora_target, load_target
 
     t = digits_lora_target
     state = load_file(str(t / "lora" / "pytorch_lora_weights.safetensors"))
@@ -142,7 +142,7 @@ def test_peft_adapter_folder_loads_like_diffusers_file(digits_lora_target, tmp_p
     (peft_dir / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 16, "peft_type": "LORA"}))
     import torch
 
-    from privaudit.latent import latent_of
+    from privaudit.model.latent import latent_of
 
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     outs = []
@@ -207,7 +207,7 @@ def test_base_of_another_family_is_refused(digits_lora_target, digits_target, tm
 # ---------------------------------------------------------------------------- privaudit query
 
 def _query(t, suspect, out, **kw):
-    from privaudit.query import query
+    from privaudit.audit.query import query
 
     return query(model_dir=t / "base", lora=t / "lora", suspect=suspect, holdout=t / "holdout", out=out,
                  settings=_settings(**kw), device="cpu", repeats=3)
@@ -226,7 +226,7 @@ def test_query_members_are_found_from_few_images(digits_lora_target, tmp_path):
 def test_query_null_pvalues_over_seeds(digits_lora_target, lora_null_scan):
     """Never-seen images as suspects: over many random suspect/holdout splits of real model scores, the test
     rejects at alpha 0.05 about 5% of the time."""
-    from privaudit.dataset_inference import dataset_test
+    from privaudit.audit.dataset_inference import dataset_test
 
     s = lora_null_scan["scores"]
     feats = s[list(ATTACKS) + [f"{a} (base-calibrated)" for a in ATTACKS]].to_numpy()
@@ -306,8 +306,8 @@ def test_query_report_rerenders(digits_lora_target, tmp_path):
 
 
 def test_gsa_on_a_lora_uses_one_feature_per_adapter_tensor(digits_lora_target, tmp_path):
-    from privaudit.denoiser import audited_parameters
-    from privaudit.target import load_lora_target
+    from privaudit.model.denoiser import audited_parameters
+    from privaudit.model.target import load_lora_target
 
     t = digits_lora_target
     r = scan(model_dir=t / "base", lora=t / "lora", members=t / "members", holdout=t / "holdout", out=tmp_path / "run",
@@ -320,7 +320,7 @@ def test_gsa_on_a_lora_uses_one_feature_per_adapter_tensor(digits_lora_target, t
 
 
 def test_broken_base_scoring_keeps_the_raw_result(digits_lora_target, tmp_path, monkeypatch):
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     t = digits_lora_target
     real = runner.score_set

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from privaudit.cli import main
-from privaudit.data import load_images
+from privaudit.data.sets import load_images
 from privaudit.fixtures import build_fixture, digits
 
 
@@ -72,7 +72,7 @@ META = {"fixture": "toy", "version": 1, "config": {"n": 1}}
 
 
 def test_stale_partial_is_replaced_and_a_stale_build_of_ours_is_upgraded(tmp_path, capsys):
-    from privaudit.ownership import write_manifest
+    from privaudit.io.ownership import write_manifest
 
     stale, foreign = tmp_path / ".toy.abc.partial", tmp_path / ".toy.def.partial"
     for d in (stale, foreign):
@@ -91,7 +91,7 @@ def test_stale_partial_is_replaced_and_a_stale_build_of_ours_is_upgraded(tmp_pat
     assert json.loads((out / "fixture.json").read_text())["version"] == 2
     # ... but not once a user has put a file in it
     (out / "notes.txt").write_text("mine")
-    from privaudit.errors import InputError
+    from privaudit.io.errors import InputError
 
     with pytest.raises(InputError, match="notes.txt"):
         build_fixture(out, meta={**META, "version": 3}, make=make)
@@ -158,8 +158,8 @@ def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
 
 
 def test_out_of_range_32_bit_image_is_refused():
-    from privaudit.data import _pil_to_array
-    from privaudit.errors import InputError
+    from privaudit.data.sets import _pil_to_array
+    from privaudit.io.errors import InputError
 
     assert _pil_to_array(Image.fromarray(np.full((8, 8), 12336, np.int32)), source="a.png", channels=1).max() == 48
     with pytest.raises(InputError, match="70000"):
@@ -183,7 +183,7 @@ def test_holdout_with_identical_content(digits_target, tmp_path, capsys):
 
 NAN_ATTACK = '''
 import torch
-from privaudit.plugin import MembershipAttack
+from privaudit.api.registry import MembershipAttack
 
 
 class NanAttack(MembershipAttack):
@@ -214,7 +214,7 @@ def test_unusable_evidence_is_inconclusive_and_fails(digits_target, tmp_path, ca
 
 
 def test_inconclusive_rules():
-    from privaudit.verdict import fails, overall
+    from privaudit.io.verdict import fails, overall
 
     assert overall(["low", "info"], ["x: NaN"]) == "inconclusive"
     assert overall(["high", "low"], ["x: NaN"]) == "high"  # real evidence of leakage stands
@@ -226,7 +226,7 @@ def test_inconclusive_rules():
 # ------------------------------------------------------------------------------------- run folders
 
 def test_out_that_is_a_file_or_under_a_file_fails_before_work(digits_target, tmp_path, capsys, monkeypatch):
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
     (tmp_path / "f").write_text("keep")
@@ -249,7 +249,7 @@ def test_rerun_replaces_the_whole_previous_run(digits_target, tmp_path, capsys):
     out.mkdir()
     for name in ("results.json", "scores.csv", "report.html", "nn.csv"):  # a previous run with a detector
         (out / name).write_text("old")
-    from privaudit.ownership import write_manifest
+    from privaudit.io.ownership import write_manifest
 
     write_manifest(out)  # as privaudit writes it last: the folder is provably a previous run
     assert _scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out,
@@ -260,7 +260,7 @@ def test_rerun_replaces_the_whole_previous_run(digits_target, tmp_path, capsys):
 
 
 def test_concurrent_run_into_the_same_folder_fails(digits_target, tmp_path, capsys):
-    from privaudit.runner import run_folder
+    from privaudit.audit.runner import run_folder
 
     out = tmp_path / "out"
     with run_folder(out):
@@ -320,8 +320,8 @@ def test_deeply_nested_results_json(tmp_path, capsys):
 
 
 def test_out_under_proc_is_refused_before_work():
-    from privaudit.errors import InputError
-    from privaudit.runner import check_out
+    from privaudit.audit.runner import check_out
+    from privaudit.io.errors import InputError
 
     with pytest.raises(InputError, match="/proc/privaudit-test"):
         check_out(Path("/proc/privaudit-test/run"))
@@ -346,7 +346,7 @@ def test_out_under_proc_is_refused_before_work():
     (["--plugins-dir", "/nonexistent"], ["/nonexistent"]),
 ])
 def test_bad_parameters_fail_before_work(digits_target, tmp_path, capsys, monkeypatch, extra, needles):
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
     out = tmp_path / "out"
@@ -356,8 +356,8 @@ def test_bad_parameters_fail_before_work(digits_target, tmp_path, capsys, monkey
 
 
 def test_every_builtin_plugin_declares_valid_defaults():
-    from privaudit.params import keyword_params, validate_params
-    from privaudit.plugin import Registry
+    from privaudit.api.params import keyword_params, validate_params
+    from privaudit.api.registry import Registry
 
     for reg in Registry.build():
         declared = set(vars(reg.cls).get("parameter_constraints", {})) | set(
@@ -380,7 +380,7 @@ def test_usage_errors_are_one_line(capsys):
 
 
 def test_symlinked_component_folder_is_accepted(digits_target, tmp_path):
-    from privaudit.target import load_target, weight_files
+    from privaudit.model.target import load_target, weight_files
 
     model = tmp_path / "model"
     model.mkdir()
@@ -394,7 +394,7 @@ def test_symlinked_component_folder_is_accepted(digits_target, tmp_path):
 # ------------------------------------------------------------------------------------------ outputs
 
 def test_results_json_is_strict_json(tmp_path):
-    from privaudit.io import write_json
+    from privaudit.io.files import write_json
 
     write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float64("-inf"), "d": 2})
 
@@ -425,8 +425,8 @@ def test_text_fixture_split_is_not_called_shifted():
     """The digits-text fixture's members/holdout are a random split of the same digits: the blind
     baseline flagged it (AUC 0.64, CI 0.52-0.74) because its bootstrap interval ignored the variance
     of fitting the folds; the permutation test does not."""
-    from privaudit.checks import blind_baseline
-    from privaudit.data import ImageSet
+    from privaudit.data.checks import blind_baseline
+    from privaudit.data.sets import ImageSet
     from privaudit.fixtures.digits_text import TextDigitsConfig, caption_splits
 
     splits = caption_splits(TextDigitsConfig())
@@ -437,9 +437,9 @@ def test_text_fixture_split_is_not_called_shifted():
 
 
 def test_default_detectors_follow_the_target():
+    from privaudit.api.registry import Registry
+    from privaudit.audit.runner import target_detectors
     from privaudit.cli import _settings, build_parser
-    from privaudit.plugin import Registry
-    from privaudit.runner import target_detectors
 
     reg = Registry.build()
     assert set(target_detectors(reg, {"sampling", "white_box", "text"}, chosen=("nn",))) == {"memprompt", "promptcopy"}
@@ -452,9 +452,9 @@ def test_default_detectors_follow_the_target():
 
 
 def test_mitigate_without_reference_sets_aside_part_of_the_holdout():
-    from privaudit.data import ImageSet
-    from privaudit.errors import InputError
-    from privaudit.mitigate import split_reference
+    from privaudit.data.sets import ImageSet
+    from privaudit.io.errors import InputError
+    from privaudit.mitigation.flow import split_reference
 
     hold = ImageSet.from_array(np.arange(40 * 64, dtype=np.uint8).reshape(40, 1, 8, 8) % 251, name="holdout")
     ev, ref, note = split_reference(hold, seed=0)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from privaudit.cli import main
-from privaudit.exports import junit_xml, summary
+from privaudit.io.exports import junit_xml, summary
 
 # a drop-in attack whose scoring fails as a LoRA scaled by 1e20 makes scikit-learn fail
 BOOM_ATTACK = '''
-from privaudit.plugin import MembershipAttack
+from privaudit.api.registry import MembershipAttack
 
 
 class BoomAttack(MembershipAttack):
@@ -120,8 +120,8 @@ HIGH_GRAY = {**LOW_GRAY, "name": "pia", "severity": "high", "details": {"rules":
     ((), "inconclusive"),
 ])
 def test_a_failed_after_audit_plugin_is_never_low(plugins, level):
-    from privaudit.mitigate import mitigation_verdict
-    from privaudit.runner import AuditSettings
+    from privaudit.audit.runner import AuditSettings
+    from privaudit.mitigation.flow import mitigation_verdict
 
     v = mitigation_verdict(before={"verdict": {"level": "high"}}, after_res=_after(*plugins), row={"metrics": {}},
                            settings=AuditSettings())
@@ -135,8 +135,8 @@ def test_a_failed_after_audit_plugin_is_never_low(plugins, level):
 
 
 def test_a_failure_beside_leakage_in_the_after_audit_keeps_the_leakage():
-    from privaudit.mitigate import mitigation_verdict
-    from privaudit.runner import AuditSettings
+    from privaudit.audit.runner import AuditSettings
+    from privaudit.mitigation.flow import mitigation_verdict
 
     v = mitigation_verdict(before={"verdict": {"level": "high"}}, after_res=_after(HIGH_GRAY, FAILED_BLACK),
                            row={"metrics": {}}, settings=AuditSettings())

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from privaudit.cli import main
-from privaudit.data import load_images
+from privaudit.data.sets import load_images
 
 
 def _scan(model, members, holdout, out, *extra):
@@ -126,7 +126,7 @@ def test_exact_duplicates_are_reported(t, tmp_path):
     hold = tmp_path / "holdout"
     shutil.copytree(t / "holdout", hold)
     shutil.copy(t / "members" / "members_0003.png", hold / "zz_copy.png")
-    from privaudit.runner import AuditSettings, scan
+    from privaudit.audit.runner import AuditSettings, scan
 
     res = scan(model_dir=t / "model", members=t / "members", holdout=hold, out=tmp_path / "out",
                settings=AuditSettings(attacks=(), detectors=(), progress=False), device="cpu")
@@ -166,7 +166,7 @@ def test_arrays(tmp_path, layout):
 
 
 def test_bad_arrays(tmp_path):
-    from privaudit.errors import InputError
+    from privaudit.io.errors import InputError
 
     np.save(tmp_path / "neg.npy", -np.ones((2, 8, 8)))
     with pytest.raises(InputError, match="neg.npy: float images must lie in"):
@@ -181,7 +181,7 @@ def test_saved_dataset_errors(tmp_path, monkeypatch):
     and a missing `datasets` package says which extra installs it."""
     import sys
 
-    from privaudit.errors import InputError
+    from privaudit.io.errors import InputError
 
     datasets = pytest.importorskip("datasets")
     imgs = [Image.fromarray(np.full((8, 8), 9 * i, np.uint8)) for i in range(3)]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from privaudit.denoiser import Denoiser, noised, sample
-from privaudit.errors import InputError
-from privaudit.oracles import EmpiricalOracle, GaussianOracle
+from privaudit.io.errors import InputError
+from privaudit.model.denoiser import Denoiser, noised, sample
+from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import pytest
 from conftest import run_scan
 
 from privaudit.cli import main
-from privaudit.errors import InputError
 from privaudit.fixtures import build_fixture
-from privaudit.ownership import MANIFEST, Ledger, ownership_problem, write_manifest
+from privaudit.io.errors import InputError
+from privaudit.io.ownership import MANIFEST, Ledger, ownership_problem, write_manifest
 
 
 def _one_line_usage_error(code: int, capsys, *needles) -> str:
@@ -74,7 +74,7 @@ PLANTS = {
 @pytest.mark.parametrize("where", [*PLANTS, "partial-with-shards", "symlink", "changed"])
 def test_scan_refuses_a_run_with_foreign_or_changed_files(where, finished_run, digits_target, tmp_path, capsys,
                                                           monkeypatch):
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
     out = _nested(finished_run, tmp_path)
@@ -108,7 +108,7 @@ def test_top_level_entry_is_named_in_the_message(finished_run, tmp_path):
 
 
 def test_results_json_of_a_user_folder_is_not_a_run(digits_target, tmp_path, capsys, monkeypatch):
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
     out = tmp_path / "mine"
@@ -121,7 +121,7 @@ def test_results_json_of_a_user_folder_is_not_a_run(digits_target, tmp_path, cap
 
 def test_a_run_without_a_manifest_is_not_replaced(finished_run, digits_target, tmp_path, capsys, monkeypatch):
     """A run written before manifests existed is refused (the safe default), saying why."""
-    import privaudit.runner as runner
+    import privaudit.audit.runner as runner
 
     monkeypatch.setattr(runner, "load_target", lambda *a, **k: pytest.fail("work started"))
     out = tmp_path / "old"

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from privaudit.denoiser import UNetDenoiser, from_eps, sample, signal_noise, to_eps
-from privaudit.noise import Noise
+from privaudit.model.denoiser import UNetDenoiser, from_eps, sample, signal_noise, to_eps
+from privaudit.model.noise import Noise
 
 ATTACKS = ("loss", "secmi", "pia", "pian", "sima", "gsa")
 
@@ -51,8 +51,8 @@ def test_conversions_invert_each_other():
 
 @pytest.mark.parametrize("kind", ["v_prediction", "sample"])
 def test_every_attack_scores_a_v_or_x0_model_as_its_eps_model(digits_denoiser, digits_target, kind):
-    from privaudit.data import load_images
-    from privaudit.plugin import Registry
+    from privaudit.api.registry import Registry
+    from privaudit.data.sets import load_images
 
     wrapped = _wrapped(digits_denoiser, kind)
     assert wrapped.prediction_type == kind
@@ -97,8 +97,8 @@ def test_samples_and_protected_samples_match_the_eps_model(digits_denoiser, kind
 @pytest.mark.slow
 def test_bfloat16_networks_give_the_float32_aucs(digits_target, tmp_path):
     """--dtype bfloat16: the network runs in bf16, statistics stay float32; AUCs within 0.02."""
-    from privaudit.runner import AuditSettings, scan
-    from privaudit.target import load_target
+    from privaudit.audit.runner import AuditSettings, scan
+    from privaudit.model.target import load_target
 
     den, info, _ = load_target(digits_target / "model", device="cpu", dtype="bfloat16")
     assert info.dtype == "bfloat16" and den.eps(torch.zeros(2, 1, 8, 8), 10).dtype == torch.float32

@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import plugin
 
-from privaudit.data import ImageSet, load_images
-from privaudit.errors import InputError
+from privaudit.data.sets import ImageSet, load_images
+from privaudit.io.errors import InputError
 from privaudit.plugins.detectors import _replication as R
 from privaudit.plugins.detectors.nn import NearestNeighbourDetector
 from privaudit.plugins.detectors.quality import QualityDetector, frechet_distance, precision_recall
 from privaudit.plugins.features.pixels import PixelFeatures
-from privaudit.search import ArraySource, FunctionSource, KnnStream, l2_normalize, search
+from privaudit.stats.search import ArraySource, FunctionSource, KnnStream, l2_normalize, search
 
 N_MEM, N_HOLD, N = 200, 400, 200
 
@@ -52,7 +52,7 @@ class FakeContext:
         return PixelFeatures()
 
     def features(self, extractor, images, *, label: str, batch_size: int | None = None) -> np.ndarray:
-        from privaudit.engine import transform_batches
+        from privaudit.api.stages import transform_batches
 
         return transform_batches(extractor, images, batch_size=batch_size or 128)
 
@@ -195,7 +195,7 @@ def test_exact_search_streams_members_and_matches_brute_force():
 
 
 def test_torch_exact_search_matches_faiss():
-    from privaudit.search import _TorchTopK
+    from privaudit.stats.search import _TorchTopK
 
     rng = np.random.default_rng(2)
     xb, xq = rng.standard_normal((3000, 16), dtype=np.float32), rng.standard_normal((200, 16), dtype=np.float32)
@@ -295,9 +295,9 @@ def test_digits_features_classifier_trained_on_reference(digits_target):
 
 
 def test_quality_on_the_memorising_target(digits_target, digits_denoiser, tmp_path):
-    from privaudit.plugin import Registration, Registry
+    from privaudit.api.registry import Registration, Registry
+    from privaudit.audit.runner import AuditContext, AuditSettings
     from privaudit.plugins.features.digits import DigitsFeatures
-    from privaudit.runner import AuditContext, AuditSettings
 
     reg = Registry([Registration("digits", "feature", DigitsFeatures, "test"),
                     Registration("pixels", "feature", PixelFeatures, "test")])

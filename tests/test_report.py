@@ -106,7 +106,7 @@ def test_scan_report_shows_every_section_with_the_runs_numbers(digits_scan):
     for c in digits_scan["checks"]:
         assert str(escape(c["message"])) in html
     # thresholds in the rule table come from the code that applies them
-    from privaudit import verdict
+    from privaudit.io import verdict
 
     assert f"TPR at 1% FPR &gt;= {verdict.TPR_CRITICAL:.2f}" in html
     assert f"copy fraction &gt;= {verdict.COPY_HIGH:.0%}" in html
@@ -151,14 +151,14 @@ def test_hostile_results_cannot_inject_markup(digits_scan, null_scan, kind):
 
 
 def _members(digits_target) -> np.ndarray:
-    from privaudit.data import load_images
+    from privaudit.data.sets import load_images
 
     return load_images(digits_target / "members", name="members").uint8()[:, 0]
 
 
 def _holdout_floor(digits_target, members: np.ndarray) -> float:
     """How close real unseen digits come to a member: the 1% quantile of their nearest-member RMS."""
-    from privaudit.data import load_images
+    from privaudit.data.sets import load_images
 
     hold = load_images(digits_target / "holdout", name="holdout").uint8()[:, 0]
     return float(np.quantile([nearest_member_rms(h, members) for h in hold], 0.01))
@@ -187,7 +187,7 @@ def test_redaction_controls_which_training_images_the_file_holds(digits_target, 
 
 
 def test_a_run_written_with_omit_holds_no_image_in_any_file(digits_scan, tmp_path):
-    from privaudit.runner import write_run
+    from privaudit.audit.runner import write_run
 
     out = write_run(tmp_path / "run", digits_scan, redact="omit")
     for f in out.iterdir():
@@ -211,7 +211,7 @@ def test_images_of_unknown_origin_are_treated_as_training_images(digits_scan):
 
 def test_report_cli_rerenders_scan_baseline_and_mitigation(digits_scan, null_scan, tmp_path):
     from privaudit.cli import main
-    from privaudit.io import write_json
+    from privaudit.io.files import write_json
 
     a, b, m = tmp_path / "today", tmp_path / "yesterday", tmp_path / "mitigation"
     write_json(a / "results.json", body(null_scan))
@@ -281,7 +281,7 @@ def test_rendering_is_deterministic(digits_scan, null_scan):
 
 
 def test_bad_redact_mode_is_an_input_error(digits_scan):
-    from privaudit.errors import InputError
+    from privaudit.io.errors import InputError
     from privaudit.reports import render_html
 
     with pytest.raises(InputError, match="--redact"):
@@ -320,8 +320,8 @@ def _every_embedded_image(folder) -> dict:
 
 @pytest.mark.parametrize("mode", ["omit", "blur"])
 def test_rerendering_with_redact_redacts_every_file_of_the_run(digits_target, digits_scan, tmp_path, mode):
+    from privaudit.audit.runner import write_run
     from privaudit.cli import main
-    from privaudit.runner import write_run
 
     run = tmp_path / "run"
     write_run(run, digits_scan)  # a mitigation-style folder: a top-level results.json and sub-runs
@@ -347,8 +347,8 @@ def test_rerendering_with_redact_redacts_every_file_of_the_run(digits_target, di
 
 
 def test_report_out_writes_elsewhere_and_leaves_the_run_alone(digits_scan, tmp_path):
+    from privaudit.audit.runner import write_run
     from privaudit.cli import main
-    from privaudit.runner import write_run
 
     run = write_run(tmp_path / "run", digits_scan)
     files = {f: f.read_bytes() for f in run.iterdir()}
@@ -362,7 +362,7 @@ def test_report_out_writes_elsewhere_and_leaves_the_run_alone(digits_scan, tmp_p
 def test_summary_json_and_junit_beside_results(digits_scan, tmp_path):
     import xml.etree.ElementTree as ET
 
-    from privaudit.runner import write_run
+    from privaudit.audit.runner import write_run
 
     run = write_run(tmp_path / "run", digits_scan)
     s = json.loads((run / "summary.json").read_text())
@@ -443,8 +443,8 @@ def test_plot_ticks_are_distinct_and_tradeoff_labels_do_not_collide():
 
 
 def test_redaction_refuses_a_file_it_cannot_redact_and_changes_nothing(digits_scan, tmp_path):
+    from privaudit.audit.runner import write_run
     from privaudit.cli import main
-    from privaudit.runner import write_run
 
     run = write_run(tmp_path / "run", digits_scan)
     pair = plugin(digits_scan, "nn")["details"]["pairs"][0]

@@ -46,9 +46,9 @@ def test_demo_audits_the_mitigation_with_the_scans_attacks(monkeypatch, tmp_path
 
     seen = {}
     monkeypatch.setattr(digits, "build", lambda **kw: tmp_path)
-    monkeypatch.setattr("privaudit.runner.scan", lambda **kw: seen.setdefault("scan", kw["settings"]) and {
+    monkeypatch.setattr("privaudit.audit.runner.scan", lambda **kw: seen.setdefault("scan", kw["settings"]) and {
         "verdict": {"level": "low", "warnings": []}, "plugins": []})
-    monkeypatch.setattr("privaudit.mitigate.mitigate", lambda **kw: seen.setdefault("mitigate", kw["settings"]) and {
+    monkeypatch.setattr("privaudit.mitigation.flow.mitigate", lambda **kw: seen.setdefault("mitigate", kw["settings"]) and {
         "warnings": [], "findings": [], "protected": "p", "method": "cpsample", "verdict": {}})
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     assert seen["mitigate"].attacks == seen["scan"].attacks == ("loss", "secmi", "pia", "pian", "sima", "gsa", "rediffuse",
@@ -83,8 +83,8 @@ def test_terminal_summary_shows_intervals_integers_and_indicative(capsys, tmp_pa
 
 
 def test_attacks_show_progress_unless_quiet(digits_target, digits_denoiser, capsys):
-    from privaudit.data import load_images
-    from privaudit.runner import score_set
+    from privaudit.audit.runner import score_set
+    from privaudit.data.sets import load_images
 
     class Mean:
         name = "mean"

@@ -74,9 +74,9 @@ def test_fail_on_exit_code(digits_target, tmp_path):
 def test_sample_cache_is_reused(digits_denoiser, tmp_path):
     import numpy as np
 
-    from privaudit.data import ImageSet
-    from privaudit.plugin import Registry
-    from privaudit.runner import AuditContext, AuditSettings
+    from privaudit.api.registry import Registry
+    from privaudit.audit.runner import AuditContext, AuditSettings
+    from privaudit.data.sets import ImageSet
 
     empty = ImageSet.from_array(np.zeros((1, 1, 8, 8), np.uint8), name="x")
     ctx = AuditContext(denoiser=digits_denoiser, members=empty, holdout=empty, registry=Registry(),
@@ -92,10 +92,10 @@ def test_sample_cache_is_reused(digits_denoiser, tmp_path):
 def test_attack_results_are_reused_only_where_the_queried_model_is_the_same(digits_target, tmp_path):
     """A mitigation run audits several ways of serving one model: an attack is recomputed only when what it
     queries changed (white-box: the weights; gray-box: the noise predictions)."""
-    import privaudit.runner as R
-    from privaudit.data import load_images
-    from privaudit.plugin import Registry
-    from privaudit.target import load_target
+    import privaudit.audit.runner as R
+    from privaudit.api.registry import Registry
+    from privaudit.data.sets import load_images
+    from privaudit.model.target import load_target
 
     den, _, _ = load_target(digits_target / "model", device="cpu")
     members = load_images(digits_target / "members", name="members")

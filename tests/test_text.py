@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import plugin
 
-from privaudit.data import ImageSet, load_images
-from privaudit.errors import InputError
-from privaudit.noise import Noise
+from privaudit.data.sets import ImageSet, load_images
+from privaudit.io.errors import InputError
+from privaudit.model.noise import Noise
 
 pytest.importorskip("transformers")
 
@@ -30,7 +30,7 @@ def _one_thread():
 
 def text_scan(target: Path, out: Path, *, members: str = "members", attacks=("loss",), detectors=(),
               params=None, prompt: str = "caption") -> dict:
-    from privaudit.runner import AuditSettings, scan
+    from privaudit.audit.runner import AuditSettings, scan
 
     settings = AuditSettings(attacks=tuple(attacks), detectors=tuple(detectors), plugin_params=params or {},
                              progress=False, n_boot=200, prompt=prompt)
@@ -145,8 +145,8 @@ def test_scan_accepts_saved_datasets(digits_text_target, tmp_path):
 # ---------------------------------------------------------------------------- loading and the denoiser
 
 def test_latent_denoiser_encodes_conditions_and_tiles(digits_text_denoiser, digits_text_target):
-    from privaudit.denoiser import cond_tile as tile
-    from privaudit.latent import LatentTextDenoiser
+    from privaudit.model.denoiser import cond_tile as tile
+    from privaudit.model.latent import LatentTextDenoiser
 
     den = digits_text_denoiser
     assert isinstance(den, LatentTextDenoiser) and den.text_conditional
@@ -173,7 +173,7 @@ def test_latent_denoiser_encodes_conditions_and_tiles(digits_text_denoiser, digi
 
 
 def test_fit_view_conditions_each_set_by_its_rows(digits_text_denoiser, digits_text_target):
-    from privaudit.latent import fit_inputs
+    from privaudit.model.latent import fit_inputs
 
     den = digits_text_denoiser
     m = load_images(digits_text_target / "members", name="members")
@@ -189,8 +189,8 @@ def test_fit_view_conditions_each_set_by_its_rows(digits_text_denoiser, digits_t
 
 
 def test_pixel_models_pass_through_unchanged():
-    from privaudit.latent import attack_inputs, latent_of
-    from privaudit.oracles import EmpiricalOracle
+    from privaudit.model.latent import attack_inputs, latent_of
+    from privaudit.testing.oracles import EmpiricalOracle
 
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     oracle = EmpiricalOracle(x)
@@ -203,7 +203,7 @@ def test_pixel_models_pass_through_unchanged():
 def test_gsa_takes_gradients_at_each_images_caption(digits_text_denoiser, digits_text_target):
     """White-box GSA on a text model: per-image gradients at the image's own caption (vmapped),
     equal to a plain autograd computation image by image, and unlike the empty prompt's."""
-    from privaudit.latent import attack_inputs
+    from privaudit.model.latent import attack_inputs
     from privaudit.plugins.attacks.gsa import GSAAttack
 
     members = load_images(digits_text_target / "members", name="m")
@@ -282,9 +282,9 @@ def test_empty_prompt_mode_and_written_run(digits_text_target, tmp_path):
 
 
 def test_prompt_detectors_skip_pixel_models():
-    from privaudit.oracles import EmpiricalOracle
-    from privaudit.plugin import Registry
-    from privaudit.runner import AuditSettings, audit
+    from privaudit.api.registry import Registry
+    from privaudit.audit.runner import AuditSettings, audit
+    from privaudit.testing.oracles import EmpiricalOracle
 
     x = np.random.default_rng(0).integers(0, 255, (8, 1, 8, 8), dtype=np.uint8)
     m, h = ImageSet.from_array(x[:4], name="m"), ImageSet.from_array(x[4:], name="h")
@@ -342,17 +342,17 @@ class _Ctx(SimpleNamespace):
         return PixelFeatures()
 
     def features(self, extractor, images, *, label, batch_size=None):
-        from privaudit.engine import transform_batches
+        from privaudit.api.stages import transform_batches
 
         return transform_batches(extractor, images, batch_size=batch_size or 128)
 
 
 def test_cpsample_on_latents_raises_diversity_and_lowers_copies(digits_text_denoiser, digits_text_target, tmp_path):
+    from privaudit.model.target import load_target
     from privaudit.plugins.detectors.promptcopy import PromptReplicationDetector
     from privaudit.plugins.mitigations.cpsample.guard import guard_for
     from privaudit.plugins.mitigations.cpsample.text_pipeline import CPSampleTextPipeline
     from privaudit.plugins.mitigations.cpsample.train import evaluate_guard, random_labels, train_guard
-    from privaudit.target import load_target
 
     den = digits_text_denoiser
     m = load_images(digits_text_target / "members", name="members")
@@ -393,8 +393,8 @@ def test_cpsample_on_latents_raises_diversity_and_lowers_copies(digits_text_deno
 
 
 def test_mitigate_runs_on_the_text_fixture(digits_text_target, tmp_path):
-    from privaudit.mitigate import mitigate
-    from privaudit.runner import AuditSettings
+    from privaudit.audit.runner import AuditSettings
+    from privaudit.mitigation.flow import mitigate
 
     settings = AuditSettings(attacks=("loss",), detectors=("promptcopy",), progress=False, n_boot=50,
                              plugin_params={"promptcopy": {"n_prompts": 8, "unseen_prompts": False, "n_per_prompt": 4,

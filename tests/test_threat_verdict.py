@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from privaudit.mitigate import gate_leak, meets_targets, mitigation_verdict, summarize
-from privaudit.runner import AuditSettings
+from privaudit.audit.runner import AuditSettings
+from privaudit.mitigation.flow import gate_leak, meets_targets, mitigation_verdict, summarize
 
 
 def _attack(name: str, tm: str, auc: float, severity: str = "low", rules=(), tpr: float = 0.0) -> dict:
@@ -97,9 +97,9 @@ def test_reversed_black_box_scores_stay_black_box():
 
 @pytest.fixture(scope="module")
 def toy_protected():
-    from privaudit.oracles import EmpiricalOracle
     from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier
     from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+    from privaudit.testing.oracles import EmpiricalOracle
 
     torch.manual_seed(0)
     base = EmpiricalOracle(torch.rand(16, 1, 8, 8) * 2 - 1)
@@ -131,7 +131,7 @@ def test_soft_gate_follows_confidence(toy_protected):
 
 
 def test_ci_summary_carries_the_served_verdict_and_the_weights_leak_line():
-    from privaudit.exports import summary
+    from privaudit.io.exports import summary
 
     row = {"metrics": summarize({"plugins": PROTECTED})}
     v = mitigation_verdict(before={"verdict": {"level": "critical"}}, after_res=_after(PROTECTED), row=row,

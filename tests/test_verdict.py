@@ -1,7 +1,7 @@
 """The documented severity rules."""
 
-from privaudit.results import Metric
-from privaudit.verdict import membership_severity, replication_severity
+from privaudit.io.results import Metric
+from privaudit.io.verdict import membership_severity, replication_severity
 
 
 def m(value, lo, hi):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from privaudit.denoiser import cond_tile, denoise
-from privaudit.latent import latent_of
+from privaudit.model.denoiser import cond_tile, denoise
+from privaudit.model.latent import latent_of
 
 
 def to_pixels(denoiser, x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from privaudit.denoiser import add_noise, scale_t
-from privaudit.noise import Noise
+from privaudit.model.denoiser import add_noise, scale_t
+from privaudit.model.noise import Noise
 
 # Images per model pass when an attack fits on a whole calibration set: memory stays bounded
 # however many members there are (the default --batch-size, so scoring batches are unchanged).
@@ -23,7 +23,7 @@ def image_chunks(denoiser, x0: torch.Tensor, noise: Noise, size: int = FIT_CHUNK
     if len(x0) <= size:
         yield denoiser, x0, noise
         return
-    from privaudit.latent import ConditionedDenoiser
+    from privaudit.model.latent import ConditionedDenoiser
 
     cond = None
     if isinstance(denoiser, ConditionedDenoiser):  # bound by row count (fit) or to this batch (score)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import InstanceOf, Interval, MembershipAttack, Options, store_params
-from privaudit.latent import ConditionedDenoiser
+from privaudit.model.latent import ConditionedDenoiser
 from privaudit.plugins.attacks._blackbox import nearest_sq_distance, to_pixels
 from privaudit.plugins.attacks._common import calibration_auc
 

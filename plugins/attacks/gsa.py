@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from privaudit.api import InputError, Interval, MembershipAttack, Noise, Options, store_params
-from privaudit.denoiser import audited_parameters, cond_map, signal_noise
+from privaudit.model.denoiser import audited_parameters, cond_map, signal_noise
 
 VARIANTS = ("gsa1", "gsa2")
 CLASSIFIERS = ("logistic", "boosting")

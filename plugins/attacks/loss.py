@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import Interval, MembershipAttack, Noise, SequenceOf, store_params
-from privaudit.denoiser import scale_t
+from privaudit.model.denoiser import scale_t
 from privaudit.plugins.attacks._common import calibration_auc, eps_at, image_chunks, noise_to
 
 

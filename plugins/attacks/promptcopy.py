@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import Interval, MembershipAttack, store_params
-from privaudit.denoiser import sampling_scheduler
-from privaudit.latent import latent_of
+from privaudit.model.denoiser import sampling_scheduler
+from privaudit.model.latent import latent_of
 from privaudit.plugins.attacks._blackbox import run_sampler, sq_distance, to_pixels
 from privaudit.plugins.attacks._common import image_chunks
 

@@ -45,8 +45,8 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import InstanceOf, Interval, MembershipAttack, Noise, Options, SequenceOf, store_params
-from privaudit.denoiser import add_noise, sampling_scheduler, scale_t
-from privaudit.latent import latent_of
+from privaudit.model.denoiser import add_noise, sampling_scheduler, scale_t
+from privaudit.model.latent import latent_of
 from privaudit.plugins.attacks._blackbox import run_sampler, sq_distance, to_pixels
 from privaudit.plugins.attacks._common import calibration_auc, image_chunks
 

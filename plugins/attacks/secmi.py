@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import InputError, Interval, MembershipAttack, store_params
-from privaudit.denoiser import scale_t
+from privaudit.model.denoiser import scale_t
 from privaudit.plugins.attacks._common import ddim_step, eps_at, lp_distance
 
 

@@ -57,8 +57,8 @@ from privaudit.api import (
 def text_guidance_magnitude(denoiser, prompts: list[str], *, steps: int, n_steps: int, guidance_scale: float,
                             n_seeds: int, seed: int, batch_size: int = 256) -> np.ndarray:
     """Per prompt, ||eps(x_t, prompt) - eps(x_t, "")|| over the first ``n_steps`` of ``steps`` DDIM steps."""
-    from privaudit.denoiser import cond_tile, denoise, sampling_scheduler
-    from privaudit.latent import latent_of
+    from privaudit.model.denoiser import cond_tile, denoise, sampling_scheduler
+    from privaudit.model.latent import latent_of
 
     lat = latent_of(denoiser)
     sched = sampling_scheduler(denoiser, "ddim", steps)

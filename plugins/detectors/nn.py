@@ -4,7 +4,7 @@ Generates ``n_samples`` images (seeded, batched, cached on disk by the runner's
 ``ctx.samples``), embeds samples, holdout and members with a ``FeatureExtractor`` plugin
 (``features``, default ``pixels``; e.g. ``torchscript`` with an SSCD file; through ``ctx.features``,
 an engine stage: sharded, resumable, on Ray with ``--engine ray``) and finds each
-query's nearest members with ``privaudit.search`` (faiss; exact by default, IVF above
+query's nearest members with ``privaudit.stats.search`` (faiss; exact by default, IVF above
 ``ivf_threshold`` members with its recall measured and reported). Members are streamed
 batch by batch in ONE pass that serves every criterion (their features computed
 ``64 * batch_size`` members at a time), so memory does not grow with the member count. Exact search runs on the GPU when the model does (``search_device="auto"``).

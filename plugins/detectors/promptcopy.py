@@ -164,7 +164,7 @@ class PromptReplicationDetector(ReplicationDetector):
         import faiss
         from scipy.spatial.distance import cdist, pdist
 
-        from privaudit.latent import generate
+        from privaudit.model.latent import generate
 
         self._check()
         prompts, y, owner = self._prompts(ctx)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from privaudit.api import InputError
-from privaudit.denoiser import resolve_device  # noqa: F401 (the extractors' device option: one rule for all)
+from privaudit.model.denoiser import resolve_device  # noqa: F401 (the extractors' device option: one rule for all)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

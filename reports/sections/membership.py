@@ -92,7 +92,7 @@ def membership_view(scan: dict) -> dict:
 
 
 def epsilon_view(attacks: list[dict], summary: Any) -> dict | None:
-    """eps_hat per attack (privaudit.epsilon) with its label: a DP lower bound or distinguishability."""
+    """eps_hat per attack (privaudit.audit.epsilon) with its label: a DP lower bound or distinguishability."""
     rows = []
     for p in attacks:
         e = details_of(p).get("epsilon")
@@ -131,7 +131,7 @@ def ensemble_view(e: Any) -> dict | None:
                  "strongest": []}
     ms = e.get("metrics")
     if isinstance(ms, dict) and all(isinstance(m, dict) and "attack" in m for m in ms.values()):
-        # privaudit.ensemble: the strongest attack per metric, with its own interval and cost
+        # privaudit.audit.ensemble: the strongest attack per metric, with its own interval and cost
         for k, m in ms.items():
             tied = [str(t) for t in m.get("tied") or [] if t != m.get("attack")]
             out["strongest"].append({**fmt_metric(k, m), "attack": str(m.get("attack")),

@@ -6,7 +6,7 @@ from privaudit.reports.fmt import fmt_scalar, num
 
 
 def query_view(r: dict) -> dict:
-    """What the ``privaudit query`` report shows (results of ``privaudit.query``)."""
+    """What the ``privaudit query`` report shows (results of ``privaudit.audit.query``)."""
     t = r.get("target") if isinstance(r.get("target"), dict) else {}
     test = r.get("test") if isinstance(r.get("test"), dict) else None
     curve = r.get("curve") if isinstance(r.get("curve"), dict) else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from privaudit.verdict import judged_level
+from privaudit.io.verdict import judged_level
 from privaudit.reports.fmt import LEVELS, auc_of, details_of, is_ok, metric, num, plugins_of, section_of, tpr1
 
 

@@ -30,7 +30,7 @@ Measured on the built-in digits target (64 members, 16/32-channel guard, 256 DDI
 samples, Frechet distance in the ``quality`` detector's feature space; each recipe with
 ``privaudit mitigate --sweep``, its placebo on the same alpha x scale grid; "advantage" is
 the placebo's minus CPSample's copy fraction along the two Pareto fronts at matched
-quality, ``privaudit.mitigate.matched_quality``):
+quality, ``privaudit.mitigation.flow.matched_quality``):
 
 =====================================  ==================  ==================  =========
 recipe                                 confidence t<100    gate rate t<100     advantage
@@ -114,8 +114,8 @@ from privaudit.api import (
     write_json,
     write_text,
 )
-from privaudit.denoiser import add_noise
-from privaudit.latent import latent_of, to_model_space
+from privaudit.model.denoiser import add_noise
+from privaudit.model.latent import latent_of, to_model_space
 
 RECIPE_VERSION = 2  # bump when training changes, so cached guards are not reused
 
@@ -195,7 +195,7 @@ class CPSample(Mitigation):
             guard = guard_for(_network(ctx.pipeline).config, block_out_channels=tuple(self.block_out_channels),
                               layers_per_block=self.layers_per_block, num_train_timesteps=len(ctx.denoiser.alphas_cumprod),
                               lipschitz=self.lipschitz).to(ctx.device)
-            # latent models (privaudit.latent): the guard learns the members' VAE latents
+            # latent models (privaudit.model.latent): the guard learns the members' VAE latents
             x = to_model_space(ctx.denoiser, images.tensor(device=ctx.device))
             nm = to_model_space(ctx.denoiser, nonmembers.tensor(device=ctx.device)) if nonmembers is not None else None
             stats = train_guard(guard, members=x, labels=torch.from_numpy(labels), alphas_cumprod=ctx.denoiser.alphas_cumprod,
@@ -231,10 +231,10 @@ class CPSample(Mitigation):
     # ------------------------------------------------------------------ the mitigation
 
     def apply(self, ctx):
+        from privaudit.model.target import load_target
         from privaudit.plugins.mitigations.cpsample.pipeline import CPSamplePipeline
         from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
         from privaudit.plugins.mitigations.cpsample.rejection import RejectionSampledDenoiser
-        from privaudit.target import load_target
 
         self.validate()
         unet, scheduler = _network(ctx.pipeline), getattr(ctx.pipeline, "scheduler", None)

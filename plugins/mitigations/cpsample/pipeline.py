@@ -41,10 +41,10 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from privaudit.denoiser import ProvidesDenoiser, denoise, sampling_scheduler
+from privaudit.model.denoiser import ProvidesDenoiser, denoise, sampling_scheduler
+from privaudit.model.target import pixel_denoiser
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
-from privaudit.target import pixel_denoiser
 
 
 class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
@@ -95,7 +95,7 @@ class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
         if hasattr(self.scheduler, "alphas_cumprod"):
             sched = self.scheduler
             sched.set_timesteps(num_inference_steps)
-        else:  # flow matching: DDIM in the model's VP-equivalent view is its Euler sampler (privaudit.flow)
+        else:  # flow matching: DDIM in the model's VP-equivalent view is its Euler sampler (privaudit.model.flow)
             sched = sampling_scheduler(den, "ddim", num_inference_steps)
         step_kwargs = {"generator": generator}
         if "eta" in inspect.signature(sched.step).parameters:

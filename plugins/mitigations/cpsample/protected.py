@@ -42,7 +42,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from privaudit.denoiser import Denoiser, state_sha256
+from privaudit.model.denoiser import Denoiser, state_sha256
 
 GATES = ("hard", "soft")
 

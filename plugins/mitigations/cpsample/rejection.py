@@ -22,7 +22,7 @@ import hashlib
 import numpy as np
 import torch
 
-from privaudit.denoiser import Denoiser, sample
+from privaudit.model.denoiser import Denoiser, sample
 
 
 class RejectionSampledDenoiser(Denoiser):

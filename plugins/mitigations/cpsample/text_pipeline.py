@@ -31,12 +31,12 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from privaudit.denoiser import ProvidesDenoiser, cond_tile, denoise, sampling_scheduler
+from privaudit.model.denoiser import ProvidesDenoiser, cond_tile, denoise, sampling_scheduler
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.pipeline import finish_output, register_with_diffusers
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
 
-# every latent family's components (privaudit.families); those a family lacks are None
+# every latent family's components (privaudit.model.families); those a family lacks are None
 COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
               "tokenizer_3")
 
@@ -75,7 +75,7 @@ class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
     def as_denoiser(self, *, device: torch.device | str | None = None, alpha: float | None = None,
                     scale: float | None = None) -> ProtectedDenoiser:
         """The protected latent noise prediction as a privaudit ``Denoiser`` (what ``privaudit scan`` audits)."""
-        from privaudit.target import ADAPTERS
+        from privaudit.model.target import ADAPTERS
 
         dev = torch.device(device) if device is not None else self._execution_device
         net = self.unet if self.unet is not None else self.transformer
@@ -102,7 +102,7 @@ class CPSampleTextPipeline(DiffusionPipeline, ProvidesDenoiser):
         empty = cond_tile(lat.prompt_embeddings([""]), len(rows))
         shape = (len(rows), *lat.sample_shape)
         latents = randn_tensor(shape, generator=generator, device=den.device, dtype=torch.float32)
-        if lat.flow:  # flow matching: DDIM in the model's VP-equivalent view is its Euler sampler (privaudit.flow)
+        if lat.flow:  # flow matching: DDIM in the model's VP-equivalent view is its Euler sampler (privaudit.model.flow)
             sched = sampling_scheduler(lat, "ddim", num_inference_steps)
         else:
             sched = self.scheduler

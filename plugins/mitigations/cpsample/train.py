@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from privaudit.denoiser import add_noise
+from privaudit.model.denoiser import add_noise
 
 BAND_EDGES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # fractions of the training schedule
 
