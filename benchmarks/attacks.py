@@ -35,7 +35,7 @@ import torch
 from _quick import digits_target  # benchmarks/_quick.py, beside this file
 
 from privaudit.api.registry import Registry
-from privaudit.audit.engine import score_batches
+from privaudit.audit.work import score_batches
 from privaudit.data.sets import ImageSet, load_images
 from privaudit.model.denoiser import Denoiser
 from privaudit.model.target import load_target

@@ -50,7 +50,8 @@ from _quick import digits_target  # benchmarks/_quick.py, beside this file
 from diffusers import DDPMScheduler, UNet2DModel
 
 from privaudit.api.registry import Registry
-from privaudit.audit.engine import ShardStore, Work, get_engine, session
+from privaudit.audit.engine import ShardStore, Work
+from privaudit.audit.engines import get_engine, session
 from privaudit.data.sets import ImageSet, load_images
 from privaudit.model.denoiser import UNetDenoiser
 from privaudit.model.target import load_target

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from privaudit.api.registry import Registry
-from privaudit.audit.runner import score_set
+from privaudit.audit.scoring import score_set
 from privaudit.data.sets import load_images
 from privaudit.model.denoiser import sample
 from privaudit.model.noise import Noise, seed_of

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from privaudit.api.registry import Registry
-from privaudit.audit import runner
-from privaudit.audit.engine import LocalEngine, QueryCounter, Work, networks
+from privaudit.audit import scoring
+from privaudit.audit.engine import LocalEngine, Work
 from privaudit.audit.engines import session
-from privaudit.audit.runner import score_set
+from privaudit.audit.scoring import score_set
+from privaudit.audit.work import QueryCounter, networks
 from privaudit.cli import main
 from privaudit.data.sets import load_images
 from privaudit.model.denoiser import sample
@@ -124,7 +125,7 @@ def test_feature_work_ships_a_torchscript_extractor(tmp_path):
 def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     """A scan killed with SIGKILL after some shards resumes to the same metrics as an uninterrupted run,
     spending queries only on the shards that were not finished."""
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})  # each run below must really score
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})  # each run below must really score
     out = tmp_path / "killed"
     args = _argv(digits_target, out, "--attacks", "loss,secmi", "--batch-size", "4")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -142,7 +143,7 @@ def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     assert done >= 40
 
     assert main(args[:args.index("--out")] + args[args.index("--out") + 2:] + ["--resume", str(out)]) in (0, 1)
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     assert main(_argv(digits_target, tmp_path / "whole", "--attacks", "loss,secmi", "--batch-size", "4")) in (0, 1)
 
     assert _metrics(out) == _metrics(tmp_path / "whole")
@@ -171,20 +172,20 @@ def test_resume_recomputes_only_a_damaged_shard(digits_target, tmp_path, monkeyp
         if len(saved) == 4:
             raise KeyboardInterrupt("stopped after 4 shards")
 
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     monkeypatch.setattr(ShardStore, "save", save_then_stop)
     assert main(args) == 3  # interrupted
     monkeypatch.setattr(ShardStore, "save", save)
     shards = sorted((out / ".partial" / "shards" / "scores").glob("*/*.npz"))
     assert len(shards) == 4 and not (out / "results.json").exists()
     shards[1].write_bytes(shards[1].read_bytes()[:40])  # truncated: unreadable, so computed again
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     assert main(args + ["--resume", str(out)]) in (0, 1)
     eng = _engine(out)
     assert sum(s["shards"] for s in eng["stages"].values()) == 7
     assert sum(s["shards_reused"] for s in eng["stages"].values()) == 3
     assert eng["queries"] == 7 * 32 * 3  # 7 shards of 32 images, 3 queries each
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     assert main(_argv(digits_target, tmp_path / "whole", *args[args.index("--attacks"):])) in (0, 1)
     assert _metrics(out) == _metrics(tmp_path / "whole")
 
@@ -259,7 +260,7 @@ def test_resume_refuses_another_run(digits_target, tmp_path, capsys, monkeypatch
         save(self, *a, **k)
         raise KeyboardInterrupt("stopped")
 
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     monkeypatch.setattr(ShardStore, "save", save_then_stop)
     assert main(args) == 3
     monkeypatch.setattr(ShardStore, "save", save)
@@ -292,9 +293,9 @@ def ray_local():
 @pytest.mark.ray
 def test_ray_engine_equals_local_engine(digits_target, tmp_path, ray_local, monkeypatch):
     args = ["--attacks", "loss", "--param", "loss.k=2", "--batch-size", "32"]
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     assert main(_argv(digits_target, tmp_path / "local", *args)) in (0, 1)
-    monkeypatch.setattr(runner, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     assert main(_argv(digits_target, tmp_path / "ray", *args, "--engine", "ray", "--workers", "2")) in (0, 1)
     assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")  # bit for bit
     ray_scores = (tmp_path / "ray" / "scores.csv").read_text()

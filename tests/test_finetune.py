@@ -320,17 +320,17 @@ def test_gsa_on_a_lora_uses_one_feature_per_adapter_tensor(digits_lora_target, t
 
 
 def test_broken_base_scoring_keeps_the_raw_result(digits_lora_target, tmp_path, monkeypatch):
-    import privaudit.audit.runner as runner
+    import privaudit.audit.calibration as calibration  # base scores are taken there
 
     t = digits_lora_target
-    real = runner.score_set
+    real = calibration.score_set
 
     def flaky(attack, denoiser, images, *, label, **kw):
         if "(base)" in label:
             raise RuntimeError("base model fell over")
         return real(attack, denoiser, images, label=label, **kw)
 
-    monkeypatch.setattr(runner, "score_set", flaky)
+    monkeypatch.setattr(calibration, "score_set", flaky)
     r = scan(model_dir=t / "base", lora=t / "lora", members=t / "members", holdout=t / "holdout", out=tmp_path / "run",
              settings=_settings(attacks=("loss",), seed=3), device="cpu")
     assert _plugin(r, "loss")["status"] == "ok"

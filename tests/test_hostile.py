@@ -320,7 +320,7 @@ def test_deeply_nested_results_json(tmp_path, capsys):
 
 
 def test_out_under_proc_is_refused_before_work():
-    from privaudit.audit.runner import check_out
+    from privaudit.audit.runs import check_out
     from privaudit.io.errors import InputError
 
     with pytest.raises(InputError, match="/proc/privaudit-test"):
@@ -439,12 +439,13 @@ def test_text_fixture_split_is_not_called_shifted():
 def test_default_detectors_follow_the_target():
     from privaudit.api.registry import Registry
     from privaudit.audit.runner import target_detectors
-    from privaudit.cli import _settings, build_parser
+    from privaudit.cli import build_parser
+    from privaudit.cli.args import settings_of
 
     reg = Registry.build()
     assert set(target_detectors(reg, {"sampling", "white_box", "text"}, chosen=("nn",))) == {"memprompt", "promptcopy"}
     assert target_detectors(reg, {"sampling", "white_box"}, chosen=("nn",)) == ()
-    parse = lambda *extra: _settings(build_parser().parse_args(["scan", "m", "--members", "a", "--holdout", "b", *extra]))
+    parse = lambda *extra: settings_of(build_parser().parse_args(["scan", "m", "--members", "a", "--holdout", "b", *extra]))
     default = parse()
     assert default.detectors == ("nn",) and default.follow_target
     chosen = parse("--detectors", "nn")

@@ -65,7 +65,7 @@ def test_plugins_lists_descriptions_and_parameters(capsys):
 
 
 def test_terminal_summary_shows_intervals_integers_and_indicative(capsys, tmp_path):
-    from privaudit.cli import _mitigation_summary, _summary
+    from privaudit.cli.commands import _mitigation_summary, _summary
 
     results = {"verdict": {"level": "high", "warnings": []}, "plugins": [
         {"name": "loss", "status": "ok", "severity": "high", "reason": "", "metrics": {
@@ -83,7 +83,7 @@ def test_terminal_summary_shows_intervals_integers_and_indicative(capsys, tmp_pa
 
 
 def test_attacks_show_progress_unless_quiet(digits_target, digits_denoiser, capsys):
-    from privaudit.audit.runner import score_set
+    from privaudit.audit.scoring import score_set
     from privaudit.data.sets import load_images
 
     class Mean:

@@ -93,6 +93,8 @@ def test_attack_results_are_reused_only_where_the_queried_model_is_the_same(digi
     """A mitigation run audits several ways of serving one model: an attack is recomputed only when what it
     queries changed (white-box: the weights; gray-box: the noise predictions)."""
     import privaudit.audit.runner as R
+    import privaudit.audit.scoring as S
+    from privaudit.api import AuditSettings
     from privaudit.api.registry import Registry
     from privaudit.data.sets import load_images
     from privaudit.model.target import load_target
@@ -100,13 +102,13 @@ def test_attack_results_are_reused_only_where_the_queried_model_is_the_same(digi
     den, _, _ = load_target(digits_target / "model", device="cpu")
     members = load_images(digits_target / "members", name="members")
     holdout = load_images(digits_target / "holdout", name="holdout")
-    settings = R.AuditSettings(attacks=("loss", "gsa"), detectors=(), progress=False, n_boot=20,
+    settings = AuditSettings(attacks=("loss", "gsa"), detectors=(), progress=False, n_boot=20,
                                plugin_params={"gsa": {"n_timesteps": 2}})
     calls = []
-    real = R._run_attack
-    R._ATTACK_MEMO.clear()
+    real = S._run_attack
+    S._ATTACK_MEMO.clear()
     try:
-        R._run_attack = lambda attack, **kw: calls.append(attack.name) or real(attack, **kw)
+        S._run_attack = lambda attack, **kw: calls.append(attack.name) or real(attack, **kw)
         first = R.audit(denoiser=den, members=members, holdout=holdout, registry=Registry.build(), settings=settings)
         again = R.audit(denoiser=den, members=members, holdout=holdout, registry=Registry.build(), settings=settings)
         assert calls == ["loss", "gsa"] and first["plugins"] == [dict(p, seconds=q["seconds"]) for p, q in
@@ -119,5 +121,5 @@ def test_attack_results_are_reused_only_where_the_queried_model_is_the_same(digi
         R.audit(denoiser=guarded, members=members, holdout=holdout, registry=Registry.build(), settings=settings)
         assert calls == ["loss", "gsa", "loss"]  # new noise predictions: loss again; the same weights: gsa reused
     finally:
-        R._run_attack = real
-        R._ATTACK_MEMO.clear()
+        S._run_attack = real
+        S._ATTACK_MEMO.clear()

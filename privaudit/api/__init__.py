@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -51,9 +51,6 @@ from privaudit.model.latent import latent_of
 from privaudit.model.noise import Noise, sample_generators, seed_of
 from privaudit.stats.metrics import membership_metrics, proportion_ci
 from privaudit.stats.search import KnnStream, choose_method, default_nlist, l2_normalize, search, train_ivf
-
-if TYPE_CHECKING:
-    from privaudit.api.registry import Registry
 
 __all__ = [
     "CAPABILITIES", "KINDS", "THREAT_MODELS", "AuditContext", "AuditSettings", "Denoiser", "DetectorOutput",
@@ -308,6 +305,14 @@ def declaration_problems(cls: type) -> list[str]:
 
 # ---------------------------------------------------------------------------- contexts
 
+class PluginLookup(Protocol):
+    """What a context offers of the plugin registry (``privaudit.api.registry.Registry`` is one)."""
+
+    def get(self, name: str, *, kind: str | None = None) -> Any: ...
+
+    def create(self, name: str, *, kind: str | None = None, **params: Any) -> Plugin: ...
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     """What to run and how. ``plugin_params`` maps a plugin name to its parameters."""
@@ -343,7 +348,7 @@ _FITTED_FEATURES: dict[tuple, FeatureExtractor] = {}
 class AuditContext:
     """What detectors see: the model, the data, cached samples and fitted feature extractors."""
 
-    def __init__(self, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry: "Registry",
+    def __init__(self, *, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry: PluginLookup,
                  settings: AuditSettings, reference: ImageSet | None = None):
         self.denoiser, self.members, self.holdout = denoiser, members, holdout
         self.registry, self.settings, self.reference = registry, settings, reference
@@ -413,7 +418,7 @@ class MitigationContext:
     holdout: ImageSet
     reference: ImageSet | None
     out: Path
-    registry: "Registry"
+    registry: PluginLookup
     settings: AuditSettings
     device: torch.device
     cache_dir: Path

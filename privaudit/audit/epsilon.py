@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from privaudit.api import AuditSettings
 from privaudit.stats.metrics import clopper_pearson
 
 DP_LABEL = "DP lower bound (members assigned at random)"
@@ -125,3 +126,24 @@ def empirical_epsilon(cal_members: np.ndarray, cal_holdout: np.ndarray, ev_membe
     return EpsilonEstimate(value=epsilon_bound(tpr_lo, fpr_hi, delta=delta), delta=delta, confidence=confidence,
                            threshold=t, tpr_lower=tpr_lo, fpr_upper=fpr_hi, counts=(k_m, len(em), k_h, len(eh)),
                            label=DP_LABEL if randomized else DIST_LABEL)
+
+
+def epsilon_details(sm: np.ndarray, sh: np.ndarray, cal_m: np.ndarray, cal_h: np.ndarray, ev_m: np.ndarray,
+                    ev_h: np.ndarray, *, settings: AuditSettings) -> dict:
+    """eps_hat (privaudit.audit.epsilon): threshold from the calibration split, bound on the evaluation split."""
+    from privaudit.audit.epsilon import empirical_epsilon
+
+    return empirical_epsilon(sm[cal_m], sh[cal_h], sm[ev_m], sh[ev_h], delta=settings.epsilon_delta,
+                             randomized=settings.randomized_membership).to_json()
+
+
+def epsilon_summary(plugins: list[dict]) -> dict | None:
+    """The largest eps_hat over the attacks that ran, with its label and caveat (None when no attack gave one)."""
+    rows = [(p["details"]["epsilon"], p["name"]) for p in plugins
+            if p.get("kind") == "attack" and p.get("status") == "ok" and isinstance(p.get("details", {}).get("epsilon"), dict)]
+    if not rows:
+        return None
+    best, name = max(rows, key=lambda r: r[0]["value"])
+    note = (f"largest of {len(rows)} attacks' bounds; each holds with {best['confidence']:.0%} confidence on its own, "
+            "so the largest of several is slightly optimistic")
+    return {**best, "attack": name, "by_attack": {n: e["value"] for e, n in rows}, "note": note}

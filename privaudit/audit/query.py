@@ -20,16 +20,9 @@ import pandas as pd
 from privaudit.api import AuditSettings, MembershipAttack, capabilities_of
 from privaudit.api.registry import Registry
 from privaudit.audit import dataset_inference as di
-from privaudit.audit.runner import (
-    CALIBRATED,
-    calibration_slope,
-    check_plan,
-    data_fingerprints,
-    load_scan_target,
-    manifest,
-    run_folder,
-    score_set,
-)
+from privaudit.audit.calibration import calibration_slope
+from privaudit.audit.runner import CALIBRATED, check_plan, data_fingerprints, load_scan_target, manifest, run_folder
+from privaudit.audit.scoring import score_set
 from privaudit.data.checks import run_checks
 from privaudit.data.sets import load_checked
 from privaudit.io.errors import InputError, PluginError
@@ -179,7 +172,7 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
 
 def write_query(out: str | Path, results: dict) -> Path:
     """results.json, scores.csv and report.html, published with one rename (as a scan's run folder)."""
-    from privaudit.audit.runner import check_out
+    from privaudit.audit.runs import check_out
     from privaudit.io.files import atomic_dir, csv_safe, write_json, write_text
     from privaudit.reports import render_html
 

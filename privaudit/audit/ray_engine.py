@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from privaudit.audit.engine import Work, pack, unpack
+from privaudit.audit.engine import Work
+from privaudit.audit.work import pack, unpack
 from privaudit.io.errors import InputError
 
 

@@ -27,15 +27,12 @@ from __future__ import annotations
 import hashlib
 import math
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from privaudit.model.noise import sample_generators
-
-if TYPE_CHECKING:  # annotations only: latent.py builds on this module
-    from privaudit.model.latent import LatentTextDenoiser
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -307,7 +304,7 @@ class Denoiser:
         self._fingerprint = value
 
 
-def latent_of(denoiser, depth: int = 8) -> "LatentTextDenoiser | None":
+def latent_of(denoiser, depth: int = 8) -> Any:  # a LatentTextDenoiser (latent.py) or None
     """The latent model inside ``denoiser`` (itself or a wrapper's ``inner()``), else None: the model
     whose samples are latents to decode (``privaudit.model.latent.LatentTextDenoiser`` and its families)."""
     for _ in range(depth):

@@ -1,0 +1,96 @@
+"""The numbers a mitigation run compares across variants, read from one audit's plugin results: per-threat-model
+membership AUCs (one- and two-sided), TPR at 1% FPR, copy fractions, quality; white-box rows and shipped weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _value(m: Any) -> float | None:
+    v = m.get("value") if isinstance(m, dict) else m
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def summarize(results: dict) -> dict:
+    """The numbers compared across variants, from one audit's plugin results (by metric name)."""
+    out: dict[str, float] = {}
+    served: list[float] = []
+    white: list[float] = []
+    two_sided: list[float] = []
+    by_threat: dict[str, dict[str, list[float]]] = {}
+    copies: dict[str, float] = {}
+    for p in results["plugins"]:
+        if p["status"] != "ok":
+            continue
+        m = p["metrics"]
+        auc = _value(m.get("auc"))
+        if p["kind"] == "attack" and auc is not None:  # an AUC that is null (not finite) compares nothing
+            out[f"{p['name']}_auc"] = auc
+            (white if p["threat_model"] == "white-box" else served).append(auc)
+            cands = [auc] + [float(v) for v in ((p.get("details") or {}).get("fitted") or {}).get("sweep_", {}).values()
+                             if isinstance(v, (int, float))]
+            two_sided.append(max(max(c, 1 - c) for c in cands))
+            tm = by_threat.setdefault(THREAT_KEYS.get(p["threat_model"], "other"), {"auc": [], "two": [], "tpr": []})
+            tm["auc"].append(auc)
+            tm["two"].append(two_sided[-1])
+            if (tpr := _value(m.get("tpr_at_fpr_0.01"))) is not None:
+                tm["tpr"].append(tpr)
+                if p["threat_model"] == "black-box":  # each black-box attack's TPR: what the served model concedes
+                    out[f"{p['name']}_tpr_at_fpr_0.01"] = tpr
+        if (cf := _value(m.get("copy_fraction"))) is not None:
+            copies[p["name"]] = cf
+        if (div := _value(m.get("mean_diversity"))) is not None:
+            out[f"{p['name']}_mean_diversity"] = div
+        for key in ("frechet_distance", "precision", "recall"):
+            if key not in out and (v := _value(m.get(key))) is not None:
+                out[key] = v
+    if copies:
+        # several detectors (unconditional samples, per-prompt generations): each one's, and the
+        # worst as the headline, so no way of asking the model hides its copies
+        out["copy_fraction"] = max(copies.values())
+        if len(copies) > 1:
+            out.update({f"{name}_copy_fraction": v for name, v in copies.items()})
+    if served:
+        out["membership_auc"] = max(served)
+    if white:
+        out["white_box_auc"] = max(white)
+    if two_sided:
+        out["membership_auc_two_sided"] = max(two_sided)
+    for key, tm in by_threat.items():  # per threat model: what a served model faces vs what leaked weights expose
+        if key == "other":
+            continue
+        out[f"{key}_auc_two_sided"] = max(tm["two"])
+        if key != "white_box":
+            out[f"{key}_auc"] = max(tm["auc"])
+        if tm["tpr"]:
+            out[f"{key}_tpr_at_fpr_0.01"] = max(tm["tpr"])
+    return {k: round(v, 6) for k, v in out.items() if v is not None}
+
+
+# summary keys per threat model: "black_box_auc", "gray_box_auc_two_sided" (the gate leak of a protected model), ...
+THREAT_KEYS = {"black-box": "black_box", "gray-box": "gray_box", "white-box": "white_box"}
+
+
+def privacy_key(metrics: dict) -> str:
+    """The membership number a served setting is judged on: the black-box two-sided AUC where a black-box
+    attack ran (what a served model faces), else the two-sided AUC over every attack on the served model."""
+    return "black_box_auc_two_sided" if "black_box_auc_two_sided" in metrics else "membership_auc_two_sided"
+
+
+def white_box_rows(before: dict, after: dict) -> list[dict]:
+    rows = []
+    b = {p["name"]: p for p in before["plugins"] if p["status"] == "ok" and p["threat_model"] == "white-box"}
+    for p in after["plugins"]:
+        if p["name"] in b and p["status"] == "ok" and "auc" in p["metrics"]:
+            ba, aa = _value(b[p["name"]]["metrics"]["auc"]), _value(p["metrics"]["auc"])
+            rows.append({"attack": p["name"], "before_auc": ba, "after_auc": aa,
+                         "unchanged": ba is not None and aa is not None and abs(ba - aa) < 1e-9})
+    return rows
+
+
+def same_weights(before: dict, after: dict) -> dict:
+    """The raw and protected folders' network weights by file: a sampling-time mitigation ships the raw UNet."""
+    b, a = before["target"].get("weights_sha256") or {}, after["target"].get("weights_sha256") or {}
+    same = sorted(f for f in b if a.get(f) == b[f])
+    return {"same_files": same, "sha256": {f: b[f] for f in same}, "raw_weights_shipped": bool(same)}
