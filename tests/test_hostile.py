@@ -183,7 +183,7 @@ def test_holdout_with_identical_content(digits_target, tmp_path, capsys):
 
 NAN_ATTACK = '''
 import torch
-from privaudit.api.registry import MembershipAttack
+from privaudit.api import MembershipAttack
 
 
 class NanAttack(MembershipAttack):

@@ -14,7 +14,7 @@ from privaudit.io.exports import junit_xml, summary
 
 # a drop-in attack whose scoring fails as a LoRA scaled by 1e20 makes scikit-learn fail
 BOOM_ATTACK = '''
-from privaudit.api.registry import MembershipAttack
+from privaudit.api import MembershipAttack
 
 
 class BoomAttack(MembershipAttack):

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from privaudit.api.registry import (
+from privaudit.api import (
     CAPABILITIES,
     KINDS,
     THREAT_MODELS,
     FeatureExtractor,
     MembershipAttack,
     Mitigation,
-    Registry,
     ReplicationDetector,
 )
+from privaudit.api.registry import Registry
 from privaudit.io.errors import PluginError
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
@@ -95,7 +95,7 @@ def test_third_party_entry_point_is_registered_and_runs(example_entry_point, dig
 
 def test_dropin_file_and_blocking(tmp_path):
     (tmp_path / "mine.py").write_text(
-        "from privaudit.api.registry import MembershipAttack\n"
+        "from privaudit.api import MembershipAttack\n"
         "class Zero(MembershipAttack):\n"
         "    '''Scores zero.'''\n"
         "    name = 'zero'\n    id = 'DROPIN-1'\n"
@@ -107,7 +107,7 @@ def test_dropin_file_and_blocking(tmp_path):
 
 def test_duplicate_name_names_both_origins(tmp_path):
     (tmp_path / "dup.py").write_text(
-        "from privaudit.api.registry import MembershipAttack\n"
+        "from privaudit.api import MembershipAttack\n"
         "class Loss2(MembershipAttack):\n    '''Clash.'''\n    name = 'loss'\n    id = 'DUP'\n"
         "    def score(self, denoiser, x0, *, noise):\n        return x0.flatten(1).mean(1)\n")
     with pytest.raises(PluginError) as e:

@@ -20,16 +20,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from privaudit.api import (  # noqa: F401 (re-exported: the plugin kinds' historical home)
-    CAPABILITIES,
+from privaudit.api import (
     KINDS,
-    THREAT_MODELS,
-    DetectorOutput,
-    FeatureExtractor,
-    MembershipAttack,
-    Mitigation,
     Plugin,
-    ReplicationDetector,
     declaration_problems,
     validate_params,
 )
