@@ -24,7 +24,7 @@ WIDE_METRICS = {f"{a}_auc": 0.5 for a in ("loss", "secmi", "pia", "pian", "sima"
 
 
 def mitigation_results(before: dict, after: dict) -> dict:
-    """A ``kind: mitigation`` run in the shape ``privaudit/mitigate.py`` writes, built from two real scans.
+    """A ``kind: mitigation`` run in the shape ``privaudit/mitigation/flow.py`` writes, built from two real scans.
 
     ``after`` stands in for the protected model's audit; controls and sweep carry numbers of
     the documented form (flat metric numbers; a Metric dict in one place, as other writers may).

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import usage_error as _one_line
 
 from privaudit.cli import main
 
@@ -18,14 +19,6 @@ def _scan(target: Path, out: Path, *extra, model: Path | None = None) -> int:
                  str(target / "holdout"), "--out", str(out), "--device", "cpu", "--quiet", "--bootstrap", "20",
                  "--detectors", "", *map(str, extra)])
 
-
-def _one_line(code: int, capsys, *needles) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privaudit: error: "), err
-    for n in needles:
-        assert str(n) in err, err
-    return err
 
 
 @pytest.fixture

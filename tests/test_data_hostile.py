@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import usage_error as _usage_error
 from PIL import Image
 
 from privaudit.cli import main
@@ -321,14 +322,6 @@ def test_identical_or_absent_captions_need_no_classifier():
 
 
 # ----------------------------------------------------------------------------------- command line
-
-def _usage_error(code: int, capsys, *needles) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privaudit: error: "), err
-    for n in needles:
-        assert str(n) in err, err
-    return err
 
 
 def _digits_dataset(digits_target: Path, path: Path, bad_row: int, cell) -> Path:

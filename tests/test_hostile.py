@@ -11,20 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import usage_error as _one_line_usage_error
 from PIL import Image
 
 from privaudit.cli import main
 from privaudit.data.sets import load_images
 from privaudit.fixtures import build_fixture, digits
-
-
-def _one_line_usage_error(code: int, capsys, *needles) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privaudit: error: "), err
-    for n in needles:
-        assert str(n) in err, err
-    return err
 
 
 def _scan(model, members, holdout, out, *extra) -> int:

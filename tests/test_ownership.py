@@ -14,21 +14,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_helpers import usage_error as _one_line_usage_error
 from conftest import run_scan
 
 from privaudit.cli import main
 from privaudit.fixtures import build_fixture
 from privaudit.io.errors import InputError
 from privaudit.io.ownership import MANIFEST, Ledger, ownership_problem, write_manifest
-
-
-def _one_line_usage_error(code: int, capsys, *needles) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("privaudit: error: "), err
-    for n in needles:
-        assert str(n) in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

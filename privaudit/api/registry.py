@@ -1,4 +1,4 @@
-"""The plugin registry (the kinds plugins subclass live in ``privaudit.api``, re-exported here).
+"""The plugin registry (the kinds plugins subclass live in ``privaudit.api``).
 
 Built-ins register exactly as third-party packages do: through the entry-point group
 ``privaudit.plugins`` (each entry point names a plugin class). A ``--plugins-dir`` adds

@@ -23,7 +23,7 @@ from privaudit.api.registry import Registry
 from privaudit.data.sets import ImageSet
 from privaudit.io.errors import InputError
 from privaudit.io.exports import write_exports
-from privaudit.io.files import csv_safe, publish_dir, write_json, write_text
+from privaudit.io.files import csv_safe, existing_ancestor, publish_dir, write_json, write_text
 
 # PARTIAL: an unfinished run's finished shards (privaudit.audit.engine): kept for --resume, gone once the run is written
 from privaudit.io.ownership import PARTIAL, check_replaceable, folder_lock, remove_stale_siblings
@@ -66,9 +66,7 @@ def check_out(out: str | Path, *, resume: bool = False) -> Path:
         out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out exists and is a file, not a folder")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_ancestor(out.parent)
     if not parent.is_dir():
         raise InputError(f"{parent}: is a file; --out {out} cannot be created under it")
     # replaced only when empty or provably privaudit's (privaudit.io.ownership): exit 2 naming the first foreign file

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from privaudit.io.errors import InputError
+from privaudit.io.files import existing_ancestor
 from privaudit.io.results import SEVERITIES
 
 
@@ -138,9 +139,7 @@ def _check_cache_dir(path: Path) -> None:
     """``--cache-dir`` must be a folder privaudit can create or write: checked before any work."""
     if path.exists() and not path.is_dir():
         raise InputError(f"--cache-dir {path}: exists and is a file, not a folder")
-    near = path
-    while not near.exists() and near != near.parent:
-        near = near.parent
+    near = existing_ancestor(path)
     if not near.is_dir():
         raise InputError(f"--cache-dir {path}: {near} is a file; the cache folder cannot be created under it")
     if not os.access(near, os.W_OK | os.X_OK):

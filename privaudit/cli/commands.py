@@ -12,6 +12,7 @@ from typing import Callable
 
 from privaudit.cli.args import check_sets, default_out, settings_of
 from privaudit.io.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, InputError
+from privaudit.io.files import existing_ancestor
 
 
 def _exit_for(results: dict, fail_on: str) -> int:
@@ -130,9 +131,7 @@ def _check_report_out(out: Path, *, run: Path) -> None:
         if folder == run.resolve() or (folder / MANIFEST).is_file():
             raise InputError(f"--out {out}: inside the run folder {folder}; privaudit writes there only its own "
                              f"report.html (omit --out, or write the file outside the run folder)")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_ancestor(target.parent)
     if not parent.is_dir():
         raise InputError(f"--out {out}: {parent} is a file; the report cannot be written under it")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def existing_ancestor(path: Path) -> Path:
+    """The nearest of ``path`` and its parents that exists: where a missing output folder would be created,
+    so it can be checked (a file? writable?) before any work."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

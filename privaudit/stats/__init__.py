@@ -1,1 +1,3 @@
-"""stats"""
+"""Numbers with no model in them: membership metrics with intervals and calibration splits
+(``metrics``), nearest-member search (``search``). Imports: io.
+"""
