@@ -1,4 +1,4 @@
-"""Step 4 of the flow, audit: run the selected attacks and detectors on a loaded target and its data.
+"""Step 3 of the flow, audit: run the selected attacks and detectors on a loaded target and its data.
 
 ``runner`` (scan: checks, audit, verdict, run folder), ``scoring`` (one attack on one image set),
 ``calibration`` (base-calibrated scores of a fine-tune), ``runs`` (the run folder and its shards),

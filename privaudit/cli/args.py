@@ -158,7 +158,10 @@ def check_sets(a: argparse.Namespace) -> None:
     sizes = {}
     for name in ("members", "holdout"):
         path = getattr(a, name)
-        n = sizes[name] = len(load_images(path, name=name))
+        try:
+            n = sizes[name] = len(load_images(path, name=name))
+        except InputError:  # missing or empty: reported by the run in its own order (settings, model, data)
+            continue
         if n < 4:
             continue  # the loader's own check names it (at least 4 images)
         try:
@@ -170,7 +173,7 @@ def check_sets(a: argparse.Namespace) -> None:
             raise InputError(f"--calibration-fraction {a.calibration_fraction:g}: splits the {n} {name} images "
                              f"({path}) into {n_cal} for calibration and {n_ev} for evaluation; each needs at "
                              f"least {MIN_SPLIT}")
-    if a.fpr:
+    if a.fpr and "holdout" in sizes:
         _check_fpr(a, sizes["holdout"])
 
 

@@ -84,7 +84,7 @@ def _check_denoiser_class(spec: dict, *, index: Path) -> None:
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
             continue
         if entry[1] not in ADAPTERS:
-            raise InputError(f"{index}: denoiser {key} {entry[1]!r} is not supported; supported: "
+            raise InputError(f"{index}: denoiser {key} {entry[1]} is not supported; supported: "
                              f"{', '.join(ADAPTERS)}")
 
 
