@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 # keys whose values are times, the run's own provenance or its own location: never results
 SKIPPED = {"seconds", "sampling_seconds", "sampling_ratio", "timing", "manifest", "outputs", "created", "wall_s",
-           "cost", "path", "out", "privaudit_version"}
+           "cost", "path", "out", "privaudit_version", "seconds_total", "protected"}
+# timings quoted inside findings' text
+TIMED = re.compile(r"sampling time x[0-9.]+")
 
 
 def walk(a: object, b: object, path: str, out: list[str], counts: dict[str, int]) -> None:
@@ -38,6 +41,10 @@ def walk(a: object, b: object, path: str, out: list[str], counts: dict[str, int]
             walk(x, y, f"{path}[{i}]", out, counts)
     elif isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         counts["numbers"] += 1
+    elif isinstance(a, str) and isinstance(b, str):
+        counts["other"] += 1
+        if TIMED.sub("sampling time x?", a) != TIMED.sub("sampling time x?", b):
+            out.append(f"{path}: {a!r} before, {b!r} after")
     else:
         counts["numbers" if isinstance(a, (int, float)) and not isinstance(a, bool) else "other"] += 1
         if a != b or type(a) is not type(b):
