@@ -10,7 +10,7 @@ where the UNet rate is measured in the same run, same batch size, right before t
 since shared machines are noisy and load only ever slows a timing down). A ratio of 1 means the
 attack costs exactly its queries; the goal is >= 0.8. GSA needs a backward pass per forward,
 so it is also compared with the measured forward+backward rate (``ratio_fb``).
-Scoring runs through ``privaudit.audit.engine.score_batches``, the loop every audit engine runs (per-image
+Scoring runs through ``privaudit.audit.work.score_batches``, the loop every audit engine runs (per-image
 keyed noise, batches read from the image set), so the ratio includes what an audit pays around the
 queries. Fitting (calibration sweeps, GSA's classifier) is one-off per audit and reported apart.
 

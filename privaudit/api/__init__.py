@@ -3,7 +3,7 @@
 A plugin imports this module and the model layer (``privaudit.model.denoiser``, ``privaudit.model.latent``,
 ``privaudit.model.target``) and nothing of privaudit's flows: ``privaudit.audit.runner`` (scan),
 ``privaudit.mitigation.flow`` and ``privaudit.reports`` import plugins' outputs, never the reverse
-(``tests/test_api.py`` walks the import graph). ARCHITECTURE.md shows the layers.
+(``import-linter`` contracts in pyproject.toml, run by ``make lint``). ARCHITECTURE.md shows the layers.
 
 What a plugin declares (class attributes; checked by ``privaudit.testing.check_plugin``):
 

@@ -5,7 +5,7 @@ thresholds, nearest-neighbour search, metrics, bootstrap, report) always run in 
 process. The per-item work in between is cut into fixed contiguous **shards** and handed to an
 **engine**, one stage per kind of work:
 
-- ``scores`` (``ScoreWork``): per-image scores of a fitted attack (``runner.score_set``);
+- ``scores`` (``ScoreWork``): per-image scores of a fitted attack (``privaudit.audit.scoring.score_set``);
 - ``samples`` (``SampleWork``): generated samples, each seeded by its index (``AuditContext.samples``);
 - ``features`` (``FeatureWork``): a fitted feature extractor's embedding of an image set or of
   samples (``AuditContext.features``, what detectors call), one detector batch per shard, keyed
