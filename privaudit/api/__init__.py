@@ -258,6 +258,11 @@ class Mitigation(Plugin):
 
     kind: ClassVar[str] = "mitigation"
     threat_model: ClassVar[str] = "n/a"
+    #: what the served pipeline carries besides the model, in words (e.g. "a guard classifier"); shown in the report
+    carries: ClassVar[str] = ""
+    #: True when what it carries holds training data (members' pixels or features): a leak surface of its own if the
+    #: protected folder is published, so the report recommends keeping it server-side
+    carries_training_data: ClassVar[bool] = False
 
     def apply(self, ctx: "MitigationContext") -> "MitigationOutput":
         raise NotImplementedError

@@ -130,6 +130,7 @@ class CPSample(Mitigation):
     name = "cpsample"
     id = "PA-MIT-001"
     threat_model = "gray-box"
+    carries = "a guard classifier that recognises members (trained on random labels of the training images)"
     references = ("Kazdan et al., CPSample: Classifier Protected Sampling for Guarding Training Data During "
                   "Diffusion, ICLR 2025 (arXiv 2409.07025)",
                   "Dhariwal & Nichol, Diffusion Models Beat GANs on Image Synthesis, NeurIPS 2021 (classifier guidance)")
