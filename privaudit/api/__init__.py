@@ -187,6 +187,9 @@ class MembershipAttack(Plugin):
 
     kind: ClassVar[str] = "attack"
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = MEMBERSHIP_SPECS
+    #: an attack an attacker who knows a sampling-time mitigation would run (cheap, black-box): ``privaudit
+    #: mitigate`` adds every installed adaptive attack to each of its audits, before and after alike
+    adaptive: ClassVar[bool] = False
 
     def prepare(self, ctx: "AuditContext") -> None:
         """Called by the audit once before ``fit`` with the audit's context: a black-box attack that
