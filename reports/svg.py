@@ -325,7 +325,8 @@ def tradeoff(points: Sequence[dict], *, xlabel: str, ylabel: str, title: str = "
     "recommended"}]. Points of one ``series`` (e.g. a method, its placebo) share colour, marker and
     a dashed line in quality order, and carry their ``number`` (the sweep table's row); the
     recommended one is a labelled star. Points with ``series`` None are references (controls
-    such as no mitigation), drawn hollow and labelled by name."""
+    such as no mitigation), drawn hollow and labelled by name. ``r`` (optional): a point's marker
+    radius, to show a third measure (e.g. the copy fraction)."""
     pts = [p for p in points if p.get("x") is not None and p.get("y") is not None]
     if not pts:
         return Markup("")
@@ -381,7 +382,7 @@ def tradeoff(points: Sequence[dict], *, xlabel: str, ylabel: str, title: str = "
                        f'stroke-dasharray="{dash or "4 3"}"/>')
         for p in group:
             x, y = ax.x(float(p["x"])), ax.y(float(p["y"]))
-            svg.append(_marker(MARKERS[i % len(MARKERS)], x, y, 4, colour))
+            svg.append(_marker(MARKERS[i % len(MARKERS)], x, y, float(p.get("r") or 4), colour))
             at = place(x, y, str(p["number"]), 10) if p.get("number") is not None else None
             if at:  # a number that fits nowhere is left out: the table and the description list every point
                 svg.append(f'<text x="{_f(at[0])}" y="{_f(at[1])}" font-size="10" fill="#333" '
@@ -390,7 +391,7 @@ def tradeoff(points: Sequence[dict], *, xlabel: str, ylabel: str, title: str = "
     refs = [p for p in pts if p.get("series") is None]
     for j, p in enumerate(refs):
         x, y = ax.x(float(p["x"])), ax.y(float(p["y"]))
-        svg.append(_marker(MARKERS[(j + 1) % len(MARKERS)], x, y, 5, "#333", filled=False))
+        svg.append(_marker(MARKERS[(j + 1) % len(MARKERS)], x, y, float(p.get("r") or 5), "#333", filled=False))
         at = place(x, y, str(p["label"]), 11)
         if at:
             svg.append(f'<text x="{_f(at[0])}" y="{_f(at[1])}" font-size="11" '

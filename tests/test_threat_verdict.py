@@ -41,9 +41,13 @@ def test_summary_groups_membership_by_threat_model():
     assert s["white_box_auc"] == 0.97 and s["white_box_auc_two_sided"] == 0.97
     assert s["membership_auc_two_sided"] == 0.97  # over every attack, as before
     # the membership target reads the black-box number where one was measured
-    assert meets_targets({"copy_fraction": 0.0, "black_box_auc_two_sided": 0.55, "membership_auc_two_sided": 0.97})
-    assert not meets_targets({"copy_fraction": 0.0, "black_box_auc_two_sided": 0.7, "membership_auc_two_sided": 0.5})
-    assert not meets_targets({"copy_fraction": 0.0, "membership_auc_two_sided": 0.9})
+    q = {"quality_ratio": 0.95}
+    assert meets_targets({"copy_fraction": 0.0, "black_box_auc_two_sided": 0.55, "membership_auc_two_sided": 0.97, **q})
+    assert not meets_targets({"copy_fraction": 0.0, "black_box_auc_two_sided": 0.7, "membership_auc_two_sided": 0.5, **q})
+    assert not meets_targets({"copy_fraction": 0.0, "membership_auc_two_sided": 0.9, **q})
+    # quality is a target too, and a number never measured never counts as met
+    assert not meets_targets({"copy_fraction": 0.0, "black_box_auc_two_sided": 0.55, "quality_ratio": 0.5})
+    assert not meets_targets({"copy_fraction": 0.0, "black_box_auc_two_sided": 0.55})
 
 
 def test_protected_verdict_is_the_black_box_one_with_a_weights_leak_line():

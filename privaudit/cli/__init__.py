@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mitigate", help="protect a model (e.g. CPSample) and audit it before and after")
     p.add_argument("model_dir", type=Path, help=model_help + ": the raw model to protect")
-    p.add_argument("--method", default="cpsample", help="mitigation plugin (default: cpsample)")
+    p.add_argument("--method", default="cpsample", help="mitigation plugin, several joined by commas (e.g. "
+                   "cpsample,rejection,repel), or all: each runs its sweep on one privacy/quality frontier "
+                   "(default: cpsample)")
     p.add_argument("--members", type=Path, required=True, help="training images: folder or .npy/.npz")
     p.add_argument("--holdout", type=Path, required=True, help="images never trained on, same distribution")
     p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/mitigate-<time>)")
@@ -74,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "alpha in (0, 0.5]")
     p.add_argument("--scale", type=float, help="CPSample guidance scale (>= 0; 0 turns guidance off)")
     p.add_argument("--sweep", action="store_true", help="also audit the method's sweep (e.g. alpha x scale) and "
-                   "recommend a setting")
+                   "recommend a setting (always on with several methods)")
+    p.add_argument("--target", default=None, metavar="SPEC",
+                   help="what a recommended setting must meet, e.g. \"copies<=0.02,blackbox_auc<=0.6,quality>=0.9\" "
+                        "(the default); names: copies, blackbox_auc, auc, quality, cost")
+    p.add_argument("--no-adaptive", dest="adaptive", action="store_false",
+                   help="do not add the installed adaptive attacks (an attacker who knows the mitigation) to the audits")
     # a protected model is judged as served: black-box attacks (images only) beside the gray-box loss
     add_audit_args(p, detectors=("nn", "quality"), attacks=("loss", "rediffuse", "gen-nn"))
     p.set_defaults(func=cmd_mitigate)

@@ -255,8 +255,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def _mitigation_summary(results: dict, out: Path) -> None:
     v = results.get("verdict") or {}
     if v:
-        print(f"verdict: {v.get('before', '?')} (raw model) -> {v['level']} (protected {results['method']} pipeline)",
+        shown = results.get("method_detail") or results["method"]
+        print(f"verdict: {v.get('before', '?')} (raw model) -> {v['level']} (protected {shown} pipeline)",
               file=sys.stderr)
+        for c in v.get("caveats") or []:
+            print(f"  but: {c}", file=sys.stderr)
         for f in v.get("fired", [])[:6]:
             print(f"  {f['level']:<9} {f['plugin']}: {f['text']}", file=sys.stderr)
     for w in results["warnings"]:
@@ -271,9 +274,17 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
     from privaudit.audit.runner import run_folder
     from privaudit.mitigation.flow import mitigate
 
+    from privaudit.mitigation.targets import parse_targets
+
     settings = settings_of(a)
     check_sets(a)
-    params = dict(settings.plugin_params.get(a.method, {}))  # --param METHOD.key=value
+    if a.target is not None:
+        parse_targets(a.target)  # a bad --target fails before any work
+    several = a.method.strip() == "all" or "," in a.method
+    if several and (a.alpha is not None or a.scale is not None):
+        raise InputError(f"--method {a.method}: --alpha/--scale set cpsample alone; with several methods use "
+                         "--param cpsample.alpha=VALUE")
+    params = {} if several else dict(settings.plugin_params.get(a.method, {}))  # --param METHOD.key=value
     if a.alpha is not None:
         params["alpha"] = a.alpha
     if a.scale is not None:
@@ -283,7 +294,7 @@ def cmd_mitigate(a: argparse.Namespace) -> int:
         results = mitigate(model_dir=a.model_dir, members=a.members, holdout=a.holdout, out=out, method=a.method,
                            params=params, settings=settings, device=a.device, reference=a.reference, sweep=a.sweep,
                            allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, argv=sys.argv, redact=a.redact,
-                           dtype=a.dtype)
+                           dtype=a.dtype, targets=a.target, adaptive=a.adaptive)
     _mitigation_summary(results, Path(out))
     return _exit_for({**results["after"], "verdict": results["verdict"]}, a.fail_on)
 

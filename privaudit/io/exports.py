@@ -4,13 +4,17 @@
   with their 95% intervals and reliability; no images, no per-image data, small enough to
   read in a CI log. For a mitigation run: the protected model's verdict (as served: the black-box
   one when a black-box attack ran, ``verdict_basis``), the "if the weights leak" level, the gate
-  leak, the raw model's verdict, and the headline numbers of each way of serving the model.
+  leak, the raw model's verdict, and the headline numbers of each way of serving the model; the
+  ``headline`` and its ``caveats`` (quality collapsed or below target, targets missed), the quality
+  ratio, each target's check, and the recommended setting (``recommendation``, null when none meets
+  the targets; ``decision`` says why in words).
 - ``junit.xml``: one test case per plugin (``classname`` = its area). A plugin whose severity
   is ``medium`` or above fails (``FAIL_AT``), with the rules that fired as the message; a
   skipped plugin is skipped and a crashed one an error, so CI systems show findings natively.
   A plugin whose evidence was unusable fails as ``inconclusive``. A mitigation run adds one case
-  for the rules judged on the protected model as a whole (reversed scores, headline numbers); a
-  scan whose verdict is inconclusive adds a failing ``verdict`` case with the reasons.
+  for the rules judged on the protected model as a whole (reversed scores, headline numbers), which
+  also fails on a caveat (quality collapsed, a target missed) whatever the level; a scan whose
+  verdict is inconclusive adds a failing ``verdict`` case with the reasons.
 
 Both read the verdict as the report does (``privaudit.io.verdict.judged_level``): a missing verdict, or
 a calm one beside failed or unusable evidence, is ``inconclusive``, never "info" or "low".
@@ -66,7 +70,15 @@ def summary(results: dict) -> dict:
                    verdict_basis=v.get("basis"),
                    verdict_if_weights_leak=(v.get("if_weights_leak") or {}).get("level"),
                    gate_leak=(results.get("gate_leak") or {}).get("value"),
+                   # the level is leakage only: the headline carries what must be said beside it
+                   headline=v.get("headline") or level, caveats=list(v.get("caveats") or []),
+                   quality=v.get("quality"), targets=list(v.get("targets") or []),
+                   recommendation=(results.get("decision") or {}).get("recommended"),
+                   decision=(results.get("decision") or {}).get("text"),
                    plugins=_plugins(results.get("after") or {}))
+        if isinstance(results.get("frontier"), dict):  # several methods on one frontier
+            f = results["frontier"]
+            out.update(methods=f.get("methods"), misses=f.get("misses"), detail_method=f.get("shown_in_detail"))
     else:
         ps = _plugins(results)
         out.update(fired=[{"level": p["severity"], "plugin": p["name"], "area": _area(p), "text": r}
@@ -114,6 +126,10 @@ def junit_xml(results: dict) -> str:
             failures += 1
             msg = f"{level}: " + "; ".join(f"{f.get('plugin')}: {f.get('text')}" for f in v.get("fired") or [])
             body = f"<failure type={quoteattr(level)} message={quoteattr(msg)}/>"
+        elif mitigation and v.get("caveats"):  # a calm level beside collapsed quality or a missed target fails
+            failures += 1
+            msg = f"{level}, but " + "; ".join(str(c) for c in v["caveats"])
+            body = f"<failure type={quoteattr('caveat')} message={quoteattr(msg)}/>"
         classname, name = ("privaudit.mitigation", "verdict.protected") if mitigation else ("privaudit", "verdict")
         cases.append(f'  <testcase classname={quoteattr(classname)} name={quoteattr(name)}>{body}</testcase>')
     head = (f'<testsuite name="privaudit" tests="{len(cases)}" failures="{failures}" errors="{errors}" '

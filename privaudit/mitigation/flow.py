@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,15 +78,18 @@ from privaudit.io.files import write_json, write_text
 from privaudit.io.ownership import clear_owned, write_manifest
 from privaudit.io.results import SCHEMA_VERSION
 from privaudit.mitigation.frontier import (
-    TARGETS,
+    DEFAULT,
+    decision_text,
     family_summary,
     findings_of,
     fmt_value,
     matched_quality,
     meets_targets,
+    misses,
     recommend,
 )
-from privaudit.mitigation.summary import same_weights, summarize, white_box_rows
+from privaudit.mitigation.summary import privacy_key, quality_ratio, same_weights, summarize, white_box_rows
+from privaudit.mitigation.targets import parse_targets
 from privaudit.mitigation.verdict import gate_leak, mitigation_verdict
 from privaudit.model.denoiser import Denoiser, ProvidesDenoiser
 from privaudit.model.latent import image_shape_of
@@ -135,19 +139,22 @@ def timed_samples(denoiser: Denoiser, *, n: int, steps: int, sampler: str, seed:
 
 
 class _Auditor:
-    """Audits variants with one set of data and settings; collects comparable rows."""
+    """Audits variants with one set of data and settings; collects comparable rows. The first row
+    (the unprotected model) is the base of every row's sampling-time and quality ratio."""
 
-    def __init__(self, *, members, holdout, reference, registry, settings, timing: dict, seed: int):
+    def __init__(self, *, members, holdout, reference, registry, settings, timing: dict, seed: int, targets):
         self.members, self.holdout, self.reference = members, holdout, reference
         self.registry, self.settings, self.timing, self.seed = registry, settings, timing, seed
+        self.targets = targets
         self.base_seconds: float | None = None
+        self.base_res: dict | None = None
 
     def audit(self, denoiser) -> dict:
         return audit(denoiser=denoiser, members=self.members, holdout=self.holdout, registry=self.registry,
                      settings=self.settings, reference=self.reference)
 
     def row(self, *, name: str, description: str, family: str, params: dict, res: dict, denoiser,
-            probe=None, details=None, role: str = "control") -> dict:
+            probe=None, details=None, role: str = "control", method: str | None = None) -> dict:
         n = min(64, self.timing["n"])
         x, secs = timed_samples(denoiser, n=n, steps=self.timing["steps"], sampler=self.timing["sampler"],
                                 seed=self.seed, batch_size=self.settings.batch_size * 2)
@@ -155,35 +162,74 @@ class _Auditor:
         if probe is not None:
             metrics.update(probe(x))
         if self.base_seconds is None:
-            self.base_seconds = secs
+            self.base_seconds, self.base_res = secs, res
+        quality = quality_ratio(res, self.base_res)
+        if quality is not None:
+            metrics["quality_ratio"] = quality["ratio"]
         det = details() if callable(details) else dict(details or {})
+        ratio = round(secs / max(self.base_seconds, 1e-9), 3)
         # each way of serving the model judged as the protected one is: black-box headline, weights-leak line
-        v = mitigation_verdict(before={"verdict": {"level": "n/a"}}, after_res=res, row={"metrics": metrics},
-                               settings=self.settings)
+        v = mitigation_verdict(before={"verdict": {"level": "n/a"}}, after_res=res,
+                               row={"metrics": metrics, "quality": quality, "sampling_ratio": ratio},
+                               settings=self.settings, targets=self.targets)
         return {"name": name, "description": description, "family": family, "role": role, "params": params,
-                "metrics": metrics,
-                "sampling_seconds": round(secs, 3), "sampling_ratio": round(secs / max(self.base_seconds, 1e-9), 3),
+                "method": method, "metrics": metrics, "quality": quality,
+                "sampling_seconds": round(secs, 3), "sampling_ratio": ratio,
                 "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"]},
-                "verdict": v["level"], "verdict_basis": v["basis"],
+                "verdict": v["level"], "verdict_basis": v["basis"], "caveats": v["caveats"],
                 "verdict_if_weights_leak": v["if_weights_leak"]["level"], "details": det}
+
+
+def resolve_methods(registry: Registry, method: str) -> list[str]:
+    """``--method``: one mitigation, several joined by commas, or ``all`` (every installed one, in the
+    registry's order); each checked to be an installed mitigation before any work."""
+    if str(method).strip() == "all":
+        names = [r.name for r in registry if r.kind == "mitigation"]
+        if not names:
+            raise InputError("--method all: no mitigation plugin is installed")
+        return names
+    names = [m.strip() for m in str(method).split(",") if m.strip()]
+    if not names:
+        raise InputError(f"--method {method!r}: name a mitigation, several joined by commas, or all")
+    if len(set(names)) != len(names):
+        raise InputError(f"--method {method!r}: a method is named twice")
+    for m in names:
+        registry.get(m, kind="mitigation")
+    return names
+
+
+def adaptive_attacks(registry: Registry, settings: AuditSettings) -> tuple[str, ...]:
+    """The selected attacks plus every installed adaptive one (``MembershipAttack.adaptive``: what an attacker
+    who knows a sampling-time mitigation runs), so every audit of the run, before and after, has them."""
+    extra = [r.name for r in registry if r.kind == "attack" and getattr(r.cls, "adaptive", False)]
+    return tuple(dict.fromkeys((*settings.attacks, *extra)))
 
 
 def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out: str | Path, method: str,
              params: dict | None = None, settings: AuditSettings, device: str = "auto",
              reference: str | Path | None = None, sweep: bool = False, allow_pickle: bool = False,
              plugins_dir: str | Path | None = None, argv: list[str] | None = None, redact: str = "thumbnails",
-             log: Callable[[str], None] | None = None, dtype: str = "auto") -> dict:
+             log: Callable[[str], None] | None = None, dtype: str = "auto", targets: str | None = None,
+             adaptive: bool = True) -> dict:
     """``privaudit mitigate``: returns the mitigation results written to ``out``. Its audits and sampling
     run on the chosen engine, sharded and resumable (``--resume``); the guard trains in this process.
     ``out`` is written in place: a previous run there (provably privaudit's, else exit 2) is cleared first,
-    and the ownership manifest is written last."""
+    and the ownership manifest is written last.
+
+    ``method``: one mitigation plugin, several joined by commas, or ``all``: with more than one, each
+    runs its sweep with the same seeds, sample counts and controls, into ``out/<method>/``, and the run
+    recommends the cheapest setting that meets ``targets`` (``privaudit.mitigation.targets``; default
+    ``DEFAULT_TARGETS``), or says that none does. ``params`` (one method only) are its parameters; with
+    several, each method's come from ``settings.plugin_params`` (``--param METHOD.key=value``).
+    ``adaptive``: add every installed adaptive attack to every audit (``adaptive_attacks``)."""
+    tgt = parse_targets(targets) if targets is not None else DEFAULT
     if not settings.resume:
         clear_owned(out)
     with engine_session(Path(out), settings=settings) as run:
         results = _mitigate(run, model_dir=model_dir, members=members, holdout=holdout, out=out, method=method,
                             params=params, settings=settings, device=device, reference=reference, sweep=sweep,
                             allow_pickle=allow_pickle, plugins_dir=plugins_dir, argv=argv, redact=redact, log=log,
-                            dtype=dtype)
+                            dtype=dtype, targets=tgt, adaptive=adaptive)
     remove_partial(Path(out))  # finished: its shards are no longer needed
     write_manifest(Path(out))  # last: the whole folder is now provably privaudit's
     return results
@@ -192,14 +238,23 @@ def mitigate(*, model_dir: str | Path, members: str | Path, holdout: str | Path,
 def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str | Path, out: str | Path, method: str,
               params: dict | None, settings: AuditSettings, device: str, reference: str | Path | None, sweep: bool,
               allow_pickle: bool, plugins_dir: str | Path | None, argv: list[str] | None, redact: str,
-              log: Callable[[str], None] | None, dtype: str) -> dict:
+              log: Callable[[str], None] | None, dtype: str, targets: tuple, adaptive: bool) -> dict:
     say = log or (lambda msg: print(msg, file=sys.stderr) if settings.progress else None)
     start = time.perf_counter()
     out = Path(out)
     registry = Registry.build(plugins_dir=plugins_dir)
+    names = resolve_methods(registry, method)
+    multi = len(names) > 1
+    if params and multi:
+        raise InputError(f"--method {method}: parameters for several methods go in --param METHOD.key=value")
+    if adaptive:
+        settings = replace(settings, attacks=adaptive_attacks(registry, settings))
     check_plan(registry, settings)
-    mitigation = registry.create(method, kind="mitigation", **(params or {}))  # validated: fails before any work
-    assert isinstance(mitigation, Mitigation)
+    plugins: dict[str, Mitigation] = {}
+    for m in names:  # validated: fails before any work
+        plugins[m] = registry.create(m, kind="mitigation", **(params if params and not multi
+                                                               else settings.plugin_params.get(m, {})))
+        assert isinstance(plugins[m], Mitigation)
     raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     if isinstance(pipe, ProvidesDenoiser):
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
@@ -212,14 +267,55 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     if split_note:
         data["reference_from_holdout"] = split_note
     bind_run(run, out, settings=settings, denoiser=raw, data=data, registry=registry,
-             extra={"mitigation": method, "params": params or {}, "sweep": sweep})
+             extra={"mitigation": method, "params": params or {}, "sweep": sweep or multi,
+                    "targets": [str(t) for t in targets]})
     common: dict[str, Any] = dict(settings=settings, registry=registry, argv=argv, device=raw.device)
 
     say("mitigate: auditing the raw model (before)")
     t0 = time.perf_counter()
     before_res = audit(denoiser=raw, members=mem, holdout=hold, registry=registry, settings=settings, reference=ref)
     before = scan_results(before_res, info=info, data=data, seconds=time.perf_counter() - t0, **common)
+    auditor = _Auditor(members=mem, holdout=hold, reference=ref, registry=registry, settings=settings,
+                       timing=_sampling_config(before), seed=settings.seed, targets=targets)
+    base_row = auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
+                           description="the raw model as trained")
+    shared = dict(model_dir=model_dir, pipe=pipe, raw=raw, mem=mem, hold=hold, ref=ref, registry=registry,
+                  settings=settings, auditor=auditor, before=before, base_row=base_row, common=common, data=data,
+                  say=say, targets=targets, redact=redact, split_note=split_note, argv=argv, info=info)
+    blocks = [_run_method(m, plugins[m], out=out / m if multi else out, sweep=sweep or multi, **shared)
+              for m in names]
 
+    if not multi:
+        results = blocks[0]
+    else:
+        results = _frontier_results(blocks, method=method, targets=targets, base_row=base_row, before=before)
+    results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,
+                                      registry=registry, seconds=time.perf_counter() - start),
+                           "mitigation": [{"name": b["method"], "origin": registry.get(b["method"]).origin,
+                                           "apply_seconds": b["apply_seconds"]} for b in blocks]
+                           if multi else {"name": names[0], "origin": registry.get(names[0]).origin,
+                                          "apply_seconds": blocks[0]["apply_seconds"]},
+                           "engine": run.describe()}
+    results["data"] = data
+    write_run(out / "before", before, redact=redact)
+    for b in blocks:
+        after = b.pop("_after")
+        where = out / b["method"] if multi else out
+        # the after-run is an audit of an already mitigated model: its report must not advise mitigating it
+        write_run(where / "after", {**after, "mitigated": {"method": b["method"]}}, baseline=before, redact=redact)
+        if multi:  # each method's own full report beside its protected pipeline
+            _write_report(where, {**b, "manifest": results["manifest"], "data": data}, before=before, after=after,
+                          redact=redact, exports=False)
+    after_scan = results.pop("_after_ref", None) or results["after"]
+    _write_report(out, results, before=before, after=after_scan, redact=redact)
+    return results
+
+
+def _run_method(method: str, mitigation: Mitigation, *, out: Path, sweep: bool, model_dir, pipe, raw, mem, hold, ref,
+                registry, settings, auditor: _Auditor, before: dict, base_row: dict, common: dict, data: dict, say,
+                targets: tuple, redact: str, split_note, argv, info) -> dict:
+    """One method: apply, audit the protected pipeline (after), its controls and (with ``sweep``) its
+    settings; its verdict. Returns its results block (``_after``: the after scan, written by the caller)."""
     ctx = MitigationContext(model_dir=Path(model_dir), pipeline=pipe, denoiser=raw, members=mem, holdout=hold,
                             reference=ref, out=out, registry=registry, settings=settings, device=raw.device,
                             cache_dir=Path(settings.cache_dir or default_cache_dir()), seed=settings.seed,
@@ -231,25 +327,20 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     for w in result.warnings:
         say(f"mitigate: warning: {w}")
 
-    say("mitigate: auditing the protected model (after)")
+    say(f"mitigate: auditing the protected model ({method}, after)")
     t0 = time.perf_counter()
     _, pinfo, _ = load_target(result.protected_dir, device=str(raw.device))
-    after_res = audit(denoiser=result.denoiser, members=mem, holdout=hold, registry=registry, settings=settings,
-                      reference=ref)
+    after_res = auditor.audit(result.denoiser)
     after = scan_results(after_res, info=pinfo, data=data, seconds=time.perf_counter() - t0, **common)
-
-    auditor = _Auditor(members=mem, holdout=hold, reference=ref, registry=registry, settings=settings,
-                       timing=_sampling_config(before), seed=settings.seed)
-    controls = [auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
-                            description="the raw model as trained"),
-                auditor.row(name=method, family=method, role="main", params=_scalar_params(result.params), res=after_res,
-                            denoiser=result.denoiser, probe=result.probe,
+    controls = [base_row,
+                auditor.row(name=method, family=method, role="main", params=_scalar_params(result.params),
+                            res=after_res, denoiser=result.denoiser, probe=result.probe, method=method,
                             description="the protected pipeline as saved in protected/ and loaded back")]
     for v in result.controls:
         say(f"mitigate: auditing control: {v.name}")
         res = auditor.audit(v.denoiser)
         controls.append(auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
-                                    denoiser=v.denoiser, probe=v.probe, details=v.details, role=v.role))
+                                    denoiser=v.denoiser, probe=v.probe, details=v.details, role=v.role, method=method))
 
     sweep_rows: list[dict] = []
     matched = None
@@ -257,58 +348,158 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     if sweep:
         variants = mitigation.sweep(ctx, result)
         for i, v in enumerate(variants, 1):
-            say(f"mitigate: sweep {i}/{len(variants)}: {v.name}")
+            say(f"mitigate: {method} sweep {i}/{len(variants)}: {v.name}")
             res = auditor.audit(v.denoiser)
             row = auditor.row(name=v.name, description=v.description, family=v.family, params=v.params, res=res,
-                              denoiser=v.denoiser, probe=v.probe, details=v.details)
-            sweep_rows.append({"name": row["name"], "family": row["family"], "role": v.role, **row["params"], "metrics": row["metrics"],
+                              denoiser=v.denoiser, probe=v.probe, details=v.details, method=method)
+            sweep_rows.append({"name": row["name"], "family": row["family"], "role": v.role, "method": method,
+                               **row["params"], "metrics": row["metrics"], "quality": row["quality"],
                                "sampling_seconds": row["sampling_seconds"], "sampling_ratio": row["sampling_ratio"],
-                               "meets_targets": meets_targets(row["metrics"]), "recommended": False,
-                               "_params": row["params"]})
+                               "verdict": row["verdict"], "caveats": row["caveats"],
+                               "meets_targets": meets_targets({**row["metrics"], "sampling_ratio": row["sampling_ratio"]},
+                                                              targets),
+                               "recommended": False})
         main = [r for r in sweep_rows if r["role"] == "main"]
-        best = recommend(main)
+        best = recommend(main, targets)
         if best is not None:
             main[best]["recommended"] = True
         placebo = [r for r in sweep_rows if r["role"] == "placebo"]
         matched = matched_quality([r for r in main if r["family"] == controls[1]["family"]] or main, placebo,
                                   anchor=controls[0])
         families = family_summary(main) if len({r["family"] for r in main}) > 1 else []
-        for r in sweep_rows:
-            r.pop("_params")
 
     white = white_box_rows(before, after)
-    findings = findings_of(method, controls, sweep_rows, matched, white)
+    findings = findings_of(method, controls, sweep_rows, matched, white, targets)
     for f in families:
         findings.append(f"sweep family {f['family']}: {f['meet_copy_target']} of {f['settings']} settings meet the copy "
                         f"target; its pick {f['pick']}: copy fraction {fmt_value(f['pick_copy_fraction'])}, "
                         f"{f['quality_metric'] or 'quality'} {fmt_value(f['pick_quality'])}, black-box AUC (two-sided) "
                         f"{fmt_value(f['pick_black_box_auc_two_sided'])}, gate leak {fmt_value(f['pick_gate_leak'])}; lowest gate "
                         f"leak at the copy target {fmt_value(f['lowest_gate_leak_at_copy_target'])}.")
-    verdict = mitigation_verdict(before=before, after_res=after_res, row=controls[1], settings=settings)
+    verdict = mitigation_verdict(before=before, after_res=after_res, row=controls[1], settings=settings,
+                                 targets=targets)
     leak = gate_leak(controls[0], controls[1])
-    results = {
+    cls = type(mitigation)
+    carries = [f"The served pipeline carries {cls.carries}."] if cls.carries else []
+    if cls.carries_training_data:
+        carries.append("What it carries holds the training data itself: anyone who gets the protected folder gets "
+                       "the members. Keep the pipeline server-side (serve images, never the folder).")
+    decision = None
+    if sweep:
+        rec = next((r for r in sweep_rows if r["recommended"]), None)
+        decision = {"recommended": _rec_entry(rec), "misses": misses([r for r in sweep_rows if r["role"] == "main"],
+                                                                    targets) if rec is None else [],
+                    "text": decision_text(rec, misses([r for r in sweep_rows if r["role"] == "main"], targets), targets)
+                    if [r for r in sweep_rows if r["role"] == "main"] else "no sweep settings"}
+    return {
         "schema_version": SCHEMA_VERSION, "kind": "mitigation", "method": method,
         "params": _scalar_params(result.params),
         "protected": str(result.protected_dir),
         "before": _body(before), "after": _body(after),
         "controls": controls, "sweep": sweep_rows, "matched_quality": matched, "white_box": white, "gate_leak": leak,
         "sweep_families": families,
-        "details": result.details, "details_title": result.details_title, "targets": TARGETS, "findings": findings,
+        "details": result.details, "details_title": result.details_title,
+        "targets": [{"name": t.name, "key": t.key, "op": t.op, "bound": t.bound, "label": t.label} for t in targets],
+        "decision": decision, "findings": findings,
         "warnings": ([split_note["message"]] if split_note else []) + list(result.warnings),
-        "limits": list(GENERIC_LIMITS) + list(result.limits), "verdict": verdict,
-        "weights": same_weights(before, after),
+        "limits": list(GENERIC_LIMITS) + carries + list(result.limits), "verdict": verdict,
+        "carries": cls.carries, "carries_training_data": cls.carries_training_data,
+        "weights": same_weights(before, after), "apply_seconds": round(apply_seconds, 2),
+        "_after": after,
     }
-    results["manifest"] = {**manifest(argv=argv, device=raw.device, settings=settings, info=info, data=data,
-                                      registry=registry, seconds=time.perf_counter() - start),
-                           "mitigation": {"name": method, "origin": registry.get(method).origin,
-                                          "apply_seconds": round(apply_seconds, 2)},
-                           "engine": run.describe()}
-    results["data"] = data
-    write_run(out / "before", before, redact=redact)
-    # the after-run is an audit of an already mitigated model: its report must not advise mitigating it
-    write_run(out / "after", {**after, "mitigated": {"method": method}}, baseline=before, redact=redact)
-    _write_report(out, results, before=before, after=after, redact=redact)
-    return results
+
+
+def _rec_entry(rec: dict | None) -> dict | None:
+    if rec is None:
+        return None
+    return {"name": rec["name"], "method": rec.get("method"), "family": rec["family"],
+            "params": {k: v for k, v in rec.items() if k not in _ROW_KEYS},
+            "metrics": rec["metrics"], "quality": rec.get("quality"), "sampling_ratio": rec["sampling_ratio"],
+            "verdict": rec.get("verdict"), "caveats": rec.get("caveats", [])}
+
+
+_ROW_KEYS = ("name", "family", "role", "method", "metrics", "quality", "sampling_seconds", "sampling_ratio", "verdict",
+             "caveats", "meets_targets", "recommended")
+
+
+def _frontier_results(blocks: list[dict], *, method: str, targets: tuple, base_row: dict, before: dict) -> dict:
+    """Several methods on one frontier: every method's settings judged on the same targets; the cheapest
+    setting that meets them all is recommended, else "none" with what stops each method. The top-level
+    results are those of the recommended setting's method (else the first method), with the frontier beside."""
+    main = [r for b in blocks for r in b["sweep"] if r["role"] == "main"]
+    for r in main:
+        r["recommended"] = False
+    best = recommend(main, targets)
+    rec = main[best] if best is not None else None
+    if rec is not None:
+        rec["recommended"] = True
+    miss = misses(main, targets) if rec is None else []
+    text = decision_text(rec, misses(main, targets), targets)
+    primary = next((b for b in blocks if rec is not None and b["method"] == rec["method"]), blocks[0])
+    methods = []
+    for b in blocks:
+        row = b["controls"][1]
+        m = row["metrics"]
+        methods.append({
+            "method": b["method"], "protected": b["protected"], "report": f"{b['method']}/report.html",
+            "carries": b["carries"], "carries_training_data": b["carries_training_data"],
+            "copies_before": base_row["metrics"].get("copy_fraction"), "copies_after": m.get("copy_fraction"),
+            "black_box_auc_two_sided_before": base_row["metrics"].get("black_box_auc_two_sided"),
+            "black_box_auc_two_sided_after": m.get("black_box_auc_two_sided"),
+            "worst_black_box_attack": _worst_black_box(b["after"]),
+            "quality": row.get("quality"), "sampling_ratio": row["sampling_ratio"],
+            "verdict": b["verdict"]["level"], "headline": b["verdict"]["headline"],
+            "settings": len([r for r in b["sweep"] if r["role"] == "main"]),
+            "settings_meeting_targets": sum(1 for r in b["sweep"] if r["role"] == "main" and r["meets_targets"]),
+            "apply_seconds": b["apply_seconds"]})
+    points = [{"name": r["name"], "series": r["family"], "method": r.get("method"), "role": r.get("role", "control"),
+               "quality_ratio": r["metrics"].get("quality_ratio"),
+               "black_box_auc_two_sided": r["metrics"].get(privacy_key(r["metrics"])),
+               "copy_fraction": r["metrics"].get("copy_fraction"), "sampling_ratio": r["sampling_ratio"],
+               "recommended": bool(r.get("recommended"))}
+              for b in blocks for r in [*b["controls"][1:], *b["sweep"]]]
+    points.insert(0, {"name": "no mitigation", "series": None, "method": None, "role": "control",
+                      "quality_ratio": base_row["metrics"].get("quality_ratio"),
+                      "black_box_auc_two_sided": base_row["metrics"].get(privacy_key(base_row["metrics"])),
+                      "copy_fraction": base_row["metrics"].get("copy_fraction"), "sampling_ratio": 1.0,
+                      "recommended": False})
+    verdict = dict(primary["verdict"])
+    if rec is None:  # the decision is part of the headline: no setting of any method meets the targets
+        verdict["caveats"] = list(verdict["caveats"]) + [text]
+        verdict["headline"] = f"{verdict['level']} ({verdict['basis']}): but " + "; ".join(verdict["caveats"])
+    frontier = {"methods": methods, "targets": [str(t) for t in targets], "points": points,
+                "recommendation": _rec_entry(rec), "misses": miss, "decision": text,
+                "shown_in_detail": primary["method"],
+                "note": ("each method's sweep ran with the same seeds, sample counts and audits; x: quality ratio "
+                         "(precision relative to the unprotected model), y: worst black-box membership AUC, two-sided "
+                         "(adaptive attacks included), marker size: copy fraction")}
+    out = {k: v for k, v in primary.items() if k != "_after"}
+    out.update(method=",".join(b["method"] for b in blocks), methods=[b["method"] for b in blocks],
+               controls=[base_row] + [c for b in blocks for c in b["controls"][1:]],
+               sweep=[r for b in blocks for r in b["sweep"]], frontier=frontier, verdict=verdict,
+               decision={"recommended": _rec_entry(rec), "misses": miss, "text": text},
+               warnings=list(dict.fromkeys(w for b in blocks for w in b["warnings"])),
+               findings=[text] + [f for b in blocks for f in b["findings"]],
+               _after_ref=primary["_after"])
+    out["method_detail"] = primary["method"]
+    return out
+
+
+def _worst_black_box(scan: dict) -> dict | None:
+    """The black-box attack with the highest two-sided AUC on the protected model: {"attack", "auc_two_sided"}."""
+    best = None
+    for p in scan.get("plugins") or []:
+        if p.get("status") != "ok" or p.get("kind") != "attack" or p.get("threat_model") != "black-box":
+            continue
+        v = ((p.get("metrics") or {}).get("auc") or {}).get("value")
+        if v is None:
+            continue
+        cands = [v] + [float(x) for x in ((p.get("details") or {}).get("fitted") or {}).get("sweep_", {}).values()
+                       if isinstance(x, (int, float))]
+        two = max(max(c, 1 - c) for c in cands)
+        if best is None or two > best["auc_two_sided"]:
+            best = {"attack": p["name"], "auc_two_sided": round(two, 4)}
+    return best
 
 
 REFERENCE_FRACTION = 0.25  # of the holdout, set aside for the guard when no --reference is given
@@ -341,7 +532,7 @@ def _scalar_params(params: dict) -> dict:
             if isinstance(v, (int, float, str, bool, tuple, list)) or v is None}
 
 
-def _write_report(out: Path, results: dict, *, before: dict, after: dict, redact: str) -> None:
+def _write_report(out: Path, results: dict, *, before: dict, after: dict, redact: str, exports: bool = True) -> None:
     from privaudit.reports import render_html
     from privaudit.reports.images import redact_images
 
@@ -352,5 +543,6 @@ def _write_report(out: Path, results: dict, *, before: dict, after: dict, redact
                                    "report.html shows the after audit against the before audit")
         html = render_html(_body(after), baseline=_body(before), redact=redact)
     write_json(out / "results.json", redact_images(results, mode=redact))
-    write_exports(out, results)  # summary.json, junit.xml: the protected model's verdict, for CI
+    if exports:
+        write_exports(out, results)  # summary.json, junit.xml: the protected model's verdict, for CI
     write_text(out / "report.html", html)

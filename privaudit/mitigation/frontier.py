@@ -6,45 +6,108 @@ from __future__ import annotations
 import numpy as np
 
 from privaudit.mitigation.summary import privacy_key
+from privaudit.mitigation.targets import DEFAULT_TARGETS, Target, check, meets, parse_targets
 
-# What the issue asks a mitigation to reach on the built-in target; used to pick the recommended setting.
-TARGETS = {"copy_fraction": 0.02, "membership_auc_two_sided": 0.6}
-
-
-TARGET_LABELS = {"copy_fraction": "copy fraction", "membership_auc_two_sided": "two-sided membership AUC",
-                 "black_box_auc_two_sided": "two-sided black-box membership AUC"}
+# The default targets (``--target`` overrides them): see privaudit.mitigation.targets.
+DEFAULT = parse_targets(DEFAULT_TARGETS)
+COPY_TARGET = next(t.bound for t in DEFAULT if t.name == "copies")
 
 
 QUALITY_PREFERENCE = ("frechet_distance", "precision")  # lower FD is better; higher precision is better
 
 
-def meets_targets(metrics: dict, targets: dict = TARGETS) -> bool:
-    """The copy target, and the membership target on ``privacy_key`` (black-box where measured)."""
-    checks = {"copy_fraction": targets.get("copy_fraction")}
-    if "membership_auc_two_sided" in targets:
-        checks[privacy_key(metrics)] = targets["membership_auc_two_sided"]
-    return all(metrics.get(k) is None or v is None or metrics[k] <= v for k, v in checks.items()) \
-        and "copy_fraction" in metrics
+def meets_targets(metrics: dict, targets: tuple[Target, ...] = DEFAULT) -> bool:
+    """Every target measured and met (the membership target on the black-box two-sided AUC where a
+    black-box attack ran); a number that was not measured never counts as met."""
+    return meets(metrics, targets)
 
 
 def _quality_key(rows: list[dict]) -> str | None:
     return next((k for k in QUALITY_PREFERENCE if all(k in r["metrics"] for r in rows)), None)
 
 
-def recommend(rows: list[dict]) -> int | None:
-    """Index of the recommended setting, in tiers: the best quality among settings meeting every
-    target; else the best quality among those meeting the copy target (the lower two-sided AUC
-    breaking ties); else the fewest copies."""
+def _with_cost(r: dict) -> dict:
+    """A row's metrics with its measured sampling-time ratio (the ``cost`` target reads it)."""
+    m = dict(r.get("metrics") or {})
+    if isinstance(r.get("sampling_ratio"), (int, float)):
+        m.setdefault("sampling_ratio", float(r["sampling_ratio"]))
+    return m
+
+
+def recommend(rows: list[dict], targets: tuple[Target, ...] = DEFAULT) -> int | None:
+    """Index of the recommended setting: the cheapest (measured sampling-time ratio) among those that
+    meet every target, better quality then lower black-box AUC breaking ties; None when no setting
+    meets them all (never a silent pick of one that misses: ``misses`` says by how much each falls short)."""
+    ok = [i for i, r in enumerate(rows) if meets(_with_cost(r), targets)]
+    if not ok:
+        return None
+    q = _quality_key([rows[i] for i in ok])
+    qual = (lambda r: _cost(r, q)) if q else (lambda r: 0.0)
+    auc = lambda r: r["metrics"].get(privacy_key(r["metrics"]), 1.0)
+    return min(ok, key=lambda i: (float(rows[i].get("sampling_ratio") or 1.0), qual(rows[i]), auc(rows[i])))
+
+
+def closest(rows: list[dict]) -> int | None:
+    """The setting nearest the copy target when none need meet every target (a family's pick, shown as
+    such, never as a recommendation): the best quality among those meeting the copy target (lower
+    two-sided AUC breaking ties), else the fewest copies."""
     if not rows:
         return None
     q = _quality_key(rows)
     qual = (lambda r: _cost(r, q)) if q else (lambda r: 0.0)
     auc = lambda r: r["metrics"].get(privacy_key(r["metrics"]), 1.0)
-    for ok in ([i for i, r in enumerate(rows) if meets_targets(r["metrics"])],
-               [i for i, r in enumerate(rows) if r["metrics"].get("copy_fraction", 1.0) <= TARGETS["copy_fraction"]]):
-        if ok:
-            return min(ok, key=lambda i: (qual(rows[i]), auc(rows[i])))
+    ok = [i for i, r in enumerate(rows) if r["metrics"].get("copy_fraction", 1.0) <= COPY_TARGET]
+    if ok:
+        return min(ok, key=lambda i: (qual(rows[i]), auc(rows[i])))
     return min(range(len(rows)), key=lambda i: (rows[i]["metrics"].get("copy_fraction", 1.0), qual(rows[i])))
+
+
+def misses(rows: list[dict], targets: tuple[Target, ...] = DEFAULT) -> list[dict]:
+    """Per method (``family`` of the main settings): does any setting meet every target, and if not, which
+    bound stops it and by how much. For each target, the best value any of its settings reached and its
+    miss; ``nearest``: the setting with the smallest total miss (each miss relative to its bound), with
+    the targets it still misses. A target never measured is named as such."""
+    out = []
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        fr = [r for r in rows if r["family"] == fam]
+        checks = [check(_with_cost(r), targets) for r in fr]
+        per = []
+        for j, t in enumerate(targets):
+            vals = [c[j]["value"] for c in checks if c[j]["value"] is not None]
+            best = (min(vals) if t.op == "<=" else max(vals)) if vals else None
+            per.append({"target": str(t), "label": t.label, "best": best,
+                        "met_by_some": best is not None and t.met(best),
+                        "miss": None if best is None else round(t.miss(best), 6)})
+        total = lambda c: sum(float("inf") if x["met"] is None else x["miss"] / max(abs(t.bound), 1e-3)
+                              for x, t in zip(c, targets))
+        k = min(range(len(fr)), key=lambda i: total(checks[i]))
+        ok = [i for i, c in enumerate(checks) if all(x["met"] is True for x in c)]
+        out.append({"family": fam, "settings": len(fr), "meeting_all": len(ok), "per_target": per,
+                    "nearest": fr[k]["name"],
+                    "nearest_misses": [{"target": x["target"], "value": x["value"], "miss": x["miss"]}
+                                       for x in checks[k] if x["met"] is not True]})
+    return out
+
+
+def decision_text(rec: dict | None, miss: list[dict], targets: tuple[Target, ...]) -> str:
+    """The recommendation in one sentence: the setting, or "none" and what stops each method."""
+    goal = ", ".join(str(t) for t in targets)
+    if rec is not None:
+        return (f"recommended: {rec['name']} ({rec['family']}), the cheapest setting that meets every target "
+                f"({goal}); sampling time x{float(rec.get('sampling_ratio') or 1):.2f}")
+    parts = []
+    for m in miss:
+        stop = "; ".join(f"{x['target']} (best {_v(x['best'])}, short by {_v(x['miss'])})" if x["best"] is not None
+                         else f"{x['target']} (not measured)" for x in m["per_target"] if not x["met_by_some"])
+        if not stop:  # each bound met by some setting, never all by one
+            stop = "no single setting meets them together; nearest " + m["nearest"] + " misses " + \
+                   "; ".join(f"{x['target']} (got {_v(x['value'])})" for x in m["nearest_misses"])
+        parts.append(f"{m['family']}: {stop}")
+    return f"none: no setting meets every target ({goal}). " + " | ".join(parts)
+
+
+def _v(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def family_summary(rows: list[dict]) -> list[dict]:
@@ -57,8 +120,8 @@ def family_summary(rows: list[dict]) -> list[dict]:
     fams = list(dict.fromkeys(r["family"] for r in rows))
     for fam in fams:
         fr = [r for r in rows if r["family"] == fam]
-        ok = [r for r in fr if r["metrics"].get("copy_fraction", 1.0) <= TARGETS["copy_fraction"]]
-        pick = recommend(fr)
+        ok = [r for r in fr if r["metrics"].get("copy_fraction", 1.0) <= COPY_TARGET]
+        pick = closest(fr)
         best = fr[pick] if pick is not None else None
         leaks = [r["metrics"]["gray_box_auc_two_sided"] for r in ok if "gray_box_auc_two_sided" in r["metrics"]]
         m = best["metrics"] if best else {}
@@ -142,7 +205,8 @@ def fmt_value(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def findings_of(method: str, controls: list[dict], sweep: list[dict], matched: dict | None, white: list[dict]) -> list[str]:
+def findings_of(method: str, controls: list[dict], sweep: list[dict], matched: dict | None, white: list[dict],
+                targets: tuple[Target, ...] = DEFAULT) -> list[str]:
     by = {c["family"]: c for c in controls}
     none, ours = by.get("none"), by.get(method)
     out = []
@@ -164,11 +228,11 @@ def findings_of(method: str, controls: list[dict], sweep: list[dict], matched: d
             out.append(f"{method} gate leak (two-sided gray-box AUC of the protected noise prediction; what leaked "
                        f"weights expose): {fmt_value(m1['gray_box_auc_two_sided'])} (raw model "
                        f"{fmt_value(m0.get('gray_box_auc_two_sided'))}).")
-        goals = {"copy_fraction": TARGETS["copy_fraction"], privacy_key(m1): TARGETS["membership_auc_two_sided"]}
-        unmet = [k for k, v in goals.items() if k in m1 and m1[k] > v]
+        unmet = [c for c in check(_with_cost(ours), targets) if c["met"] is not True]
         if unmet:
             out.append(f"{method} at these settings misses the target(s) " +
-                       ", ".join(f"{TARGET_LABELS.get(k, k)} <= {goals[k]} (got {m1[k]:.3f})" for k in unmet) + ".")
+                       ", ".join(f"{c['target']} ({c['label']}: " + ("not measured)" if c["value"] is None
+                                                                      else f"got {c['value']:.3f})") for c in unmet) + ".")
     for c in controls:
         if c["family"] in ("none", method):
             continue
@@ -200,7 +264,10 @@ def findings_of(method: str, controls: list[dict], sweep: list[dict], matched: d
     rec = next((r for r in sweep if r.get("recommended")), None)
     if rec:
         out.append(f"recommended setting: {rec['name']} (copy fraction {fmt_value(rec['metrics'].get('copy_fraction'))}, "
-                   f"{'meets' if rec['meets_targets'] else 'does not meet'} the targets).")
+                   f"meets every target: {', '.join(str(t) for t in targets)}).")
+    elif any(r.get("role") == "main" for r in sweep):
+        out.append("no setting of the sweep meets every target (" + ", ".join(str(t) for t in targets) +
+                   "): nothing is recommended; the frontier shows what each method reaches.")
     for w in white:
         out.append(f"white-box {w['attack']}: AUC {fmt_value(w['before_auc'])} before, {fmt_value(w['after_auc'])} after "
                    f"({'unchanged: the raw weights bypass the mitigation' if w['unchanged'] else 'changed'}).")

@@ -68,6 +68,32 @@ def summarize(results: dict) -> dict:
     return {k: round(v, 6) for k, v in out.items() if v is not None}
 
 
+def _precision_counts(results: dict) -> tuple[int, int] | None:
+    """(samples on the real-image manifold, samples) of the detector that reports ``precision``."""
+    for p in results["plugins"]:
+        v = _value((p.get("metrics") or {}).get("precision")) if p["status"] == "ok" else None
+        n = (p.get("details") or {}).get("n_generated")
+        if v is not None and isinstance(n, int) and n > 0:
+            return int(round(v * n)), n
+    return None
+
+
+def quality_ratio(results: dict, base: dict) -> dict | None:
+    """Quality relative to the unprotected model: precision (the fraction of samples inside the real
+    images' k-NN manifold) of ``results`` over that of ``base``, the same detector and sample count,
+    with its Katz 95% interval. 1.0 = unchanged; None where precision was not measured on both."""
+    from privaudit.stats.metrics import ratio_ci
+
+    a, b = _precision_counts(results), _precision_counts(base)
+    if a is None or b is None or b[0] == 0:
+        return None
+    r, lo, hi = ratio_ci(a[0], a[1], b[0], b[1])
+    return {"ratio": round(r, 4), "ci": [round(lo, 4), round(hi, 4)], "measure": "precision",
+            "before": round(b[0] / b[1], 4), "after": round(a[0] / a[1], 4), "n": [a[1], b[1]],
+            "note": "precision of the served samples (fraction inside the real holdout images' k-NN manifold in "
+                    "the quality detector's feature space) over the unprotected model's; Katz 95% interval"}
+
+
 # summary keys per threat model: "black_box_auc", "gray_box_auc_two_sided" (the gate leak of a protected model), ...
 THREAT_KEYS = {"black-box": "black_box", "gray-box": "gray_box", "white-box": "white_box"}
 

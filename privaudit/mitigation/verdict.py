@@ -42,7 +42,42 @@ def _threat_of(p: dict) -> str:
     return "black-box" if p.get("kind") == "detector" or tm in (None, "n/a") else str(tm)
 
 
-def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings) -> dict:
+QUALITY_COLLAPSED = 0.5  # a quality ratio whose whole interval lies below this: the model no longer does its job
+
+
+def caveats_of(row: dict, targets: tuple | None) -> tuple[list[str], list[dict]]:
+    """What the headline must say beside a risk level: quality that collapsed or fell below its target
+    (or was never measured), and each stated target the setting misses. Returns (caveats, target checks)."""
+    from privaudit.mitigation.targets import check
+
+    out: list[str] = []
+    m = dict(row.get("metrics") or {})
+    if isinstance(row.get("sampling_ratio"), (int, float)):
+        m.setdefault("sampling_ratio", float(row["sampling_ratio"]))
+    q = row.get("quality")
+    qt = next((t for t in targets or () if t.key == "quality_ratio"), None)
+    if isinstance(q, dict) and q.get("ratio") is not None:
+        lo, hi = q["ci"]
+        words = (f"quality {q['ratio']:.2f}x the unprotected model's [{lo:.2f}, {hi:.2f}] (precision "
+                 f"{q['before']:.2f} -> {q['after']:.2f})")
+        if hi < QUALITY_COLLAPSED:
+            out.append(f"quality collapsed: {words}: the protected model no longer draws what the unprotected one "
+                       "drew, so this privacy was bought by destroying the model")
+        elif qt is not None and not qt.met(q["ratio"]):
+            out.append(f"quality below its target {qt}: {words}")
+    elif qt is not None and "quality_ratio" not in m:
+        out.append("quality not measured (add the quality detector): the privacy gain cannot be weighed against "
+                   "what it costs")
+    checks = check(m, tuple(targets or ()))
+    unmet = [c for c in checks if c["met"] is not True and c["key"] != "quality_ratio"]
+    if unmet:
+        out.append("misses " + ", ".join(f"{c['target']} (" + ("not measured" if c["value"] is None
+                                                                 else f"got {c['value']:.3g}") + ")" for c in unmet))
+    return out, checks
+
+
+def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: AuditSettings,
+                       targets: tuple | None = None) -> dict:
     """The protected model's verdict, judged in its own threat model, plus what leaked weights would expose.
 
     Every rule on every membership and replication number the report shows is evaluated: the
@@ -58,6 +93,11 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
     weights would see. Without any black-box attack there is no black-box membership evidence,
     so ``level`` is the worst of everything (``basis`` says which). ``verdict["before"]`` is the raw
     model's level; ``verdict["reversed"]`` each attack's metrics with its score reversed.
+
+    The level is about leakage only; ``headline`` never shows it alone when quality collapsed (the
+    quality ratio's whole interval below ``QUALITY_COLLAPSED``), fell below a quality target, was not
+    measured, or a stated target is missed: ``caveats`` (``caveats_of``) say so, and so do
+    summary.json, junit.xml and the report.
     """
     from privaudit.io.verdict import AUC_HIGH, COPY_CRITICAL, COPY_HIGH, RULES_TEXT, evidence_problems, overall, worst
 
@@ -120,7 +160,10 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
                         + ". Gray-box attacks query the protected noise prediction, guard included (its gate can "
                           "itself tell members apart); white-box attacks read the raw network, which no sampling-time "
                           "guard changes.")}
+    caveats, checks = caveats_of(row, targets)
     return {"level": level, "basis": basis, "before": before["verdict"]["level"], "fired": shown,
+            "headline": f"{level} ({basis})" + (": but " + "; ".join(caveats) if caveats else ""),
+            "caveats": caveats, "quality": row.get("quality"), "targets": checks,
             "if_weights_leak": if_leak, "by_threat_model": by_threat, "reversed": reversed_metrics,
             "reasons": [f"{f['plugin']}: {f['text']}" for f in shown] + problems,
             "warnings": list(after_res["verdict"].get("warnings", []))

@@ -130,6 +130,26 @@ def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return clopper_pearson(k, n, level)
 
 
+def ratio_ci(k1: int, n1: int, k0: int, n0: int, level: float = 0.95) -> tuple[float, float, float]:
+    """(ratio, low, high) of two independent proportions (k1/n1) / (k0/n0): the Katz log interval
+    (Katz et al., Biometrics 1978); a zero count is taken as 0.5 (and a full one as n - 0.5 in the
+    standard error), so the interval stays finite and never collapses to a point."""
+    from scipy.stats import norm
+
+    if min(n1, n0) < 1 or not (0 <= k1 <= n1 and 0 <= k0 <= n0):
+        raise ValueError(f"ratio_ci needs 0 <= k <= n and n >= 1, got {k1}/{n1} and {k0}/{n0}")
+    if k0 == 0 and k1 == 0:
+        return float("nan"), 0.0, float("inf")  # nothing to compare: say so, never a point
+    a, b = (k1 or 0.5), (k0 or 0.5)
+    ratio = (k1 / n1) / (b / n0)
+    # half a count off a full one too (k = n), so a ratio of two perfect scores still gets an interval
+    sa, sb = min(a, n1 - 0.5) if n1 > 1 else a, min(b, n0 - 0.5) if n0 > 1 else b
+    se = math.sqrt(max(1 / sa - 1 / n1 + 1 / sb - 1 / n0, 0.0))
+    z = float(norm.ppf(0.5 + level / 2))
+    centre = math.log((a / n1) / (b / n0))
+    return ratio, math.exp(centre - z * se), math.exp(centre + z * se)
+
+
 def calibration_split(n: int, *, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded disjoint (calibration, evaluation) index arrays for a set of size ``n``."""
     idx = np.arange(n)

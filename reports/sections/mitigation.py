@@ -280,7 +280,7 @@ def mitigation_view(r: dict) -> dict:
     details = r.get("details", r.get("guard"))  # "guard": results written by privaudit 0.1
     guard = details if isinstance(details, dict) else {}
     recommended = next(((i, s) for i, s in enumerate(sweep, 1) if s.get("recommended")), None)
-    sweep_table = _table(sweep)
+    sweep_table = _table(sweep, skip=("quality", "caveats"))
     if sweep:
         sweep_table["cols"] = ["#"] + sweep_table["cols"]
         sweep_table["rows"] = [[str(i)] + row for i, row in enumerate(sweep_table["rows"], 1)]
@@ -313,7 +313,9 @@ def mitigation_view(r: dict) -> dict:
             "recommended": ({"number": recommended[0], "label": _setting_label(recommended[1], recommended[0]),
                              "numbers": {k: fmt_scalar(v) for k, v in _flat(recommended[1]).items()}}
                             if recommended else None),
-            "targets": {metric_info(k)[0]: fmt_scalar(v) for k, v in (r.get("targets") or {}).items()},
+            "targets": _targets(r.get("targets")),
+            "frontier": frontier_view(r["frontier"]) if isinstance(r.get("frontier"), dict) else None,
+            "decision": str((r.get("decision") or {}).get("text") or "") if isinstance(r.get("decision"), dict) else "",
             "matched": matched_view(matched) if matched else None,
             "white_box": _table(white) if white else None,
             "guard": {k.replace("_", " "): fmt_scalar(v) for k, v in guard.items()},
@@ -323,3 +325,65 @@ def mitigation_view(r: dict) -> dict:
             "warnings": [str(x) for x in r.get("warnings") or []],
             "protected": str(r.get("protected") or ""),
             "limits": [str(x) for x in r.get("limits") or []]}
+
+
+def _targets(t: Any) -> dict[str, str]:
+    """Targets as label -> "op bound" (results before 0.3 stored {metric key: upper bound})."""
+    if isinstance(t, dict):
+        return {metric_info(k)[0]: f"<= {fmt_scalar(v)}" for k, v in t.items()}
+    return {str(x.get("label") or x.get("name")): f"{x.get('op', '<=')} {fmt_scalar(x.get('bound'))}"
+            for x in t or [] if isinstance(x, dict)}
+
+
+def _copy_radius(c: float | None) -> float:
+    """Marker radius for a copy fraction: 3 px at none, 11 px when every sample copies."""
+    return 3.0 if c is None else 3.0 + 8.0 * max(0.0, min(1.0, float(c)))
+
+
+def frontier_view(f: dict) -> dict:
+    """Several methods on one privacy/quality chart, their summary table, and the decision."""
+    pts = [p for p in f.get("points") or [] if isinstance(p, dict)]
+    numbered = [p for p in pts if p.get("role") in ("main", "placebo")]
+    plot_pts = []
+    for i, p in enumerate(numbered, 1):
+        plot_pts.append({"x": num(p.get("quality_ratio")), "y": num(p.get("black_box_auc_two_sided")),
+                         "label": str(p.get("name")), "number": i, "series": str(p.get("series") or "sweep"),
+                         "recommended": bool(p.get("recommended")), "r": _copy_radius(num(p.get("copy_fraction")))})
+    for p in pts:
+        if p.get("role") not in ("main", "placebo"):
+            plot_pts.append({"x": num(p.get("quality_ratio")), "y": num(p.get("black_box_auc_two_sided")),
+                             "label": str(p.get("name")), "series": None, "r": _copy_radius(num(p.get("copy_fraction")))})
+    chart = svg.tradeoff(plot_pts, xlabel="quality ratio (precision vs the unprotected model; 1 = unchanged)",
+                         ylabel="worst black-box AUC, two-sided",
+                         title="Every method on one frontier (marker size: copy fraction)")
+    f2 = lambda v, kind="num": fmt_value(num(v), kind) if num(v) is not None else "n/a"
+    table = {"cols": ["#", "setting", "method", "quality ratio", "black-box AUC, two-sided", "copy fraction",
+                      "sampling time", "recommended"],
+             "rows": [[str(i), str(p.get("name")), str(p.get("method") or ""), f2(p.get("quality_ratio")),
+                       f2(p.get("black_box_auc_two_sided")), f2(p.get("copy_fraction"), "pct"),
+                       f2(p.get("sampling_ratio"), "ratio"), "yes" if p.get("recommended") else ""]
+                      for i, p in enumerate(numbered, 1)]}
+    methods = {"cols": ["method", "copies before → after", "worst black-box AUC, two-sided (attack)",
+                        "quality ratio [95% CI]", "sampling time", "settings meeting every target",
+                        "verdict as served", "the served pipeline carries"], "rows": []}
+    for m in f.get("methods") or []:
+        if not isinstance(m, dict):
+            continue
+        q = m.get("quality") if isinstance(m.get("quality"), dict) else None
+        w = m.get("worst_black_box_attack") if isinstance(m.get("worst_black_box_attack"), dict) else {}
+        methods["rows"].append([
+            str(m.get("method")), f"{f2(m.get('copies_before'), 'pct')} → {f2(m.get('copies_after'), 'pct')}",
+            f"{f2(m.get('black_box_auc_two_sided_after'))} ({w.get('attack', 'n/a')})",
+            (f"{f2(q.get('ratio'))} [{f2((q.get('ci') or [None, None])[0])}, {f2((q.get('ci') or [None, None])[1])}]"
+             if q else "not measured"),
+            f2(m.get("sampling_ratio"), "ratio"), f"{m.get('settings_meeting_targets', 0)} of {m.get('settings', 0)}",
+            str(m.get("headline") or m.get("verdict") or ""),
+            str(m.get("carries") or "nothing beyond the model")
+            + (" (training data: keep it server-side)" if m.get("carries_training_data") else "")])
+    misses = {"cols": ["method", "target", "best any setting reached", "short by"],
+              "rows": [[str(m.get("family")), str(x.get("target")), f2(x.get("best")), f2(x.get("miss"))]
+                       for m in f.get("misses") or [] if isinstance(m, dict)
+                       for x in m.get("per_target") or [] if isinstance(x, dict) and not x.get("met_by_some")]}
+    return {"chart": chart, "table": table, "methods": methods, "misses": misses if misses["rows"] else None,
+            "decision": str(f.get("decision") or ""), "targets": ", ".join(str(t) for t in f.get("targets") or []),
+            "note": str(f.get("note") or ""), "detail": str(f.get("shown_in_detail") or "")}

@@ -148,7 +148,8 @@ def verdict_view(scan: dict, *, rules: Rules) -> dict:
     return {"level": level, "answer": ANSWERS.get(level, ANSWERS["info"]), "todo": todo.get(level, todo["info"]),
             "why": [f"{p}." for p in problems if p not in said] + plain_why(scan), "fired": fired,
             "warnings": [str(w) for w in v.get("warnings") or []],
-            "rules": rules_table(v.get("rules"), rules=rules), "scale": LEVELS, "basis": "", "if_weights_leak": None}
+            "rules": rules_table(v.get("rules"), rules=rules), "scale": LEVELS, "basis": "", "if_weights_leak": None,
+            "caveats": []}
 
 
 def mitigated_verdict_view(r: dict, v: dict) -> dict:
@@ -178,6 +179,8 @@ def mitigated_verdict_view(r: dict, v: dict) -> dict:
     return {**v, "level": level, "answer": MITIGATED_ANSWERS.get(level, ANSWERS.get(level, ANSWERS["info"])),
             "todo": MITIGATED_TODO.get(level, MITIGATED_TODO["info"]),
             "fired": fired if basis == "black-box" else (fired or v["fired"]), "why": why, "basis": basis,
+            # the level is leakage only: what must be said beside it (quality collapsed, a target missed)
+            "caveats": [str(c) for c in mv.get("caveats") or []],
             "if_weights_leak": ({"level": str(leak.get("level") or "info"), "text": str(leak.get("text") or ""),
                                  "fired": _fired(leak.get("fired"))[:6]} if leak else None)}
 
