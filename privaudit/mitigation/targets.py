@@ -34,7 +34,7 @@ TARGET_NAMES = {
     "cost": ("sampling_ratio", "sampling time relative to the unprotected model"),
 }
 DEFAULT_TARGETS = "copies<=0.02,blackbox_auc<=0.6,quality>=0.9"
-_TERM = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+_TERM = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*(\S+)\s*$")
 
 
 @dataclass(frozen=True)
