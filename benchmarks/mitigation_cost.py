@@ -9,7 +9,9 @@ built-in digits target (``--target``/``--fixture``, else the cached fixture, bui
 
 - setup: ``apply(ctx)`` timed, with a ``MitigationContext`` built as ``privaudit mitigate`` builds it
   (model, members, holdout, reference, seed) in a fresh output folder and a fresh cache, so a guard
-  cached by an earlier run never hides the training time (guard training, calibration, ...);
+  cached by an earlier run never hides the training time (guard training, calibration, ...). It is
+  all of ``apply``, the controls it builds included (cpsample's default trains a placebo guard too),
+  so it is what ``privaudit mitigate`` spends, not only the served pipeline's own training;
 - sampling: the protected denoiser ``apply`` returned (what is served: its ``draw_samples``,
   rejection sampling included) and the unprotected one, same n, steps, sampler and seed, one batch;
   the two alternate for ``--repeats`` rounds after a warm-up each, and the median of each is kept;
