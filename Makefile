@@ -25,11 +25,12 @@ bench: setup
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/search.py
 	$(PY) benchmarks/cpsample.py
+	$(PY) benchmarks/mitigation_cost.py
 	$(PY) benchmarks/scale.py
 
 # every benchmark at tiny sizes (seconds each, timings meaningless): what CI runs (tests/test_benchmarks.py)
 bench-quick: setup
-	for b in attacks search cpsample cpsample_gpu_check gpu_sd_check scale scale_gpu_check; do \
+	for b in attacks search cpsample mitigation_cost cpsample_gpu_check gpu_sd_check scale scale_gpu_check; do \
 		$(PY) benchmarks/$$b.py --quick || exit 1; done
 
 clean:

@@ -32,6 +32,9 @@ EXPECTED = {
     "search.py": [(rf"ratio\s+{NUMBER}x \(\s*{NUMBER}x incl\. generating\)", 1),
                   (rf"IVF nlist=\d+ nprobe=\d+: recall@1 {NUMBER} .* = {NUMBER}x faster than exact", 1)],
     "cpsample.py": CPSAMPLE_LINES,
+    # every installed mitigation: cpsample is built in, so its row is always there
+    "mitigation_cost.py": [(rf"^cpsample\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+\S", 1),
+                           (r"^method\s+setup_s\s+unprotected_s\s+protected_s\s+ratio\s+carries", 1)],
     "cpsample_gpu_check.py": CPSAMPLE_LINES,
     "gpu_sd_check.py": [(rf"guided/unguided time: {NUMBER} \(gate always on\), {NUMBER} \(alpha", len(FAMILIES))],
     "scale.py": SCALE_LINES,

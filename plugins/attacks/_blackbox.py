@@ -5,6 +5,8 @@ model's own space (scaled latents for latent text models, with a ``ConditionedDe
 bound to the batch's captions); these helpers take them back to pixels, run the model's own
 sampler on a batch (classifier-free guidance for text models) and measure per-image
 distances, so every black-box attack compares what a served model would return.
+``GeneratedSamples`` is the part the attacks on generated samples (gen-nn, gen-radius) share: one
+set of samples per audit and an image's distance to its nearest one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.model.denoiser import cond_tile, denoise
-from privaudit.model.latent import latent_of
+from privaudit.model.latent import ConditionedDenoiser, latent_of
 
 
 def to_pixels(denoiser, x: torch.Tensor) -> torch.Tensor:
@@ -61,3 +63,39 @@ def nearest_sq_distance(x: torch.Tensor, pool: torch.Tensor, *, chunk: int = 409
         dist = torch.cdist(xf, p).pow(2).min(1).values.cpu() / d
         out = torch.minimum(out, dist)
     return out
+
+
+class GeneratedSamples:
+    """Mixin for attacks that compare images with ``n_samples`` generated samples (``steps``, ``sampler``: the
+    attack's parameters). ``prepare`` takes the audit's cached samples (``ctx.samples``; the ``nn`` detector's
+    defaults, so one sampling serves them all); outside an audit ``ensure_samples(denoiser, seed)`` samples in ``fit``.
+    ``distance`` is an image's mean squared pixel distance to its nearest sample."""
+
+    n_samples: int
+    steps: int
+    sampler: str
+
+    def queries_per_image(self) -> float:
+        # prepared: the sampling spread over the audited images; before: per generated sample, as the nn detector
+        return float(getattr(self, "queries_", self.steps))
+
+    def prepare(self, ctx) -> None:
+        self._samples = ctx.samples(n=self.n_samples, steps=self.steps, sampler=self.sampler)
+        n_images = len(ctx.members) + len(ctx.holdout)
+        self.queries_ = self.n_samples * self.steps / max(1, n_images)
+
+    def ensure_samples(self, denoiser, seed: int) -> None:
+        """The samples: the audit's (prepared), else drawn here seeded by the run; never NaN or infinite."""
+        if getattr(self, "_samples", None) is None:  # outside an audit: draw them here, seeded by the run
+            base = denoiser
+            while isinstance(base, ConditionedDenoiser):  # sample the model, not a view bound to a batch
+                base = base.inner()
+            self._samples = base.draw_samples(n=self.n_samples, steps=self.steps, sampler=self.sampler, seed=seed)
+        if not torch.isfinite(self._samples).all():
+            raise ValueError("the model generated samples with NaN or infinite pixels")
+
+    def distance(self, denoiser, x0: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_samples", None) is None:
+            raise RuntimeError(f"{getattr(self, 'name', type(self).__name__)}: fit() (or prepare()) must run before "
+                               "score()")
+        return nearest_sq_distance(to_pixels(denoiser, x0).cpu(), self._samples)

@@ -34,21 +34,19 @@ for large training sets.
 
 from __future__ import annotations
 
-import torch
-
 from privaudit.api import InstanceOf, Interval, MembershipAttack, Options, store_params
-from privaudit.model.latent import ConditionedDenoiser
-from privaudit.plugins.attacks._blackbox import nearest_sq_distance, to_pixels
+from privaudit.plugins.attacks._blackbox import GeneratedSamples
 from privaudit.plugins.attacks._common import calibration_auc
 
 
-class GeneratedNearestNeighbourAttack(MembershipAttack):
+class GeneratedNearestNeighbourAttack(GeneratedSamples, MembershipAttack):
     """Black-box: distance from an image to its nearest of N generated samples."""
 
     name = "gen-nn"
     id = "PA-MIA-008"
     threat_model = "black-box"
     requires = ("sampling",)
+    adaptive = True  # cheap (reads the audit's cached samples) and two-sided: a mitigation-aware attacker runs it
     references = ("Chen et al., GAN-Leaks: A Taxonomy of Membership Inference Attacks against Generative Models, "
                   "CCS 2020",)
 
@@ -58,33 +56,13 @@ class GeneratedNearestNeighbourAttack(MembershipAttack):
     def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", two_sided: bool = True):
         store_params(self, locals())
 
-    def queries_per_image(self) -> float:
-        # prepared: the sampling spread over the audited images; before: per generated sample, as the nn detector
-        return float(getattr(self, "queries_", self.steps))
-
-    def prepare(self, ctx) -> None:
-        self._samples = ctx.samples(n=self.n_samples, steps=self.steps, sampler=self.sampler)
-        n_images = len(ctx.members) + len(ctx.holdout)
-        self.queries_ = self.n_samples * self.steps / max(1, n_images)
-
     def fit(self, denoiser, *, members, holdout, seed):
-        if getattr(self, "_samples", None) is None:  # outside an audit: draw them here, seeded by the run
-            base = denoiser
-            while isinstance(base, ConditionedDenoiser):  # sample the model, not a view bound to a batch
-                base = base.inner()
-            self._samples = base.draw_samples(n=self.n_samples, steps=self.steps, sampler=self.sampler, seed=seed)
-        if not torch.isfinite(self._samples).all():
-            raise ValueError("the model generated samples with NaN or infinite pixels")
+        self.ensure_samples(denoiser, seed)
         self.direction_ = 1.0
         if self.two_sided and members is not None and holdout is not None and len(members) and len(holdout):
-            auc = calibration_auc(self._distance(denoiser, members).neg(), self._distance(denoiser, holdout).neg())
+            auc = calibration_auc(self.distance(denoiser, members).neg(), self.distance(denoiser, holdout).neg())
             self.direction_ = 1.0 if auc >= 0.5 else -1.0
         return self
 
-    def _distance(self, denoiser, x0) -> torch.Tensor:
-        return nearest_sq_distance(to_pixels(denoiser, x0).cpu(), self._samples)
-
     def score(self, denoiser, x0, *, noise):
-        if getattr(self, "_samples", None) is None:
-            raise RuntimeError("gen-nn: fit() (or prepare()) must run before score()")
-        return -getattr(self, "direction_", 1.0) * self._distance(denoiser, x0)
+        return -getattr(self, "direction_", 1.0) * self.distance(denoiser, x0)

@@ -49,14 +49,14 @@ from privaudit.io.results import Metric
 from privaudit.model.denoiser import Denoiser
 from privaudit.model.latent import latent_of
 from privaudit.model.noise import Noise, sample_generators, seed_of
-from privaudit.stats.metrics import membership_metrics, proportion_ci
+from privaudit.stats.metrics import auc_interval, membership_metrics, proportion_ci
 from privaudit.stats.search import KnnStream, choose_method, default_nlist, l2_normalize, search, train_ivf
 
 __all__ = [
     "CAPABILITIES", "KINDS", "THREAT_MODELS", "AuditContext", "AuditSettings", "Denoiser", "DetectorOutput",
     "FeatureExtractor", "ImageSet", "InputError", "MembershipAttack", "Metric", "MetricSpec", "Mitigation",
     "MitigationContext", "MitigationOutput", "Noise", "Plugin", "PluginError", "PrivauditError", "ReplicationDetector",
-    "Variant", "InstanceOf", "Interval", "Options", "SequenceOf", "validate_params", "KnnStream", "choose_method", "default_nlist", "l2_normalize", "search", "train_ivf", "atomic_dir", "capabilities_of", "default_cache_dir", "membership_metrics", "png_data_uri",
+    "Variant", "InstanceOf", "Interval", "Options", "SequenceOf", "validate_params", "KnnStream", "choose_method", "default_nlist", "l2_normalize", "search", "train_ivf", "atomic_dir", "auc_interval", "capabilities_of", "default_cache_dir", "membership_metrics", "png_data_uri",
     "proportion_ci", "sample_generators", "seed_of", "read_prompt_file", "store_params", "to_uint8", "write_json", "write_text",
 ]
 
