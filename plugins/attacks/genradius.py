@@ -18,17 +18,17 @@ maximum) calibration distance the score is gen-nn's (plus or minus d), so gen-ra
 back to gen-nn's signal on a model without mitigation (members are the close images).
 
 Direction: the band's two ends already hold both of gen-nn's directions (r at the smallest
-calibration distance: members nearer; at the largest: members farther). ``two_sided`` (default,
-as gen-nn's) also admits the inverted band (``direction_`` -1: members on both sides of r,
-non-members at r), for a mitigation that over-corrects in ways the attacker cannot predict.
+calibration distance: members nearer; at the largest: members farther), so the default
+(``two_sided=False``) is already two-sided in gen-nn's sense. ``two_sided=True`` also admits the
+inverted band (``direction_`` -1: members on both sides of r, non-members at r), for a mitigation that over-corrects in ways the attacker cannot predict.
 Choice: a band fits calibration noise more freely than a monotone score, and an inverted band
 more freely still, so the simplest kind (monotone, band, inverted band) whose best calibration
 AUC is within one Hanley-McNeil standard error of the best of all is kept, the smallest r among
 equals. The inverted band still costs something on an unmitigated model: on the memorising
 oracle (64 members, 32 + 32 calibration images, one member that no sample reproduced) it won
 calibration 0.994 to 0.975 and reached 0.94 AUC on evaluation where gen-nn reaches 1.00
-(``two_sided=False``: 1.00). Fitted (``details.fitted``): ``radius_``, ``radius_quantile_`` (its
-quantile of the calibration distances), ``calibration_auc_`` (of the chosen score, with its
+(``two_sided=False``: 1.00), which is why it is off by default. Fitted (``details.fitted``):
+``radius_``, ``radius_quantile_`` (its quantile of the calibration distances), ``calibration_auc_`` (of the chosen score, with its
 direction) and ``direction_``.
 
 Samples and cost (as gen-nn, whose samples it shares: the audit's cached samples with the ``nn``
@@ -71,7 +71,7 @@ class GeneratedRadiusAttack(GeneratedSamples, MembershipAttack):
                              "sampler": [Options("ddim", "ddpm")], "two_sided": [InstanceOf(bool)],
                              "n_radii": [Interval(int, 2, 10_000)]}
 
-    def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", two_sided: bool = True,
+    def __init__(self, *, n_samples: int = 256, steps: int = 50, sampler: str = "ddim", two_sided: bool = False,
                  n_radii: int = 33):
         store_params(self, locals())
 

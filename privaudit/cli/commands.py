@@ -273,7 +273,6 @@ def _mitigation_summary(results: dict, out: Path) -> None:
 def cmd_mitigate(a: argparse.Namespace) -> int:
     from privaudit.audit.runner import run_folder
     from privaudit.mitigation.flow import mitigate
-
     from privaudit.mitigation.targets import parse_targets
 
     settings = settings_of(a)

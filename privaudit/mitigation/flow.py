@@ -163,7 +163,7 @@ class _Auditor:
             metrics.update(probe(x))
         if self.base_seconds is None:
             self.base_seconds, self.base_res = secs, res
-        quality = quality_ratio(res, self.base_res)
+        quality = quality_ratio(res, self.base_res) if self.base_res is not None else None
         if quality is not None:
             metrics["quality_ratio"] = quality["ratio"]
         det = details() if callable(details) else dict(details or {})
@@ -252,9 +252,10 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     check_plan(registry, settings)
     plugins: dict[str, Mitigation] = {}
     for m in names:  # validated: fails before any work
-        plugins[m] = registry.create(m, kind="mitigation", **(params if params and not multi
-                                                               else settings.plugin_params.get(m, {})))
-        assert isinstance(plugins[m], Mitigation)
+        plugin = registry.create(m, kind="mitigation", **(params if params and not multi
+                                                          else settings.plugin_params.get(m, {})))
+        assert isinstance(plugin, Mitigation)
+        plugins[m] = plugin
     raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     if isinstance(pipe, ProvidesDenoiser):
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
@@ -279,7 +280,7 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
                        timing=_sampling_config(before), seed=settings.seed, targets=targets)
     base_row = auditor.row(name="no mitigation", family="none", params={}, res=before_res, denoiser=raw,
                            description="the raw model as trained")
-    shared = dict(model_dir=model_dir, pipe=pipe, raw=raw, mem=mem, hold=hold, ref=ref, registry=registry,
+    shared: dict[str, Any] = dict(model_dir=model_dir, pipe=pipe, raw=raw, mem=mem, hold=hold, ref=ref, registry=registry,
                   settings=settings, auditor=auditor, before=before, base_row=base_row, common=common, data=data,
                   say=say, targets=targets, redact=redact, split_note=split_note, argv=argv, info=info)
     blocks = [_run_method(m, plugins[m], out=out / m if multi else out, sweep=sweep or multi, **shared)
