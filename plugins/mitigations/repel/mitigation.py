@@ -1,6 +1,6 @@
 """The ``repel`` mitigation: dissimilarity guidance in closed form (``denoiser.py``), served as ``RepelPipeline``.
 
-1. a ``MemberBank`` takes the members' pixels; its radius is the ``quantile`` (default 0.05) of
+1. a ``MemberBank`` takes the members' pixels; its radius is the ``quantile`` (default 0.2) of
    never-trained-on images' nearest-member pixel distances: ``--reference`` when given (images the
    audits never evaluate on; ``privaudit mitigate`` sets a seeded quarter of the holdout aside when it
    is not), else the holdout itself (``details`` says which); the radius per noise level
@@ -16,6 +16,25 @@
 overshoots and makes members' regenerations *less* member-like than non-members' (a reversed score a
 black-box attacker can read); < 1 leaves them closer. ``sweep`` audits ``sweep_strengths`` x
 ``sweep_quantiles``.
+
+Measured on the built-in digits target (``privaudit mitigate --method repel --sweep`` with
+``--attacks loss,rediffuse,gen-nn``, seed 0, 256 DDIM-50 samples; raw model: copy fraction 0.969,
+black-box AUC 1.00, Frechet distance 42.4):
+
+========  ========  ==========  ===================  =================
+strength  quantile  copies      black-box AUC (2s)   Frechet distance
+========  ========  ==========  ===================  =================
+1         0.05      0.043       0.98                 39.0
+2         0.05      0.000       0.96                 37.8
+1         0.2       0.000       0.88                 34.7
+2         0.2       0.000       0.99                 34.0
+1         0.5       0.000       0.99                 32.8
+========  ========  ==========  ===================  =================
+
+Strength 1 at quantile 0.2 is the default: no copies and the lowest black-box AUC of the grid (strength
+3 and quantile 0.5 rows were no better). No setting reaches chance: every member's regeneration ends on
+the same sphere around it, and ``rediffuse`` (a variation API) still tells members apart (AUC 0.88).
+The gray-box two-sided AUC (the gate leak) is 1.00 at every setting but (1, 0.05).
 
 Threat model: black box (served samples) is what it protects. The served noise prediction changes near
 members, so a gray-box observer sees where members are (the gate leak the report measures); the raw
@@ -59,9 +78,9 @@ class Repel(Mitigation):
         "levels": [Interval(int, 2, 1000)],
     }
 
-    def __init__(self, *, strength: float = 1.0, quantile: float = 0.05,
+    def __init__(self, *, strength: float = 1.0, quantile: float = 0.2,
                  sweep_strengths: tuple[float, ...] = (0.5, 1.0, 2.0),
-                 sweep_quantiles: tuple[float, ...] = (0.01, 0.05, 0.2), probe_samples: int = 64, levels: int = 16):
+                 sweep_quantiles: tuple[float, ...] = (0.05, 0.2, 0.5), probe_samples: int = 64, levels: int = 16):
         store_params(self, locals())
 
     def apply(self, ctx):
