@@ -79,7 +79,8 @@ compares copies, quality, black-box AUC and the gate leak (two-sided gray-box AU
 Controls returned for the side-by-side table: a *placebo* guard (same recipe and
 settings, random labels on holdout images instead of members: if it protects as well, the
 effect is not specific to the training set) and post-hoc *rejection sampling*
-(``rejection.py``). ``sweep`` returns the alpha x scale grid for the trade-off plot,
+(``privaudit.plugins.mitigations.rejection.denoiser``; the ``rejection`` mitigation serves it as a
+pipeline). ``sweep`` returns the alpha x scale grid for the trade-off plot,
 and the placebo on the same grid, so copies can be compared at matched quality.
 
 Trained guards are cached by (UNet weights, member and non-member pixels, every
@@ -235,7 +236,7 @@ class CPSample(Mitigation):
         from privaudit.model.target import load_target
         from privaudit.plugins.mitigations.cpsample.pipeline import CPSamplePipeline
         from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
-        from privaudit.plugins.mitigations.cpsample.rejection import RejectionSampledDenoiser
+        from privaudit.plugins.mitigations.rejection.denoiser import FeatureCopyTest, RejectionSampledDenoiser
 
         self.validate()
         unet, scheduler = _network(ctx.pipeline), getattr(ctx.pipeline, "scheduler", None)
@@ -301,9 +302,10 @@ class CPSample(Mitigation):
                                             "fit_accuracy": pstats.fit_accuracy, "cached": pcached}}))
         if self.rejection:
             extractor = ctx.feature(self.rejection_features)
-            rej = RejectionSampledDenoiser(base=denoiser.base, members=ctx.members, holdout=ctx.holdout,
-                                           extractor=extractor, max_factor=self.rejection_max_factor,
-                                           base_fingerprint=denoiser.base_fingerprint, features=self.rejection_features)
+            test = FeatureCopyTest(members=ctx.members, holdout=ctx.holdout, extractor=extractor,
+                                   features=self.rejection_features)
+            rej = RejectionSampledDenoiser(base=denoiser.base, test=test, max_factor=self.rejection_max_factor,
+                                           base_fingerprint=denoiser.base_fingerprint)
             controls.append(Variant(
                 name="rejection sampling", family="rejection", role="control", params={"max_factor": self.rejection_max_factor},
                 description=("post-hoc: generate with the raw model, drop samples closer to a member than 99% of real "

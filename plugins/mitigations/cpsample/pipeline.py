@@ -14,7 +14,8 @@ Loading offline. diffusers resolves a pipeline folder in two steps, both read fr
    any other library only if the calling process already imported it (diffusers >= 0.3x
    will not import a module just because a folder names it).
 
-privaudit therefore ships no code in the folder: importing this module (which
+privaudit therefore ships no code in the folder (``privaudit.plugins.mitigations.pipelines``,
+shared by every mitigation's pipeline): importing this module (which
 ``privaudit``'s plugin registry does, and so does ``import privaudit.plugins.mitigations.cpsample``)
 adds ``CPSamplePipeline`` to the ``diffusers`` namespace and puts the guard's module in
 ``sys.modules``, after which the plain call works::
@@ -38,13 +39,14 @@ from __future__ import annotations
 import inspect
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from privaudit.model.denoiser import ProvidesDenoiser, denoise, sampling_scheduler
 from privaudit.model.target import pixel_denoiser
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+from privaudit.plugins.mitigations.pipelines import finish_output, register_with_diffusers
 
 
 class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
@@ -104,25 +106,6 @@ class CPSamplePipeline(DiffusionPipeline, ProvidesDenoiser):
             # eps_theta plus the guard's guidance where it is confident, converted to the UNet's own output type
             image = denoise(den, image, scheduler=sched, step_kwargs=step_kwargs, on_step=lambda _: bar.update())
         return finish_output(self, (image / 2 + 0.5).clamp(0, 1), output_type=output_type, return_dict=return_dict)
-
-
-def finish_output(pipe: DiffusionPipeline, image: torch.Tensor, *, output_type: str, return_dict: bool):
-    """Images in [0, 1] -> the output diffusers pipelines return ("pt", "np" or "pil")."""
-    if output_type not in ("pt", "latent"):
-        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-        if output_type == "pil":
-            image = pipe.numpy_to_pil(image)
-    pipe.maybe_free_model_hooks()
-    return ImagePipelineOutput(images=image) if return_dict else (image,)
-
-
-def register_with_diffusers(cls: type) -> None:
-    """Make ``DiffusionPipeline.from_pretrained`` resolve ``_class_name: cls.__name__``: diffusers looks
-    pipeline classes up as attributes of the ``diffusers`` package, so no code ships in the folder."""
-    import diffusers
-
-    if vars(diffusers).get(cls.__name__) is not cls:
-        setattr(diffusers, cls.__name__, cls)
 
 
 register_with_diffusers(CPSamplePipeline)

@@ -33,8 +33,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from privaudit.model.denoiser import ProvidesDenoiser, cond_tile, denoise, sampling_scheduler
 from privaudit.plugins.mitigations.cpsample.guard import GuardClassifier  # noqa: F401 (registers the component module)
-from privaudit.plugins.mitigations.cpsample.pipeline import finish_output, register_with_diffusers
 from privaudit.plugins.mitigations.cpsample.protected import ProtectedDenoiser
+from privaudit.plugins.mitigations.pipelines import finish_output, register_with_diffusers
 
 # every latent family's components (privaudit.model.families); those a family lacks are None
 COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
