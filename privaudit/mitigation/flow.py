@@ -16,10 +16,17 @@ The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows non
    each with copy fraction, membership AUC on the served denoiser, quality and sampling
    time (measured in this process on the same sample count, steps and seed);
 5. ``--sweep``: ``mitigation.sweep(ctx, output)`` variants (e.g. alpha x scale), each audited;
-   the privacy/quality frontier, the recommended setting (``recommend``: the best quality
-   among settings that meet the privacy targets, else among those that meet the copy target,
-   else the fewest copies), and, where the sweep has a ``placebo`` family, the two families'
-   Pareto fronts compared at matched quality (``matched_quality``).
+   the privacy/quality frontier and the decision (``frontier.recommend``: the cheapest setting, by
+   measured sampling-time ratio, that meets every ``--target``; else *none*, never a silent pick,
+   with ``frontier.misses``: per family, the bound that stops it and by how much), and, where the
+   sweep has a ``placebo`` family, the two families' Pareto fronts compared at matched quality
+   (``matched_quality``). A target that was never measured (no quality detector) is never met.
+   Several methods (``--method a,b`` or ``all``): each runs 1-5 (sweep implied) with the same
+   seeds, audits and controls into ``DIR/<method>/``, sharing ``DIR/before``; every method's
+   settings are judged on one frontier (``_frontier_results``), the recommended setting's method
+   fills the top-level block (else the first method's), and ``frontier`` holds the methods table,
+   the chart's points, the recommendation and the misses. The audits add every installed
+   ``adaptive`` attack (an attacker who knows a mitigation is there) unless ``adaptive=False``.
 
 6. **verdict** (``mitigation_verdict``), judged by threat model: every membership and replication
    number the report shows is put through the rules (the after-audit's rules, the same rules on
@@ -28,6 +35,9 @@ The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows non
    detectors: what a served model faces) when a black-box attack ran, else the worst of all;
    ``if_weights_leak`` is the worst of all, gray-box and white-box included, labelled as such.
    ``gate_leak``: the protected model's two-sided gray-box AUC (the guard's gate seen from outside).
+   ``caveats`` (``verdict.caveats_of``) stand beside the level in the ``headline``: a quality that
+   collapsed (interval below half the raw model's) or misses its target, a quality never measured
+   when a target asks for it, and every missed target: a calm level never hides them.
 
 Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html, exactly as
 ``scan``), ``DIR/results.json`` (``kind: "mitigation"``; shape below), ``DIR/summary.json``,
