@@ -201,16 +201,16 @@ def cmd_plugins(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-FIXTURES = ("digits", "digits-text", "digits-v", "digits-flow", "digits-lora")
+FIXTURES = ("digits", "digits-text", "digits-v", "digits-flow", "digits-lora", "digits-few")
 
 
 def cmd_fixture(a: argparse.Namespace) -> int:
     from functools import partial
 
-    from privaudit.fixtures import digits, digits_lora, digits_text, digits_variants
+    from privaudit.fixtures import digits, digits_few, digits_lora, digits_text, digits_variants
 
     builders: dict[str, Callable[..., Path]] = {"digits": digits.build, "digits-text": digits_text.build,
-                                                "digits-lora": digits_lora.build,
+                                                "digits-lora": digits_lora.build, "digits-few": digits_few.build,
                 **{name: partial(digits_variants.build, name=name) for name in digits_variants.VARIANTS}}
     if a.name not in builders:
         raise InputError(f"fixture {a.name!r}: unknown; available: {', '.join(builders)}")
