@@ -33,7 +33,12 @@ def digits_target() -> Path:
     from privaudit.fixtures import digits
 
     cache = Path(os.environ.get("PRIVAUDIT_TEST_CACHE", REPO / ".pytest_cache" / "privaudit"))
-    return digits.build(out=cache / "digits", progress=False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny UNet: 1 thread built it in 149 s where the session's 2 took about 200 s
+    try:
+        return digits.build(out=cache / "digits", progress=False)
+    finally:
+        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 from privaudit.io.errors import InputError
 from privaudit.io.exports import junit_xml, summary
-from privaudit.mitigation.frontier import decision_text, misses, recommend
+from privaudit.mitigation.frontier import COST_TOLERANCE, decision_text, misses, recommend
 from privaudit.mitigation.targets import DEFAULT_TARGETS, check, meets, parse_targets
 from privaudit.mitigation.verdict import caveats_of, mitigation_verdict
 from privaudit.stats.metrics import ratio_ci
@@ -54,6 +54,12 @@ def test_recommend_picks_the_cheapest_setting_that_meets_every_target():
     assert recommend(rows, T) == 2  # same cost as b: the better quality wins
     text = decision_text(rows[2], misses(rows, T), T)
     assert text.startswith("recommended: c (repel)")
+    # timings within the tolerance are a tie (wall-clock noise); beyond it the cheaper setting wins
+    near = [_row("e", "rejection", copies=0.0, auc=0.55, quality=0.95, cost=1.3),
+            _row("f", "rejection", copies=0.0, auc=0.55, quality=0.99, cost=1.4)]
+    assert recommend(near, T) == 1
+    far = [near[0], _row("f", "rejection", copies=0.0, auc=0.55, quality=0.99, cost=1.3 * (1 + COST_TOLERANCE) + 0.01)]
+    assert recommend(far, T) == 0
 
 
 def test_a_target_no_setting_meets_gives_none_with_the_miss_per_method():
