@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from privaudit.mitigation.frontier import recommend
+from privaudit.mitigation.frontier import COST_TOLERANCE, recommend
 from privaudit.mitigation.targets import parse_targets
 
 IMPOSSIBLE = "copies<=0.02,quality>=2"
@@ -83,10 +83,10 @@ def test_an_unreachable_target_gives_no_recommendation(frontier_run):
     assert "One frontier" in html and "none" in html
 
 
-def test_the_same_rows_recommend_the_cheapest_setting_under_a_target_they_meet(frontier_run):
+def test_the_same_rows_recommend_a_cheapest_setting_under_a_target_they_meet(frontier_run):
     _, res = frontier_run
     rows = [r for r in res["sweep"] if r["role"] == "main"]
     i = recommend(rows, parse_targets("copies<=1"))
     assert i is not None
     cheapest = min(float(r["sampling_ratio"] or 1.0) for r in rows)
-    assert float(rows[i]["sampling_ratio"] or 1.0) == cheapest
+    assert float(rows[i]["sampling_ratio"] or 1.0) <= cheapest * (1 + COST_TOLERANCE)  # timings this close tie

@@ -16,7 +16,7 @@ The flow, for any ``Mitigation`` plugin chosen with ``--method`` (core knows non
    each with copy fraction, membership AUC on the served denoiser, quality and sampling
    time (measured in this process on the same sample count, steps and seed);
 5. ``--sweep``: ``mitigation.sweep(ctx, output)`` variants (e.g. alpha x scale), each audited;
-   the privacy/quality frontier and the decision (``frontier.recommend``: the cheapest setting, by
+   the privacy/quality frontier and the decision (``frontier.recommend``: the cheapest setting (ratios within ``COST_TOLERANCE`` tie), by
    measured sampling-time ratio, that meets every ``--target``; else *none*, never a silent pick,
    with ``frontier.misses``: per family, the bound that stops it and by how much), and, where the
    sweep has a ``placebo`` family, the two families' Pareto fronts compared at matched quality

@@ -50,7 +50,8 @@ def recommend(rows: list[dict], targets: tuple[Target, ...] = DEFAULT) -> int | 
     cost = lambda i: float(rows[i].get("sampling_ratio") or 1.0)
     # Sampling times are wall-clock: settings within COST_TOLERANCE of the cheapest are equally cheap
     # (on digits-few, rejection at quantile 0.2 timed 1.57x and at 0.05 1.72x though it rejects more).
-    cheap = [i for i in ok if cost(i) <= min(map(cost, ok)) * (1 + COST_TOLERANCE)]
+    limit = min(map(cost, ok)) * (1 + COST_TOLERANCE)
+    cheap = [i for i in ok if cost(i) <= limit]
     return min(cheap, key=lambda i: (qual(rows[i]), auc(rows[i]), cost(i)))
 
 
