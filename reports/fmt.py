@@ -40,6 +40,14 @@ METRIC_INFO: dict[str, tuple[str, str, str, str | None]] = {
                       "served model faces", "num", "chance"),
     "black_box_auc_two_sided": ("black-box AUC, two-sided", "max(AUC, 1 - AUC) over black-box attacks and their "
                                 "settings: the served model's membership headline", "num", "low"),
+    "at_risk_reproduced": ("images at risk still reproduced", "of the distinct images the unprotected model's audit "
+                           "listed at risk, those the served model still reproduces beyond chance", "count", "low"),
+    "at_risk_copies": ("copies of images at risk", "generated samples copying an image listed at risk before "
+                       "mitigation", "count", "low"),
+    "at_risk_members": ("images at risk before", "distinct images the unprotected model's audit listed at risk",
+                        "count", None),
+    "at_risk_black_box_auc_two_sided": ("black-box AUC of the images at risk, two-sided", "max(AUC, 1 - AUC) of the "
+                                        "at-risk members' black-box scores against the holdout", "num", "low"),
     "black_box_tpr_at_fpr_0.01": ("black-box TPR @ 1% FPR", "strongest black-box attack's members identified at "
                                   "1% false alarms", "pct", "low"),
     "gray_box_auc": ("gray-box AUC", "strongest attack on the served noise prediction (an access holding the "

@@ -246,8 +246,8 @@ def test_rerun_replaces_the_whole_previous_run(digits_target, tmp_path, capsys):
     write_manifest(out)  # as privaudit writes it last: the folder is provably a previous run
     assert _scan(digits_target / "model", digits_target / "members", digits_target / "holdout", out,
                  "--param", "loss.k=1") == 0
-    assert sorted(p.name for p in out.iterdir()) == [".privaudit-manifest.json", "junit.xml", "report.html",
-                                                     "results.json", "scores.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".privaudit-manifest.json", "at_risk.csv", "junit.xml",
+                                                     "report.html", "results.json", "scores.csv", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries or lock left
 
 

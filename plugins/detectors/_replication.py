@@ -153,3 +153,22 @@ def percentiles(groups: dict[str, np.ndarray], ps=PERCENTILES) -> dict:
         v = v[np.isfinite(v)]
         out[k] = np.percentile(v, ps).round(6).tolist() if len(v) else None
     return out
+
+
+def duplicate_clusters(exact: np.ndarray, checked: np.ndarray, dist: np.ndarray, idx: np.ndarray, *,
+                       threshold: float) -> np.ndarray:
+    """Cluster label (0..) per member: members joined by identical pixels (``exact``: a label per member, equal
+    for identical images) or by a neighbour distance below ``threshold`` (row i of ``dist``/``idx``: the other
+    members nearest to member ``checked[i]``) share one connected cluster."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    exact = np.asarray(exact, np.int64)
+    n, groups = len(exact), int(exact.max(initial=-1)) + 1
+    r, c = np.nonzero(np.asarray(dist) < threshold) if np.asarray(dist).size else (np.zeros(0, int), np.zeros(0, int))
+    # nodes: members 0..n-1, then one node per exact group; edges: member - its group, member - near member
+    src = np.concatenate([np.arange(n), np.asarray(checked, np.int64)[r]])
+    dst = np.concatenate([n + exact, np.asarray(idx, np.int64)[r, c] if len(r) else np.zeros(0, np.int64)])
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n + groups, n + groups))
+    _, labels = connected_components(graph, directed=False)
+    return np.unique(labels[:n], return_inverse=True)[1]

@@ -180,4 +180,16 @@ class MemorisedPromptDetector(ReplicationDetector):
             finding = (f"Ranked {len(prompts)} prompts by text-conditional noise magnitude; the highest is {top!r} "
                        f"({s[order[0]]:.3f}). No labels: pass a label column to measure separation"
                        + (f"; {int(flagged.sum())} above threshold {self.threshold}." if self.threshold is not None else "."))
-        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table)
+        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table,
+                              members=_member_prompts(ctx.members, prompts, y, s, flagged) if labelled else None)
+
+
+def _member_prompts(members, prompts: list[str], y: np.ndarray, s: np.ndarray, flagged: np.ndarray):
+    """Per member (``privaudit.audit.risk``): its caption's score, its p-value against the unseen captions'
+    scores, and the detector's flag; members whose caption was not scored get no value."""
+    unseen = np.sort(s[y == 0])
+    p = (1.0 + len(unseen) - np.searchsorted(unseen, s, side="left")) / (len(unseen) + 1.0)
+    by_caption = {c: (float(sc), float(pv), bool(f)) for c, lab, sc, pv, f in zip(prompts, y, s, p, flagged) if lab == 1}
+    rows = [by_caption.get(c, (np.nan, np.nan, False)) for c in members.captions]
+    return pd.DataFrame({"member_id": list(members.ids), "prompt_score": [r[0] for r in rows],
+                         "prompt_p": [r[1] for r in rows], "prompt_flagged": [r[2] for r in rows]})

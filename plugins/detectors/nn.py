@@ -130,7 +130,8 @@ class NearestNeighbourDetector(ReplicationDetector):
         "k": [Interval(int, 1, None)], "ratio": [Interval(float, 0, 1, closed="right")],
         "cosine_threshold": [Interval(float, -1, 1)], "tiles": [Interval(int, 1, 64)],
         "tile_match": [Options("aligned", "any")], "tile_resolution": [Interval(int, 1, 4096)],
-        "background_sample": [Interval(int, 1, None)], "holdout_limit": [Interval(int, 1, None)],
+        "background_sample": [Interval(int, 1, None)],
+        "duplicate_quantile": [Interval(float, 0, 1, closed="neither")], "holdout_limit": [Interval(int, 1, None)],
         "search": [Options("auto", "exact", "ivf")], "ivf_threshold": [Interval(int, 1, None)],
         "nlist": [None, Interval(int, 1, None)], "nprobe": [None, Interval(int, 1, None)],
         "search_device": [InstanceOf(str)], "batch_size": [Interval(int, 1, None)], "n_pairs": [Interval(int, 0, 1000)],
@@ -140,7 +141,7 @@ class NearestNeighbourDetector(ReplicationDetector):
                  feature_params: dict | None = None, quantile: float = 0.01, alpha: float = 0.5, k: int = 50,
                  ratio: float = 1 / 3, cosine_threshold: float = 0.97, tiles: int = 4, tile_match: str = "aligned",
                  tile_resolution: int = 64,
-                 background_sample: int = 5000, holdout_limit: int = 10_000, search: str = "auto",
+                 background_sample: int = 5000, duplicate_quantile: float = 0.001, holdout_limit: int = 10_000, search: str = "auto",
                  ivf_threshold: int = 10_000_000, nlist: int | None = None, nprobe: int | None = None,
                  search_device: str = "auto", batch_size: int = 512, n_pairs: int = 12):
         store_params(self, locals())
@@ -299,22 +300,28 @@ class NearestNeighbourDetector(ReplicationDetector):
         if l2.recall_at_1 is not None:
             metrics["search_recall_at_1"] = Metric(l2.recall_at_1, note=f"IVF vs exact on {l2.recall_queries} queries")
 
-        # duplicates inside the member set; the near rule flags about q of unseen images too
-        fpr_near = max(q, crit["copy"].holdout_fpr)
+        # duplicates inside the member set: closer to another member than all but a fraction duplicate_quantile
+        # of unseen images come to any member (so about that fraction of members is flagged by chance)
+        dup_thr = R.below_quantile(dh[:, 0], self.duplicate_quantile)
         _, inv, cnt = np.unique(hashes, return_inverse=True, return_counts=True)
         dup_groups = [member_ids[inv == g].tolist() for g in np.flatnonzero(cnt > 1)]
-        near = np.flatnonzero(bd[:, 0] < crit["copy"].threshold) if bd.shape[1] else np.zeros(0, int)
-        near = near[np.argsort(bd[near, 0])]
-        dup_of = {int(bg_idx[i]): int(bi[i, 0]) for i in near}
+        near = np.flatnonzero(bd[:, 0] < dup_thr) if bd.shape[1] else np.zeros(0, int)
+        near = near[np.argsort(bd[near, 0])] if bd.shape[1] else near  # one member: no other member to be near
+        cluster = R.duplicate_clusters(inv, bg_idx, bd, bi, threshold=dup_thr)
+        size = np.bincount(cluster)[cluster]
         duplicates = {
             "exact_groups": dup_groups[:20], "n_exact": int(sum(len(g) for g in dup_groups)),
             "near": [{"member_id": str(member_ids[bg_idx[i]]), "nearest_member_id": str(member_ids[bi[i, 0]]),
                       "distance": float(bd[i, 0])} for i in near[:20]],
             "n_near": int(len(near)), "checked_near": int(len(bg_idx)),
-            "near_expected_by_chance": float(fpr_near * len(bg_idx)),
-            "rule": "exact: identical pixels (all members); near: closer to another member than the copy threshold "
-                    f"(on {len(bg_idx)} sampled members)"}
-        dup_members = {i for g in np.flatnonzero(cnt > 1) for i in np.flatnonzero(inv == g)} | set(dup_of) | set(dup_of.values())
+            "near_expected_by_chance": float(self.duplicate_quantile * len(bg_idx)),
+            "threshold": None if not np.isfinite(dup_thr) else float(dup_thr),
+            "n_clusters": int(len(np.unique(cluster[size > 1]))), "n_in_clusters": int((size > 1).sum()),
+            "largest_clusters": _largest_clusters(cluster, size, member_ids),
+            "rule": "exact: identical pixels (all members); near: closer to another member than all but "
+                    f"{self.duplicate_quantile:.1%} of real unseen images come to any member ({dup_thr:.4g}; "
+                    f"on {len(bg_idx)} sampled members); clusters: connected groups of such pairs"}
+        dup_members = set(np.flatnonzero(size > 1).tolist())
 
         # per-member view and pairs
         order = np.argsort(d[:, 0], kind="stable")[: self.n_pairs]
@@ -375,7 +382,30 @@ class NearestNeighbourDetector(ReplicationDetector):
             "second_distance": d[:, 1] if d.shape[1] > 1 else np.nan, "carlini_ratio": cr, "neighbour_ratio": nr,
             "cosine": sim, "cosine_member": member_ids[sim_nn], "tile_score": tile_s,
             **{f"{c.name}_copy" if c.name != "calibrated" else "copy": c.flags for c in crit.values()}})
-        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table)
+        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table,
+                              members=_member_table(member_ids, nn[:, 0], d[:, 0], copy, cluster, size, bg_idx,
+                                                    radius=crit["copy"].threshold, chance=fpr * n_s / max(n_mem, 1)))
+
+
+def _member_table(member_ids, nearest, dist, copy, cluster, size, checked, *, radius: float, chance: float) -> pd.DataFrame:
+    """One row per member (``privaudit.audit.risk`` columns): samples copying it, its closest sample, its duplicates."""
+    n = len(member_ids)
+    closest = (pd.DataFrame({"m": nearest, "d": dist, "s": np.arange(len(dist))})
+               .sort_values(["d", "s"], kind="stable").drop_duplicates("m").set_index("m"))
+    near_checked = np.zeros(n, bool)
+    near_checked[checked] = True
+    return pd.DataFrame({
+        "member_id": member_ids, "copies": np.bincount(nearest[copy], minlength=n),
+        "chance_copies": chance, "closest_sample": closest["s"].reindex(np.arange(n)).to_numpy(),
+        "closest_distance": closest["d"].reindex(np.arange(n)).to_numpy(), "copy_radius": radius,
+        "duplicate_cluster": cluster, "duplicates": size - 1, "duplicates_checked": near_checked})
+
+
+def _largest_clusters(cluster: np.ndarray, size: np.ndarray, member_ids: np.ndarray, top: int = 20) -> list[dict]:
+    """The largest duplicate clusters: size and member ids (the first 10)."""
+    ids = np.unique(cluster[size > 1])
+    ids = sorted(ids, key=lambda c: (-int((cluster == c).sum()), int(c)))[:top]
+    return [{"size": int((cluster == c).sum()), "members": member_ids[cluster == c][:10].tolist()} for c in ids]
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

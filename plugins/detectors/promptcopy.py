@@ -248,4 +248,8 @@ class PromptReplicationDetector(ReplicationDetector):
         if "unseen_copy_fraction" in metrics:
             finding += (f" Unseen captions: {metrics['unseen_copy_fraction'].value:.1%} copies, diversity "
                         f"{metrics['unseen_mean_diversity'].value:.3f}.")
-        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table)
+        n_mem = len(member_ids)
+        per_member = pd.DataFrame({  # privaudit.audit.risk: copies of each member over every generation
+            "member_id": member_ids, "copies": np.bincount(nn[copy], minlength=n_mem),
+            "chance_copies": max(self.quantile, float(np.mean(dh < copy_thr))) * n * g / max(n_mem, 1)})
+        return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table, members=per_member)

@@ -215,6 +215,10 @@ class DetectorOutput:
     finding: str
     details: dict
     table: Any = None  # optional pandas DataFrame, one row per generated sample
+    # optional pandas DataFrame, one row per member: ``member_id`` and any per-image evidence columns that
+    # ``privaudit.audit.risk`` reads (copies, chance_copies, closest_sample, closest_distance, copy_radius,
+    # duplicate_cluster, duplicates, duplicates_checked, prompt_flagged, prompt_score)
+    members: Any = None
 
 
 class ReplicationDetector(Plugin):
@@ -432,6 +436,9 @@ class MitigationContext:
     cache_dir: Path
     seed: int
     progress: bool
+    # member ids the unprotected model's audit listed at risk (privaudit.audit.risk), rank order: a
+    # mitigation may protect these only (targeted) beside all members (uniform)
+    at_risk: tuple[str, ...] = ()
 
     def feature(self, name: str, **params) -> FeatureExtractor:
         """A fitted feature extractor (the same one the audit's detectors get)."""

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from privaudit.api import AuditSettings, MembershipAttack, capabilities_of
+from privaudit.api import AuditContext, AuditSettings, MembershipAttack, ReplicationDetector, capabilities_of
 from privaudit.api.registry import Registry
 from privaudit.audit import dataset_inference as di
 from privaudit.audit.calibration import calibration_slope
+from privaudit.audit.risk import Risk, per_image_risk
 from privaudit.audit.runner import CALIBRATED, check_plan, data_fingerprints, load_scan_target, manifest, run_folder
 from privaudit.audit.scoring import score_set
 from privaudit.data.checks import run_checks
-from privaudit.data.sets import load_checked
+from privaudit.data.sets import ImageSet, load_checked
 from privaudit.io.errors import InputError, PluginError
 from privaudit.io.results import SCHEMA_VERSION
 from privaudit.model.latent import fit_inputs, image_shape_of
@@ -159,7 +160,13 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
     order = np.argsort(per_image)
     # the checks speak of members and holdout; here the first set is the suspect images
     checks_json = [{**ch.to_json(), "message": ch.message.replace("members", "suspect images")} for ch in checks]
-    return {"checks": checks_json, "attacks": attacks,
+    detectors, tables = copy_evidence(den, sus, hold, registry=registry, settings=s)
+    as_members = scores.assign(set=scores["set"].replace({"suspect": "member"}),
+                               split=np.where((scores["set"] == "holdout") & (scores["split"] == "fit"),
+                                              "calibration", "evaluation"))
+    risk = per_image_risk(member_ids=list(sus.ids), scores=as_members, attacks=list(names), member_tables=tables)
+    return {"checks": checks_json, "attacks": attacks, "detectors": detectors,
+            "images": image_answers(risk, n_holdout_test=len(ht), n_attacks=len(names)),
             "test": test, "curve": curve, "alpha": alpha,
             "verdict": {"level": verdict, "used": verdict == "used", "message": VERDICTS[verdict],
                         "p_value": None if test is None else test["p_value"]},
@@ -168,6 +175,57 @@ def _query(den, base_den, sus, hold, *, registry: Registry, settings: AuditSetti
                           "n_holdout_test": int(len(ht)),
                           "lowest": [{"image_id": sus.ids[i], "p_value": float(per_image[i])} for i in order[:20]]},
             "sizes": {"suspect": len(sus), "holdout": len(hold)}, "scores": scores}
+
+
+def copy_evidence(den, sus: ImageSet, hold: ImageSet, *, registry: Registry,
+                  settings: AuditSettings) -> tuple[list[dict], dict[str, pd.DataFrame]]:
+    """Run the replication detectors (``settings.detectors``) with the suspect images as the members: does the
+    model generate copies of them? Returns (one summary per detector, their per-image tables)."""
+    ctx = AuditContext(denoiser=den, members=sus, holdout=hold, registry=registry, settings=settings)
+    caps = capabilities_of(den)
+    rows: list[dict] = []
+    tables: dict[str, pd.DataFrame] = {}
+    for name in settings.detectors:
+        det = registry.create(name, kind="detector", **settings.plugin_params.get(name, {}))
+        assert isinstance(det, ReplicationDetector)
+        if missing := det.missing(caps):
+            rows.append({"name": name, "status": "skipped", "reason": f"target lacks {', '.join(missing)}"})
+            continue
+        try:
+            out = det.detect(ctx)
+        except (InputError, PluginError):
+            raise
+        except Exception as e:  # copies unknown: said so, never read as "not copied"
+            rows.append({"name": name, "status": "error", "reason": f"{e.__class__.__name__}: {e}"})
+            continue
+        rows.append({"name": name, "status": "ok", "finding": out.finding, "threat_model": det.threat_model,
+                     "queries_per_image": float(det.queries_per_image())})
+        if out.members is not None:
+            tables[name] = out.members
+    return rows, tables
+
+
+def image_answers(risk: Risk, *, n_holdout_test: int, n_attacks: int) -> dict:
+    """Per suspect image: copied?, how it scores against unseen images, duplicates among the suspects; and
+    what so few images can show."""
+    t = risk.table
+    rows = []
+    for r in t.to_dict("records"):
+        pct = {k.removesuffix("_percentile"): r[k] for k in t if k.endswith("_percentile")}
+        rows.append({"image_id": r["member_id"], "level": r["level"], "reason": r["reason"],
+                     "copies": int(r["cluster_copies"]), "chance_copies": float(r["chance_copies"]),
+                     "copied": r["level"] == "high" and r["cluster_copies"] > 0,
+                     "closest_distance": None if pd.isna(r.get("closest_distance")) else float(r["closest_distance"]),
+                     "copy_radius": None if pd.isna(r.get("copy_radius")) else float(r["copy_radius"]),
+                     "percentiles": {k: None if pd.isna(v) else float(v) for k, v in pct.items()},
+                     "membership_p": None if pd.isna(r["membership_p"]) else float(r["membership_p"])})
+    floor = 1.0 / (n_holdout_test + 1)
+    note = (f"With {n_holdout_test} unseen test images the smallest p-value one image can reach is {floor:.2g} per "
+            f"attack ({min(1.0, floor * max(n_attacks, 1)):.2g} after correcting for {n_attacks} attacks): a single "
+            "image's score can say 'unusual for an unseen image', rarely 'certainly trained on'. A generated copy is "
+            "direct evidence; its absence is not proof: the model may memorise an image without reproducing it in "
+            "the samples drawn here.")
+    return {"rows": rows, "copied": sum(r["copied"] for r in rows), "note": note, "sentence": risk.summary["sentence"]}
 
 
 def write_query(out: str | Path, results: dict) -> Path:

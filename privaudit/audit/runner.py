@@ -21,11 +21,13 @@ from privaudit.api.registry import Registry
 from privaudit.audit.calibration import CALIBRATED, base_calibrated, calibration_summary
 from privaudit.audit.ensemble import ensemble_view
 from privaudit.audit.epsilon import epsilon_summary
+from privaudit.audit.risk import Risk, per_image_risk
 from privaudit.audit.runs import bind_run, data_fingerprints, engine_session, manifest, run_folder, write_run
 from privaudit.audit.scoring import result_of, run_attack
 from privaudit.data.checks import run_checks
 from privaudit.data.sets import ImageSet, load_checked
 from privaudit.io.errors import Inconclusive, InputError, PluginError
+from privaudit.io.images import png_data_uri
 
 # PARTIAL: an unfinished run's finished shards (privaudit.audit.engine): kept for --resume, gone once the run is written
 from privaudit.io.results import SCHEMA_VERSION, PluginResult
@@ -35,6 +37,7 @@ from privaudit.io.verdict import (
     membership_severity,
     metrics_problem,
     overall,
+    per_image_severity,
     replication_severity,
 )
 from privaudit.model.denoiser import Denoiser
@@ -74,6 +77,7 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
     scores["split"] = split
     results: list[PluginResult] = []
     tables: dict[str, pd.DataFrame] = {}
+    member_tables: dict[str, pd.DataFrame] = {}
     detectors = settings.detectors
     if settings.follow_target:
         detectors += target_detectors(registry, caps, chosen=detectors)
@@ -99,6 +103,8 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
                               details={"rules": rules, **out.details})
                 if out.table is not None:
                     tables[plugin.name] = out.table
+                if out.members is not None:
+                    member_tables[plugin.name] = out.members
         except (InputError, PluginError):
             raise
         except Inconclusive as e:  # unusable evidence: this plugin cannot say "low"
@@ -122,11 +128,32 @@ def audit(*, denoiser: Denoiser, members: ImageSet, holdout: ImageSet, registry:
             if cal is not None:
                 results.append(dataclasses.replace(cal, seconds=round(time.perf_counter() - start, 3)))
     extra = {"base_calibration": calibration_summary([r.to_json() for r in results])} if base is not None else {}
+    ensemble = ensemble_view([r.to_json() for r in results])
+    risk = at_risk(members, scores, results, member_tables, ensemble)
+    if risk is not None:
+        tables["at_risk"] = risk.table
     return {**extra, "checks": [c.to_json() for c in checks], "plugins": [r.to_json() for r in results],
-            "ensemble": ensemble_view([r.to_json() for r in results]),
-            "epsilon": epsilon_summary([r.to_json() for r in results]),
-            "verdict": verdict(results, checks), "scores": scores, "tables": tables,
-            "sampling_seconds": ctx.sample_seconds}
+            "ensemble": ensemble, "epsilon": epsilon_summary([r.to_json() for r in results]),
+            "at_risk": None if risk is None else risk.summary,
+            "verdict": verdict(results, checks, at_risk=None if risk is None else risk.summary),
+            "scores": scores, "tables": tables, "sampling_seconds": ctx.sample_seconds}
+
+
+def at_risk(members: ImageSet, scores: pd.DataFrame, results: list[PluginResult],
+            member_tables: dict[str, pd.DataFrame], ensemble: dict) -> Risk | None:
+    """The per-image risk table (``privaudit.audit.risk``) from the attacks' scores and the detectors'
+    per-member tables, the top rows with member thumbnails; None when no plugin gave per-image evidence."""
+    attacks = [r.name for r in results if r.kind == "attack" and r.status == "ok" and r.name in scores]
+    if not attacks and not member_tables:
+        return None
+    risk = per_image_risk(member_ids=list(members.ids), scores=scores, attacks=attacks,
+                          member_tables=member_tables, ensemble=ensemble)
+    pos = {m: i for i, m in enumerate(members.ids)}
+    top = risk.summary["top"]
+    if top:
+        for row, img in zip(top, members.uint8([pos[r["member_id"]] for r in top])):
+            row["member_png"] = png_data_uri(img, scale=max(1, 64 // max(img.shape[-2:])))
+    return risk
 
 
 def _detector_severity(plugin: ReplicationDetector, out) -> tuple[str, list[str]]:
@@ -138,13 +165,16 @@ def _detector_severity(plugin: ReplicationDetector, out) -> tuple[str, list[str]
     return replication_severity(out.metrics, false_positive_rate=float(out.details.get("false_positive_rate", 0.0)))
 
 
-def verdict(results: list[PluginResult], checks) -> dict:
+def verdict(results: list[PluginResult], checks, *, at_risk: dict | None = None) -> dict:
     """The worst severity; failed plugins and unusable or missing evidence make it inconclusive
-    (``privaudit.io.verdict.overall``), each listed as a reason."""
+    (``privaudit.io.verdict.overall``), each listed as a reason. ``at_risk`` (the per-image summary): a
+    member reproduced beyond chance raises the level to at least high, whatever the averages say."""
     ok = [r for r in results if r.status == "ok"]
     problems = evidence_problems([r.to_json() for r in results])
-    level = overall([r.severity for r in ok], problems)
-    reasons = [f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])] + problems
+    per_image, image_rules = per_image_severity(at_risk)
+    level = overall([r.severity for r in ok] + [per_image], problems)
+    reasons = ([f"{r.name}: {rule}" for r in ok for rule in r.details.get("rules", [])]
+               + [f"per image: {rule}" for rule in image_rules] + problems)
     warnings = [c.message for c in checks if not c.ok]
     return {"level": level, "reasons": reasons, "warnings": warnings, "rules": RULES_TEXT}
 

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=Path, help="the base model of a full fine-tune MODEL_DIR (as scan --base)")
     p.add_argument("--attacks", type=csv_list, default=("loss", "pia", "secmi"),
                    help="comma-separated attack plugins whose scores are combined (default: loss,pia,secmi)")
+    p.add_argument("--detectors", type=csv_list, default=("nn",),
+                   help="replication detectors run with the suspect images as members: does the model generate "
+                        "copies of them? (default: nn; '' for none)")
     p.add_argument("--param", type=plugin_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="a plugin parameter (repeatable)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the answer (default: 0.01)")

@@ -201,16 +201,26 @@ def cmd_plugins(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-FIXTURES = ("digits", "digits-text", "digits-v", "digits-flow", "digits-lora", "digits-few")
+FIXTURES = ("digits", "digits-text", "digits-v", "digits-flow", "digits-lora", "digits-few", "digits-dup",
+            "digits-dup-text")
 
 
 def cmd_fixture(a: argparse.Namespace) -> int:
     from functools import partial
 
-    from privaudit.fixtures import digits, digits_few, digits_lora, digits_text, digits_variants
+    from privaudit.fixtures import (
+        digits,
+        digits_dup,
+        digits_dup_text,
+        digits_few,
+        digits_lora,
+        digits_text,
+        digits_variants,
+    )
 
     builders: dict[str, Callable[..., Path]] = {"digits": digits.build, "digits-text": digits_text.build,
                                                 "digits-lora": digits_lora.build, "digits-few": digits_few.build,
+                                                "digits-dup": digits_dup.build, "digits-dup-text": digits_dup_text.build,
                 **{name: partial(digits_variants.build, name=name) for name in digits_variants.VARIANTS}}
     if a.name not in builders:
         raise InputError(f"fixture {a.name!r}: unknown; available: {', '.join(builders)}")
@@ -305,7 +315,7 @@ def cmd_query(a: argparse.Namespace) -> int:
     params: dict[str, dict] = {}
     for plugin, key, value in a.param:
         params.setdefault(plugin, {})[key] = value
-    settings = AuditSettings(attacks=a.attacks, detectors=(), plugin_params=params, seed=a.seed,
+    settings = AuditSettings(attacks=a.attacks, detectors=a.detectors, plugin_params=params, seed=a.seed,
                              batch_size=a.batch_size, progress=not a.quiet, prompt=a.prompt)
     out = a.out or default_out("query")
     r = query(model_dir=a.model_dir, suspect=a.suspect, holdout=a.holdout, out=out, settings=settings, lora=a.lora,
@@ -316,5 +326,7 @@ def cmd_query(a: argparse.Namespace) -> int:
     reach = (r.get("curve") or {}).get("smallest_n_below_alpha")
     print(f"answer: {v['level']}  p = {p}  (smallest set reaching p < {a.alpha:g}: {reach or 'none'})", file=sys.stderr)
     print(f"  {v['message']}", file=sys.stderr)
+    for img in r["images"]["rows"][:5]:
+        print(f"  {img['image_id']}: {img['level']}: {img['reason']}", file=sys.stderr)
     print(Path(out) / "report.html")
     return EXIT_OK

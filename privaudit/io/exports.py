@@ -83,6 +83,11 @@ def summary(results: dict) -> dict:
         ps = _plugins(results)
         out.update(fired=[{"level": p["severity"], "plugin": p["name"], "area": _area(p), "text": r}
                           for p in ps for r in p["rules"]], plugins=ps)
+    scan = results.get("after") if results.get("kind") == "mitigation" else results
+    a = scan.get("at_risk") if isinstance(scan, dict) else None
+    if isinstance(a, dict):  # the worst case, without images or ids
+        out["at_risk"] = {k: a.get(k) for k in ("sentence", "n_members", "n_distinct", "n_at_risk", "n_reproduced",
+                                                "reproduced_ci", "n_duplicate_clusters", "n_singled_out")}
     return out
 
 

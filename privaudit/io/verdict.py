@@ -20,6 +20,12 @@ calibrated quantile of real unseen images):
 - medium:   the copy fraction's 95% interval lies above the criterion's false-positive rate
 - low:      otherwise
 
+Per image (``privaudit.audit.risk``: the worst case beside the averages):
+
+- high:     at least one member is reproduced: more generated copies of it (or of its duplicates)
+            than chance gives (Poisson, Bonferroni over the members, at 5%). A model with AUC 0.55
+            that reproduces eight people's images is not low risk.
+
 The overall verdict is the worst severity of any plugin; each rule that fired is listed.
 
 Inconclusive: where a plugin's evidence is unusable (non-finite scores, samples or metrics,
@@ -65,6 +71,8 @@ RULES: tuple[dict[str, str], ...] = (
      "condition": "the copy fraction's 95% interval lies above the criterion's false-positive rate",
      "why": "more copies than real unseen images would produce by chance"},
     {"area": "replication", "level": "low", "condition": "none of the above", "why": "no more copies than chance"},
+    {"area": "per image", "level": "high", "condition": "a member is reproduced beyond chance",
+     "why": "some people's images come out of the model although the averages look calm"},
     {"area": "overall", "level": "worst of the above", "condition": "the highest level any plugin reached",
      "why": "one strong attack is enough for an attacker"},
 )
@@ -102,6 +110,13 @@ def replication_severity(metrics: dict[str, Metric], *, false_positive_rate: flo
         return "medium", [f"copy fraction interval {cf.ci[0]:.1%}-{cf.ci[1]:.1%} lies above the criterion's "
                           f"false-positive rate {false_positive_rate:.1%}"]
     return "low", []
+
+
+def per_image_severity(at_risk: dict | None) -> tuple[str, list[str]]:
+    """High when the per-image summary counts a reproduced member (its sentence is the rule); info otherwise."""
+    if not isinstance(at_risk, dict) or not at_risk.get("n_reproduced"):
+        return "info", []
+    return "high", [str(at_risk.get("sentence") or f"{at_risk['n_reproduced']} member(s) reproduced")]
 
 
 def worst(severities) -> str:

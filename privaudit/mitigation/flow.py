@@ -98,7 +98,15 @@ from privaudit.mitigation.frontier import (
     misses,
     recommend,
 )
-from privaudit.mitigation.summary import privacy_key, quality_ratio, same_weights, summarize, white_box_rows
+from privaudit.mitigation.summary import (
+    at_risk_ids,
+    at_risk_metrics,
+    privacy_key,
+    quality_ratio,
+    same_weights,
+    summarize,
+    white_box_rows,
+)
 from privaudit.mitigation.targets import parse_targets
 from privaudit.mitigation.verdict import gate_leak, mitigation_verdict
 from privaudit.model.denoiser import Denoiser, ProvidesDenoiser
@@ -158,6 +166,7 @@ class _Auditor:
         self.targets = targets
         self.base_seconds: float | None = None
         self.base_res: dict | None = None
+        self.at_risk: list[str] = []
 
     def audit(self, denoiser) -> dict:
         return audit(denoiser=denoiser, members=self.members, holdout=self.holdout, registry=self.registry,
@@ -173,6 +182,8 @@ class _Auditor:
             metrics.update(probe(x))
         if self.base_seconds is None:
             self.base_seconds, self.base_res = secs, res
+            self.at_risk = at_risk_ids(res)  # every variant is also judged on the members at risk before
+        metrics.update(at_risk_metrics(res, self.at_risk))
         quality = quality_ratio(res, self.base_res) if self.base_res is not None else None
         if quality is not None:
             metrics["quality_ratio"] = quality["ratio"]
@@ -330,7 +341,7 @@ def _run_method(method: str, mitigation: Mitigation, *, out: Path, sweep: bool, 
     ctx = MitigationContext(model_dir=Path(model_dir), pipeline=pipe, denoiser=raw, members=mem, holdout=hold,
                             reference=ref, out=out, registry=registry, settings=settings, device=raw.device,
                             cache_dir=Path(settings.cache_dir or default_cache_dir()), seed=settings.seed,
-                            progress=settings.progress)
+                            progress=settings.progress, at_risk=tuple(auditor.at_risk))
     say(f"mitigate: applying {method}")
     t0 = time.perf_counter()
     result: MitigationOutput = mitigation.apply(ctx)

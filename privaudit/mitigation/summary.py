@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 
 def _value(m: Any) -> float | None:
     v = m.get("value") if isinstance(m, dict) else m
@@ -120,3 +123,46 @@ def same_weights(before: dict, after: dict) -> dict:
     b, a = before["target"].get("weights_sha256") or {}, after["target"].get("weights_sha256") or {}
     same = sorted(f for f in b if a.get(f) == b[f])
     return {"same_files": same, "sha256": {f: b[f] for f in same}, "raw_weights_shipped": bool(same)}
+
+
+def at_risk_ids(results: dict) -> list[str]:
+    """The member files an audit lists as at risk (its ``at_risk`` table), in rank order."""
+    t = (results.get("tables") or {}).get("at_risk")
+    return [] if t is None else [str(m) for m in t.loc[t["at_risk"], "member_id"]]
+
+
+def at_risk_metrics(results: dict, ids: list[str]) -> dict:
+    """Numbers on the members at risk before mitigation (``ids``), from another audit of the same data:
+    ``at_risk_reproduced`` (of them, the distinct images still reproduced), ``at_risk_copies`` (generated
+    samples copying one of them, over every detector) and ``at_risk_black_box_auc_two_sided`` (the worst
+    black-box attack's two-sided AUC of their scores against the evaluation holdout)."""
+    from sklearn.metrics import roc_auc_score
+
+    t = (results.get("tables") or {}).get("at_risk")
+    if t is None:
+        return {}
+    if not ids:  # nobody was at risk: nothing left to protect
+        return {"at_risk_members": 0.0, "at_risk_reproduced": 0.0, "at_risk_copies": 0.0}
+    mine = t[t["member_id"].astype(str).isin(set(ids))]
+    out: dict[str, float] = {
+        "at_risk_members": float(mine["duplicate_cluster"].nunique()),
+        "at_risk_reproduced": float(mine.loc[mine["level"] == "high", "duplicate_cluster"].nunique()),
+        "at_risk_copies": float(mine["copies"].sum())}
+    s = results.get("scores")
+    black = [p["name"] for p in results.get("plugins", []) if p.get("kind") == "attack" and p.get("status") == "ok"
+             and p.get("threat_model") == "black-box"]
+    if s is not None and black:
+        ev = s.get("split", pd.Series("evaluation", index=s.index)) == "evaluation"
+        hold = s[(s["set"] == "holdout") & ev]
+        risky = s[(s["set"] == "member") & s["image_id"].astype(str).isin(set(ids))]
+        aucs = []
+        for a in black:
+            x = np.r_[risky[a].to_numpy(float), hold[a].to_numpy(float)]
+            y = np.r_[np.ones(len(risky)), np.zeros(len(hold))]
+            ok = np.isfinite(x)
+            if len(set(y[ok])) == 2:
+                auc = float(roc_auc_score(y[ok], x[ok]))
+                aucs.append(max(auc, 1 - auc))
+        if aucs:
+            out["at_risk_black_box_auc_two_sided"] = max(aucs)
+    return {k: round(v, 6) for k, v in out.items()}

@@ -12,7 +12,11 @@ A target is ``NAME OP BOUND`` (``<=`` or ``>=``); several are joined by commas, 
 - ``quality``: the quality ratio, the quality detector's precision (the fraction of samples that
   land on the real-image manifold) relative to the unprotected model's on the same sample count
   (1.0 = unchanged), its Katz interval beside it;
-- ``cost``: sampling time relative to the unprotected model, measured in the same run.
+- ``cost``: sampling time relative to the unprotected model, measured in the same run;
+- ``at_risk``: of the members the unprotected model's audit listed at risk (``privaudit.audit.risk``),
+  the distinct images the setting still reproduces beyond chance (``at_risk<=0``: none);
+- ``at_risk_auc``: the worst black-box two-sided AUC of those members' scores against the holdout:
+  protection measured where the risk is, not averaged over members who were never exposed.
 
 A setting meets the targets when every one is measured and met: a number that was not measured never
 counts as met (an audit that could not look must not read as safe).
@@ -32,6 +36,9 @@ TARGET_NAMES = {
     "auc": ("membership_auc_two_sided", "membership AUC on the served model, two-sided"),
     "quality": ("quality_ratio", "quality ratio (precision relative to the unprotected model)"),
     "cost": ("sampling_ratio", "sampling time relative to the unprotected model"),
+    "at_risk": ("at_risk_reproduced", "members at risk before mitigation that are still reproduced (distinct images)"),
+    "at_risk_auc": ("at_risk_black_box_auc_two_sided",
+                    "worst black-box two-sided AUC of the members at risk before mitigation"),
 }
 DEFAULT_TARGETS = "copies<=0.02,blackbox_auc<=0.6,quality>=0.9"
 _TERM = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*(\S+)\s*$")

@@ -152,7 +152,7 @@ def tradeoff_plots(sweep: list[dict], controls: list[dict]) -> list:
     return plots
 
 
-CONTROL_ORDER = ("copy_fraction", "black_box_auc", "black_box_auc_two_sided", "black_box_tpr_at_fpr_0.01",
+CONTROL_ORDER = ("copy_fraction", "at_risk_reproduced", "at_risk_black_box_auc_two_sided", "black_box_auc", "black_box_auc_two_sided", "black_box_tpr_at_fpr_0.01",
                  "gray_box_auc_two_sided", "membership_auc", "membership_auc_two_sided", "white_box_auc",
                  "frechet_distance", "precision", "recall")
 
@@ -256,6 +256,18 @@ def _headline(before: dict, after: dict, controls: list[dict], mv: dict) -> list
                 continue
             lead.append(_change(key, "membership", label, b, a))
         headline = lead + headline
+        n_risk = num(m0.get("at_risk_members"))
+        if n_risk:  # protection measured where the risk is: the members exposed before
+            n = int(n_risk)
+            headline = [_change("at_risk_reproduced", "replication",
+                                f"of the {n} image(s) at risk before mitigation, those still reproduced",
+                                num(m0.get("at_risk_reproduced")), num(m1.get("at_risk_reproduced")), kind="count"),
+                        _change("at_risk_copies", "replication", "generated images that copy an image at risk",
+                                num(m0.get("at_risk_copies")), num(m1.get("at_risk_copies")), kind="count"),
+                        *([_change("at_risk_black_box_auc_two_sided", "membership",
+                                   "black-box membership AUC of the images at risk, two-sided",
+                                   num(m0.get(k)), num(m1.get(k)), kind="num")]
+                          if (k := "at_risk_black_box_auc_two_sided") in m0 or k in m1 else [])] + headline
     return headline
 
 

@@ -30,4 +30,26 @@ def query_view(r: dict) -> dict:
         "warning": str(pi.get("warning", "")), "n_holdout_test": pi.get("n_holdout_test", "?"),
         "per_image": [{"image_id": x.get("image_id"), "p": fmt_p(x.get("p_value"))}
                       for x in pi.get("lowest") or [] if isinstance(x, dict)],
+        "images": _images(r.get("images")),
+        "detectors": [{"name": str(d.get("name", "?")), "status": str(d.get("status", "?")),
+                       "finding": str(d.get("finding") or ""), "reason": str(d.get("reason") or "")}
+                      for d in r.get("detectors") or [] if isinstance(d, dict)],
     }
+
+
+def _images(im) -> dict | None:
+    """Per suspect image: copied?, percentile per attack, the reason (``privaudit.audit.query.image_answers``)."""
+    if not isinstance(im, dict):
+        return None
+    rows = []
+    for x in im.get("rows") or []:
+        if not isinstance(x, dict):
+            continue
+        pct = x.get("percentiles") if isinstance(x.get("percentiles"), dict) else {}
+        rows.append({"image_id": str(x.get("image_id", "")), "level": str(x.get("level", "")),
+                     "copied": "yes" if x.get("copied") else "no", "copies": fmt_scalar(x.get("copies")),
+                     "chance": fmt_scalar(x.get("chance_copies")),
+                     "percentiles": ", ".join(f"{k} {fmt_scalar(v)}" for k, v in pct.items()),
+                     "reason": str(x.get("reason", ""))})
+    return {"rows": rows[:50], "more": max(0, len(rows) - 50), "note": str(im.get("note", "")),
+            "sentence": str(im.get("sentence", ""))}

@@ -14,6 +14,7 @@ from privaudit.reports.sections.membership import membership_view
 from privaudit.reports.sections.mitigation import mitigation_view
 from privaudit.reports.sections.provenance import GENERIC_LIMITS, limits_view, provenance_view
 from privaudit.reports.sections.replication import other_view, quality_view, replication_view
+from privaudit.reports.sections.risk import risk_view
 from privaudit.reports.sections.verdict import Rules, mitigated_verdict_view, verdict_view
 
 
@@ -82,6 +83,7 @@ def build(r: dict, *, baseline: dict | None, redact: str, version: str, rules: R
         else:
             ctx["baseline"] = guard("baseline comparison",
                                     lambda: comparison_view(baseline, r, labels=("baseline run", "this run")), None)
+    ctx["risk"] = guard("members at risk", lambda: risk_view(scan, redact=redact), None)
     ctx["membership"] = guard("membership", lambda: membership_view(scan), membership_view(empty_scan))
     ctx["replication"] = guard("replication", lambda: replication_view(scan, redact=redact),
                                replication_view(empty_scan, redact=redact))
@@ -96,6 +98,8 @@ def build(r: dict, *, baseline: dict | None, redact: str, version: str, rules: R
         sections.append(("before-after", "Before and after mitigation"))
     if ctx["baseline"]:
         sections.append(("comparison", "Comparison with the baseline run"))
+    if ctx["risk"]:
+        sections.append(("risk", "Members at risk"))
     sections += [("membership", "Membership inference"), ("replication", "Replication"), ("quality", "Quality")]
     if ctx["other"]:
         sections.append(("other", "Other results"))

@@ -16,7 +16,12 @@ model copies more often than 1 / ``max_factor`` of the time, the budget runs out
 images are the least copy-like rejects: the after-audit's copy fraction shows it, the probe warns.
 
 ``sweep`` audits one setting per ``sweep_quantiles`` value (the radius is the privacy knob: a larger
-quantile rejects samples farther from members, at more draws per served sample).
+quantile rejects samples farther from members, at more draws per served sample). Where the unprotected
+model's audit listed members at risk (``ctx.at_risk``: reproduced, duplicated or singled out), it also
+audits **targeted** settings (family ``rejection-targeted``): a bank of the at-risk members only, its
+radius calibrated the same way on that bank. The frontier then compares targeted with uniform
+protection: targeted rejects only near the exposed images (fewer redraws) and carries only their
+pixels, but leaves a copy of a member the audit did not flag unfiltered.
 
 Threat model: the folder carries the training set (``members/``): keep it server-side.
 """
@@ -141,6 +146,30 @@ class Rejection(Mitigation):
                                params={"quantile": q, "radius": round(r, 6)}, denoiser=v, probe=_acceptance_probe(v),
                                description="rejection sampling with the radius at this quantile",
                                details={"probe": self._probe(r)}))
+        return out + self._targeted(ctx, den)
+
+    def _targeted(self, ctx, den) -> list:
+        """The same quantiles with a bank of the at-risk members only (none when nobody is at risk)."""
+        import numpy as np
+
+        from privaudit.plugins.mitigations.memberbank import MemberBank, calibrate
+        from privaudit.plugins.mitigations.rejection.denoiser import BankCopyTest, RejectionSampledDenoiser
+
+        risky = set(ctx.at_risk)
+        idx = np.array([i for i, m in enumerate(ctx.members.ids) if m in risky], dtype=np.int64)
+        if not len(idx) or len(idx) == len(ctx.members):
+            return []
+        bank = MemberBank.from_images(ctx.members.subset(idx)).to(ctx.device)
+        cal = calibrate(ctx, bank)
+        out = []
+        for q in self.sweep_quantiles:
+            r = cal.radius(q)
+            v = RejectionSampledDenoiser(base=den.base, test=BankCopyTest(bank, radius=r), max_factor=self.max_factor,
+                                         base_fingerprint=den.base_fingerprint)
+            out.append(Variant(name=f"rejection at-risk quantile={q:g}", family="rejection-targeted", role="main",
+                               params={"quantile": q, "radius": round(r, 6), "scope": f"{len(idx)} at-risk members"},
+                               denoiser=v, probe=_acceptance_probe(v),
+                               description=f"rejection near the {len(idx)} members at risk only (targeted)"))
         return out
 
 
