@@ -2,9 +2,10 @@
 duplicated members.
 
 The cheap tests check the member folder's construction (the repeats as files, each under its original's
-caption) and ``fixture.json``'s duplicate groups on a build with a few training steps; the slow one builds a
-smaller seeded variant of the target (200 members, 8 of them as 24 files each, 1000 UNet steps: about 100 s on
-one CPU thread) and checks that a scan finds copies of nearly every duplicated member and of almost no single one.
+caption) and ``fixture.json``'s duplicate groups on a build with a few training steps; the slow one builds the
+target itself (about 2.5 minutes on one CPU thread: smaller variants left the regime, see the fixture's
+docstring), checks that a scan finds copies of nearly every duplicated member and of almost no single one, and
+that the per-image risk list names them and nobody on the null control.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from privaudit.fixtures.digits_text import write_captioned
 
 pytest.importorskip("transformers")
 
-SMALL = DupTextDigitsConfig(n_members=200, duplicates=24, vae_steps=300, unet_steps=1000)
+SMALL = DupTextDigitsConfig()  # the recipe: smaller variants (300 members, or a shorter VAE) left the regime
 
 
 def metadata(folder: Path) -> dict[str, str]:
@@ -88,19 +89,18 @@ def test_fixture_layout_and_duplicate_groups(tmp_path):
 
 
 @pytest.mark.slow
-def test_duplicated_members_are_copied_and_singles_are_not(tmp_path):
+def test_duplicated_members_are_copied_singles_are_not_and_the_risk_list_names_them(tmp_path):
     from privaudit.fixtures import digits_dup_text
 
     cache = Path(os.environ.get("PRIVAUDIT_TEST_CACHE", REPO / ".pytest_cache" / "privaudit"))
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only synchronise on a busy machine
+    detectors = ("nn", "promptcopy")  # both copy detectors a text model gets: unconditional and per caption
     try:
-        # a smaller seeded variant of the recipe (200 members, 24 files per duplicated image, VAE 300 and UNet
-        # 1000 steps: 103 s to build, not 156 s); measured: all 8 duplicated images copied (5-18 of 256 samples
-        # each), copy fraction 0.36 (holdout rate 0.04), one single copied once
-        target = digits_dup_text.build(out=cache / "digits-dup-text-small", cfg=SMALL, progress=False)
-        res = run_scan(target, tmp_path / "scan", attacks=("loss",), detectors=("nn",))
-        null = run_scan(target, tmp_path / "null", members="null", attacks=("loss",), detectors=("nn",))
+        # the recipe itself (about 2.5 minutes to build; a shorter VAE training copied too few exposed images)
+        target = digits_dup_text.build(out=cache / "digits-dup-text", cfg=SMALL, progress=False)
+        res = run_scan(target, tmp_path / "scan", attacks=("loss",), detectors=detectors)
+        null = run_scan(target, tmp_path / "null", members="null", attacks=("loss",), detectors=detectors)
     finally:
         torch.set_num_threads(n)
     groups = json.loads((target / "fixture.json").read_text())["duplicate_groups"]
@@ -109,10 +109,13 @@ def test_duplicated_members_are_copied_and_singles_are_not(tmp_path):
     copied = table.loc[table["copy"], "nearest_member"].map(lambda m: owner.get(m, m)).value_counts().to_dict()
     assert not any(re.search(r"_copy\d+", m) for m in copied)  # every copy file belongs to a group
     assert len(set(groups) & set(copied)) >= len(groups) - 1, copied  # nearly every duplicated image is reproduced
-    assert len(set(copied) - set(groups)) <= 3, copied  # of ~200 singles, at most a few
-    # the per-image risk list names the reproduced duplicates, and nobody on the null control
-    truth = set(groups) & set(copied)
+    assert len(set(copied) - set(groups)) <= 3, copied  # of 800 singles, at most a few
+    # the per-image risk list names the reproduced duplicates: those with two copies or more over both detectors
+    # (one sample within the 1% radius is what chance gives), grouped by the fixture's truth; nobody on the null
     risk = pd.read_csv(tmp_path / "scan" / "at_risk.csv")
+    copies = risk.groupby(risk["member_id"].map(lambda m: owner.get(m, m)))["copies"].sum()
+    truth = {g for g in groups if copies.get(g, 0) >= 2}
+    assert len(truth) >= 7, copies[list(groups)]
     listed = {owner.get(m, m) for m in risk.loc[risk["at_risk"], "member_id"]}
     recall, precision = len(listed & truth) / len(truth), len(listed & truth) / max(len(listed), 1)
     assert recall >= 0.9 and precision >= 0.8, (recall, precision, sorted(listed))

@@ -181,7 +181,8 @@ class MemorisedPromptDetector(ReplicationDetector):
                        f"({s[order[0]]:.3f}). No labels: pass a label column to measure separation"
                        + (f"; {int(flagged.sum())} above threshold {self.threshold}." if self.threshold is not None else "."))
         return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table,
-                              members=_member_prompts(ctx.members, prompts, y, s, flagged) if labelled else None)
+                              members=_member_prompts(members, prompts, y, s, flagged)
+                              if labelled and (members := getattr(ctx, "members", None)) is not None else None)
 
 
 def _member_prompts(members, prompts: list[str], y: np.ndarray, s: np.ndarray, flagged: np.ndarray):

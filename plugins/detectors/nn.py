@@ -76,6 +76,7 @@ from privaudit.api import (
     l2_normalize,
     png_data_uri,
     proportion_ci,
+    search,
     store_params,
     to_uint8,
     train_ivf,
@@ -223,6 +224,8 @@ class NearestNeighbourDetector(ReplicationDetector):
                                 device=device if index[k] is None else "cpu") for k in queries}
 
         hashes = np.empty(n_mem, dtype=np.uint64)
+        # each member's nearest generated sample (per-image risk: how close the model comes to every member)
+        near_d, near_i = np.full(n_mem, np.inf, np.float32), np.full(n_mem, -1, np.int64)
         chunk = self.batch_size * MEMBER_CHUNK_BATCHES  # features of one chunk in memory at a time
         for a in range(0, n_mem, chunk):
             f = ctx.features(extractor, members.subset(np.arange(a, min(a + chunk, n_mem))), label="members",
@@ -233,12 +236,15 @@ class NearestNeighbourDetector(ReplicationDetector):
                 views = self._views(f[s0 : s0 + self.batch_size], x)
                 for k, s in streams.items():
                     s.add(views[k], int(idx[0]) * per[k])
+                if len(qs["l2"]):
+                    ns = search(views["l2"], qs["l2"], k=1, method="exact")
+                    near_d[idx], near_i[idx] = ns.distances[:, 0], ns.indices[:, 0]
                 hashes[idx] = [int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "little")
                                for img in _to_uint8(x)]
         res = {k: s.result() for k, s in streams.items()}
-        return self._report(ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method)
+        return self._report(ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method, (near_d, near_i))
 
-    def _report(self, ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method) -> DetectorOutput:
+    def _report(self, ctx, samples, hold_idx, bg_idx, res, hashes, extractor, method, nearest) -> DetectorOutput:
         members = ctx.members
         n_s, n_h, n_mem = len(samples), len(hold_idx), len(members)
         k_eff = min(self.k, n_mem)
@@ -383,21 +389,22 @@ class NearestNeighbourDetector(ReplicationDetector):
             "cosine": sim, "cosine_member": member_ids[sim_nn], "tile_score": tile_s,
             **{f"{c.name}_copy" if c.name != "calibrated" else "copy": c.flags for c in crit.values()}})
         return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table,
-                              members=_member_table(member_ids, nn[:, 0], d[:, 0], copy, cluster, size, bg_idx,
+                              members=_member_table(member_ids, nn[:, 0], copy, nearest, cluster, size, bg_idx,
                                                     radius=crit["copy"].threshold, chance=fpr * n_s / max(n_mem, 1)))
 
 
-def _member_table(member_ids, nearest, dist, copy, cluster, size, checked, *, radius: float, chance: float) -> pd.DataFrame:
-    """One row per member (``privaudit.audit.risk`` columns): samples copying it, its closest sample, its duplicates."""
+def _member_table(member_ids, nearest_member, copy, nearest_sample, cluster, size, checked, *, radius: float,
+                  chance: float) -> pd.DataFrame:
+    """One row per member (``privaudit.audit.risk`` columns): the samples copying it (those whose nearest member
+    it is, within the radius), its closest sample and that distance, its duplicates."""
     n = len(member_ids)
-    closest = (pd.DataFrame({"m": nearest, "d": dist, "s": np.arange(len(dist))})
-               .sort_values(["d", "s"], kind="stable").drop_duplicates("m").set_index("m"))
     near_checked = np.zeros(n, bool)
     near_checked[checked] = True
+    d, i = nearest_sample
     return pd.DataFrame({
-        "member_id": member_ids, "copies": np.bincount(nearest[copy], minlength=n),
-        "chance_copies": chance, "closest_sample": closest["s"].reindex(np.arange(n)).to_numpy(),
-        "closest_distance": closest["d"].reindex(np.arange(n)).to_numpy(), "copy_radius": radius,
+        "member_id": member_ids, "copies": np.bincount(nearest_member[copy], minlength=n),
+        "chance_copies": chance, "closest_sample": np.where(i >= 0, i, -1),
+        "closest_distance": np.where(np.isfinite(d), d, np.nan), "copy_radius": radius,
         "duplicate_cluster": cluster, "duplicates": size - 1, "duplicates_checked": near_checked})
 
 

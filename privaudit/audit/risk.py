@@ -12,13 +12,16 @@ Evidence per member, and how each is judged against chance:
 - **reproduced**: ``copies``, the generated samples whose nearest member is this image (or any file
   of its duplicate cluster) and that lie within the detector's calibrated copy radius. A detector
   also states ``chance_copies``, the copies a member would receive by chance (its holdout
-  false-positive rate times the samples, spread evenly over the members). A cluster is reproduced
+  false-positive rate times the samples, spread evenly over the members; a duplicate cluster occupies
+  one place in image space, so it gets one member's chance). A cluster is reproduced
   when P(Poisson(chance) >= copies), Bonferroni-corrected over the clusters, is at most
   ``alpha`` (0.05): one stray sample within the radius is what chance gives, several are not.
   Spreading chance evenly is an approximation (false copies fall where images are dense).
 - **duplicated**: ``duplicates``, the other members in its duplicate cluster (identical pixels, or
   closer to another member than all but a small calibrated fraction of unseen images come to any
-  member). Duplicated images are the ones models memorise: deduplicate before the next run.
+  member). Duplicated images are the ones models memorise: deduplicate before the next run. Duplication
+  is a cause, not evidence of exposure: on its own it ranks a member higher and puts it on ``watch``
+  (small images hold natural near-duplicate pairs, e.g. two writers' identical 8x8 digits).
 - **singled out**: each attack's score against the *evaluation* holdout, as a percentile and a
   p-value (1 + holdout at or above) / (holdout + 1); the ensemble p-value is the smallest over the
   attacks times their number (Bonferroni), and a member is singled out when its Benjamini-Hochberg
@@ -32,9 +35,9 @@ Evidence per member, and how each is judged against chance:
   correction); ``prompt_flagged``, the detector's own flag at its calibrated quantile, flags about that
   share of unseen captions too, so alone it only puts a member on ``watch``.
 
-A member is **at risk** when it is reproduced (level high), or duplicated or singled out (medium). A
-member with a copy that chance explains, or only a flagged caption, is listed as ``watch`` but not at
-risk, so a model that memorised nothing lists no one.
+A member is **at risk** when the model exposes it: reproduced (level high) or singled out (medium). A
+member that is only duplicated, has a copy that chance explains, or only a flagged caption, is listed
+as ``watch`` (ranked above the rest) but not at risk, so a model that memorised nothing lists no one.
 """
 
 from __future__ import annotations
@@ -147,7 +150,9 @@ def per_image_risk(*, member_ids: list[str], scores: pd.DataFrame, attacks: list
     cl = t.groupby("duplicate_cluster")
     t["cluster_size"] = cl["member_id"].transform("size")
     t["cluster_copies"] = cl["copies"].transform("sum").astype(int)
-    lam = cl["chance_copies"].transform("sum").to_numpy(float)
+    # chance copies fall in a region of image space: a cluster of near-identical files is one region, so its
+    # chance is one file's (spreading chance per file would let duplication hide a reproduced image)
+    lam = cl["chance_copies"].transform("max").to_numpy(float)
     n_clusters = int(t["duplicate_cluster"].nunique())
     k = t["cluster_copies"].to_numpy()
     p = np.where(k > 0, poisson.sf(k - 1, np.maximum(lam, 1e-12)), 1.0)
@@ -172,16 +177,16 @@ def per_image_risk(*, member_ids: list[str], scores: pd.DataFrame, attacks: list
             why.append("its caption scores above most unseen captions as a memorised prompt")
         if singled[i]:
             why.append(f"membership score above the unseen images (q = {q[i]:.2g})")
-        lvl = ("high" if reproduced[i] else "medium" if duplicated[i] or singled[i]
-               else "watch" if k[i] > 0 or flagged.iat[i] else "low")
+        lvl = ("high" if reproduced[i] else "medium" if singled[i]
+               else "watch" if k[i] > 0 or flagged.iat[i] or duplicated[i] else "low")
         level.append(lvl)
         reason.append("; ".join(why) or "not distinguishable from unseen images")
     t["level"], t["reason"] = level, reason
     t["at_risk"] = t["level"].isin(("high", "medium"))
     rank = t["level"].map({lv: i for i, lv in enumerate(LEVELS)})
     t = (t.assign(_r=rank, _p=t["membership_p"].fillna(1.0))
-         .sort_values(["_r", "cluster_copies", "_p", "cluster_size", "member_id"],
-                      ascending=[True, False, True, False, True], kind="stable")
+         .sort_values(["_r", "cluster_copies", "cluster_size", "_p", "member_id"],
+                      ascending=[True, False, False, True, True], kind="stable")
          .drop(columns=["_r", "_p"]).reset_index(drop=True))
     t.insert(0, "rank", np.arange(1, len(t) + 1))
     return Risk(t, summarise(t, n_clusters=n_clusters, ensemble=ensemble or {}, alpha=alpha,
@@ -218,8 +223,9 @@ def summarise(t: pd.DataFrame, *, n_clusters: int, ensemble: dict, alpha: float,
         "tpr_at_fpr_0.001": tpr, "alpha": alpha, "levels": {lv: int((t["level"] == lv).sum()) for lv in LEVELS},
         "top": [{k: _plain(v) for k, v in row.items()} for row in top.to_dict("records")],
         "rule": ("reproduced (high): more generated copies of the image or its duplicates than chance gives "
-                 f"(Poisson, Bonferroni over {n_clusters} clusters, at {alpha:g}); duplicated, singled out by the "
-                 f"attacks (Benjamini-Hochberg q <= {alpha:g}) or behind a flagged prompt (medium)"),
+                 f"(Poisson, Bonferroni over {n_clusters} distinct images, at {alpha:g}); singled out by the attacks "
+                 f"(Benjamini-Hochberg q <= {alpha:g} over the distinct images; medium); duplicated, a copy chance "
+                 "explains or a flagged caption alone: watch, not at risk"),
     }
 
 
