@@ -172,3 +172,20 @@ def duplicate_clusters(exact: np.ndarray, checked: np.ndarray, dist: np.ndarray,
     graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n + groups, n + groups))
     _, labels = connected_components(graph, directed=False)
     return np.unique(labels[:n], return_inverse=True)[1]
+
+
+def chance_weights(dist: np.ndarray, idx: np.ndarray, n_members: int, *, prior: float = 0.5) -> np.ndarray:
+    """Where false copies fall: each member's share (summing to 1) of the unseen images that come near it.
+
+    A sample that is no copy lands near a member as an unseen image would, so stray copies concentrate on
+    typical images in dense regions (a plain "1" among digits), not evenly. Counts per member the holdout
+    images (rows of ``dist``/``idx``: their nearest members) within the median holdout nearest-member
+    distance of it (about 50 times more events than the 1% copy radius gives, so the shape is estimable),
+    plus ``prior`` for members no unseen image came near."""
+    dist, idx = np.asarray(dist, float), np.asarray(idx)
+    w = np.full(n_members, float(prior))
+    if dist.size:
+        near = dist < np.median(dist[:, 0])
+        hits = idx[near]
+        w += np.bincount(hits[hits >= 0], minlength=n_members)[:n_members]
+    return w / w.sum()

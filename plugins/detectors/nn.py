@@ -45,6 +45,10 @@ similarity and distance (a member's nearest neighbour among members is itself; t
 second is its closest *other* member), on up to ``background_sample`` members, so a
 threshold can be read against how close members come to one another; percentiles
 (50/75/90/95/99) of nearest-member similarity for samples, holdout and background; the
+per-member table (``DetectorOutput.members``: copies, the expected chance copies, the nearest generated
+sample, the duplicate cluster) for per-image risk; chance copies are spread over the members like unseen
+images' near neighbours (``_replication.chance_weights``), so a typical image in a dense region expects
+more stray copies than an unusual one; the
 per-member view (members copied and how often, the top pairs as sample | member |
 difference PNGs); members duplicated inside the member set (exact: identical pixels, all
 members; near: closer to another member than the copy threshold, sampled members).
@@ -390,7 +394,9 @@ class NearestNeighbourDetector(ReplicationDetector):
             **{f"{c.name}_copy" if c.name != "calibrated" else "copy": c.flags for c in crit.values()}})
         return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table,
                               members=_member_table(member_ids, nn[:, 0], copy, nearest, cluster, size, bg_idx,
-                                                    radius=crit["copy"].threshold, chance=fpr * n_s / max(n_mem, 1)))
+                                                    radius=crit["copy"].threshold,
+                                                    chance=fpr * n_s * R.chance_weights(dh, l2.indices[n_s : n_s + n_h, :k_eff],
+                                                                                        n_mem)))
 
 
 def _member_table(member_ids, nearest_member, copy, nearest_sample, cluster, size, checked, *, radius: float,

@@ -11,12 +11,13 @@ Evidence per member, and how each is judged against chance:
 
 - **reproduced**: ``copies``, the generated samples whose nearest member is this image (or any file
   of its duplicate cluster) and that lie within the detector's calibrated copy radius. A detector
-  also states ``chance_copies``, the copies a member would receive by chance (its holdout
-  false-positive rate times the samples, spread evenly over the members; a duplicate cluster occupies
-  one place in image space, so it gets one member's chance). A cluster is reproduced
+  also states ``chance_copies``, the copies a member would receive by chance: its holdout
+  false-positive rate times the samples, spread over the members as unseen images' near neighbours
+  are (``nn``: a typical image in a dense region expects more stray copies than an unusual one); a
+  duplicate cluster occupies one place in image space, so it gets one member's chance. A cluster is reproduced
   when P(Poisson(chance) >= copies), Bonferroni-corrected over the clusters, is at most
   ``alpha`` (0.05): one stray sample within the radius is what chance gives, several are not.
-  Spreading chance evenly is an approximation (false copies fall where images are dense).
+  The spread is estimated from a few hundred unseen images: an approximation, stated.
 - **duplicated**: ``duplicates``, the other members in its duplicate cluster (identical pixels, or
   closer to another member than all but a small calibrated fraction of unseen images come to any
   member). Duplicated images are the ones models memorise: deduplicate before the next run. Duplication

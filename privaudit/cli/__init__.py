@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "recommend a setting (always on with several methods)")
     p.add_argument("--target", default=None, metavar="SPEC",
                    help="what a recommended setting must meet, e.g. \"copies<=0.02,blackbox_auc<=0.6,quality>=0.9\" "
-                        "(the default); names: copies, blackbox_auc, auc, quality, cost")
+                        "(the default); names: copies, blackbox_auc, auc, quality, cost, at_risk, at_risk_auc")
     p.add_argument("--no-adaptive", dest="adaptive", action="store_false",
                    help="do not add the installed adaptive attacks (an attacker who knows the mitigation) to the audits")
     # a protected model is judged as served: black-box attacks (images only) beside the gray-box loss
