@@ -97,3 +97,16 @@ def test_nan_scores_are_never_read_as_safety():
     risk = per_image_risk(member_ids=[f"m{i}" for i in range(n)], scores=scores_frame(ms, np.zeros(40)),
                           attacks=["loss"], member_tables={"nn": t})
     assert risk.table["level"].iloc[0] == "high"  # the copies still stand
+
+
+def test_stray_copies_are_expected_where_unseen_images_crowd():
+    from privaudit.plugins.detectors._replication import chance_weights
+
+    # four holdout images, each with its 2 nearest members (median nearest distance 0.25): members 0 and 3
+    # lie within it of unseen images, member 0 of two (a typical image)
+    dist = np.array([[0.1, 0.2], [0.2, 0.8], [0.3, 0.7], [0.5, 2.0]])
+    idx = np.array([[0, 3], [0, 2], [1, 3], [3, 0]])
+    w = chance_weights(dist, idx, 5)
+    assert w.sum() == pytest.approx(1.0)
+    assert w == pytest.approx(np.array([2.5, 0.5, 0.5, 1.5, 0.5]) / 5.5)  # the prior keeps every chance above 0
+    assert chance_weights(np.zeros((0, 0)), np.zeros((0, 0), int), 4) == pytest.approx([0.25] * 4)
