@@ -129,6 +129,11 @@ def mitigation_verdict(*, before: dict, after_res: dict, row: dict, settings: Au
                       "area": "replication", "threat_model": "black-box",
                       "text": f"{cf:.1%} of the protected model's samples are copies of members "
                               f"(>= {COPY_CRITICAL if cf >= COPY_CRITICAL else COPY_HIGH:.0%})"})
+    from privaudit.io.verdict import per_image_severity
+
+    level_img, image_rules = per_image_severity(after_res.get("at_risk"))  # served samples still copy someone
+    fired += [{"level": level_img, "plugin": "per image", "area": "replication", "threat_model": "black-box",
+               "text": t} for t in image_rules]
     ok = [p for p in after_res["plugins"] if p["status"] == "ok"]
     black_attacks = [p for p in ok if p["kind"] == "attack" and _threat_of(p) == "black-box"]
     rank = ["info", "low", "medium", "high", "critical"]

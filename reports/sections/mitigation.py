@@ -255,19 +255,19 @@ def _headline(before: dict, after: dict, controls: list[dict], mv: dict) -> list
             if b is None and a is None:
                 continue
             lead.append(_change(key, "membership", label, b, a))
-        headline = lead + headline
         n_risk = num(m0.get("at_risk_members"))
-        if n_risk:  # protection measured where the risk is: the members exposed before
+        if n_risk:  # protection measured where the risk is (after the black-box lead): the members exposed before
             n = int(n_risk)
-            headline = [_change("at_risk_reproduced", "replication",
+            lead += [_change("at_risk_reproduced", "replication",
                                 f"of the {n} image(s) at risk before mitigation, those still reproduced",
                                 num(m0.get("at_risk_reproduced")), num(m1.get("at_risk_reproduced")), kind="count"),
-                        _change("at_risk_copies", "replication", "generated images that copy an image at risk",
+                        _change("at_risk_copies", "replication", "samples copying an image at risk",
                                 num(m0.get("at_risk_copies")), num(m1.get("at_risk_copies")), kind="count"),
                         *([_change("at_risk_black_box_auc_two_sided", "membership",
                                    "black-box membership AUC of the images at risk, two-sided",
                                    num(m0.get(k)), num(m1.get(k)), kind="num")]
-                          if (k := "at_risk_black_box_auc_two_sided") in m0 or k in m1 else [])] + headline
+                          if (k := "at_risk_black_box_auc_two_sided") in m0 or k in m1 else [])]
+        headline = lead + headline
     return headline
 
 
