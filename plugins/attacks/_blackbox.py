@@ -99,3 +99,27 @@ class GeneratedSamples:
             raise RuntimeError(f"{getattr(self, 'name', type(self).__name__)}: fit() (or prepare()) must run before "
                                "score()")
         return nearest_sq_distance(to_pixels(denoiser, x0).cpu(), self._samples)
+
+
+@torch.no_grad()
+def closest_prompted(denoiser, x0: torch.Tensor, noise, variants: list, *, k: int, steps: int,
+                     guidance_scale: float, tag: str) -> torch.Tensor:
+    """Per image of a text model's bound view: the negated mean squared pixel distance to its closest
+    generation over every conditioning variant (each a (b, ...) conditioning of the batch's rows, e.g.
+    rewritten captions) and ``k`` draws per variant (DDIM, ``steps``, guidance ``guidance_scale``), each
+    draw's initial noise from the image's own ``noise`` stream (tagged by variant and draw)."""
+    from privaudit.model.denoiser import sampling_scheduler
+
+    model = denoiser.inner() if isinstance(denoiser, ConditionedDenoiser) else denoiser
+    b = len(x0)
+    ref = to_pixels(denoiser, x0).cpu().repeat(k, *[1] * (x0.ndim - 1))
+    best = torch.full((b,), float("inf"))
+    for v, cond in enumerate(variants):
+        sched = sampling_scheduler(model, "ddim", steps)
+        z = noise.randn((k * b, *x0.shape[1:]), tag=f"{tag}-{v}", device=x0.device)  # row j*b+i: image i, draw j
+        view = ConditionedDenoiser(model, cond=cond, prompt="caption")
+        out = run_sampler(view, z * float(sched.init_noise_sigma), scheduler=sched, timesteps=None,
+                          guidance_scale=guidance_scale)
+        d = sq_distance(to_pixels(denoiser, out).cpu(), ref).view(k, b).min(0).values
+        best = torch.minimum(best, d)
+    return -best

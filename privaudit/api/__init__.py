@@ -270,6 +270,9 @@ class Mitigation(Plugin):
     #: True when what it carries holds training data (members' pixels or features): a leak surface of its own if the
     #: protected folder is published, so the report recommends keeping it server-side
     carries_training_data: ClassVar[bool] = False
+    #: the kinds of model it protects: "pixel" (unconditional pixel UNets) and/or "text" (text-to-image latent
+    #: pipelines); ``--method all`` runs the methods that fit the target, a named one that does not fails at once
+    models: ClassVar[tuple[str, ...]] = ("pixel", "text")
 
     def apply(self, ctx: "MitigationContext") -> "MitigationOutput":
         raise NotImplementedError

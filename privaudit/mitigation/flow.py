@@ -67,7 +67,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from privaudit.api import AuditSettings, Mitigation, MitigationContext, MitigationOutput, default_cache_dir
+from privaudit.api import (
+    AuditSettings,
+    Mitigation,
+    MitigationContext,
+    MitigationOutput,
+    capabilities_of,
+    default_cache_dir,
+)
 from privaudit.api.registry import Registry
 from privaudit.audit.runner import (
     audit,
@@ -110,7 +117,7 @@ from privaudit.mitigation.summary import (
 from privaudit.mitigation.targets import parse_targets
 from privaudit.mitigation.verdict import gate_leak, mitigation_verdict
 from privaudit.model.denoiser import Denoiser, ProvidesDenoiser
-from privaudit.model.latent import image_shape_of
+from privaudit.model.latent import image_shape_of, latent_of
 from privaudit.model.target import load_target
 
 GENERIC_LIMITS = (
@@ -138,13 +145,21 @@ def _sampling_config(results: dict) -> dict:
 
 
 def timed_samples(denoiser: Denoiser, *, n: int, steps: int, sampler: str, seed: int,
-                  batch_size: int) -> tuple[torch.Tensor, float]:
-    """Draw ``n`` samples (uncached, through the denoiser's ``draw_samples``) and time it."""
+                  batch_size: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, float]:
+    """Draw ``n`` samples (uncached, through the denoiser's ``draw_samples``) and time it. With ``prompts``
+    (a text model), ``n`` prompted generations instead (DDIM, guidance 7.5): a text mitigation acts on
+    prompts, so its cost shows only there."""
+    from privaudit.model.latent import generate
+
     denoiser.reset_counts()
     if denoiser.device.type == "cuda":
         torch.cuda.synchronize(denoiser.device)
     start = time.perf_counter()
-    x = denoiser.draw_samples(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=False)
+    if prompts:
+        x = generate(denoiser, [prompts[i % len(prompts)] for i in range(n)], steps=steps, guidance_scale=7.5,
+                     seed=seed, batch_size=batch_size)
+    else:
+        x = denoiser.draw_samples(n=n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=False)
     if denoiser.device.type == "cuda":
         torch.cuda.synchronize(denoiser.device)
     return x, time.perf_counter() - start
@@ -167,6 +182,9 @@ class _Auditor:
         self.base_seconds: float | None = None
         self.base_res: dict | None = None
         self.at_risk: list[str] = []
+        # text models are timed on prompted generations: member and holdout captions, alternating
+        caps = [c for pair in zip(members.captions, holdout.captions) for c in pair]
+        self.prompts: list[str] | None = caps or None
 
     def audit(self, denoiser) -> dict:
         return audit(denoiser=denoiser, members=self.members, holdout=self.holdout, registry=self.registry,
@@ -175,8 +193,9 @@ class _Auditor:
     def row(self, *, name: str, description: str, family: str, params: dict, res: dict, denoiser,
             probe=None, details=None, role: str = "control", method: str | None = None) -> dict:
         n = min(64, self.timing["n"])
+        prompts = self.prompts if latent_of(denoiser) is not None else None
         x, secs = timed_samples(denoiser, n=n, steps=self.timing["steps"], sampler=self.timing["sampler"],
-                                seed=self.seed, batch_size=self.settings.batch_size * 2)
+                                seed=self.seed, batch_size=self.settings.batch_size * 2, prompts=prompts)
         metrics = summarize(res)
         if probe is not None:
             metrics.update(probe(x))
@@ -196,7 +215,8 @@ class _Auditor:
         return {"name": name, "description": description, "family": family, "role": role, "params": params,
                 "method": method, "metrics": metrics, "quality": quality,
                 "sampling_seconds": round(secs, 3), "sampling_ratio": ratio,
-                "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"]},
+                "timing": {"n": n, "steps": self.timing["steps"], "sampler": self.timing["sampler"],
+                           "prompted": prompts is not None},
                 "verdict": v["level"], "verdict_basis": v["basis"], "caveats": v["caveats"],
                 "verdict_if_weights_leak": v["if_weights_leak"]["level"], "details": det}
 
@@ -219,10 +239,25 @@ def resolve_methods(registry: Registry, method: str) -> list[str]:
     return names
 
 
-def adaptive_attacks(registry: Registry, settings: AuditSettings) -> tuple[str, ...]:
+def fitting_methods(plugins: dict[str, Mitigation], *, model_dir, kind: str, every: bool) -> dict[str, Mitigation]:
+    """The methods that protect this kind of model ("pixel" or "text", ``Mitigation.models``): with ``all`` the
+    others are left out; a method named explicitly that does not fit is a one-line error."""
+    fit = {m: p for m, p in plugins.items() if kind in type(p).models}
+    wrong = [m for m in plugins if m not in fit]
+    if wrong and not every:
+        raise InputError(f"{model_dir}: --method {wrong[0]} protects {' and '.join(type(plugins[wrong[0]]).models)} "
+                         f"models; this one is a {kind} model")
+    if not fit:
+        raise InputError(f"{model_dir}: no installed mitigation protects {kind} models")
+    return fit
+
+
+def adaptive_attacks(registry: Registry, settings: AuditSettings, *, caps: set[str] | None = None) -> tuple[str, ...]:
     """The selected attacks plus every installed adaptive one (``MembershipAttack.adaptive``: what an attacker
-    who knows a sampling-time mitigation runs), so every audit of the run, before and after, has them."""
-    extra = [r.name for r in registry if r.kind == "attack" and getattr(r.cls, "adaptive", False)]
+    who knows a sampling-time mitigation runs) that the target can answer (``caps``: its capabilities; a text
+    attack is not added for a pixel model), so every audit of the run, before and after, has them."""
+    extra = [r.name for r in registry if r.kind == "attack" and getattr(r.cls, "adaptive", False)
+             and (caps is None or set(r.cls.requires) <= caps)]
     return tuple(dict.fromkeys((*settings.attacks, *extra)))
 
 
@@ -268,8 +303,6 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     multi = len(names) > 1
     if params and multi:
         raise InputError(f"--method {method}: parameters for several methods go in --param METHOD.key=value")
-    if adaptive:
-        settings = replace(settings, attacks=adaptive_attacks(registry, settings))
     check_plan(registry, settings)
     plugins: dict[str, Mitigation] = {}
     for m in names:  # validated: fails before any work
@@ -280,6 +313,12 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
     raw, info, pipe = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     if isinstance(pipe, ProvidesDenoiser):
         raise InputError(f"{model_dir}: already a protected pipeline ({type(pipe).__name__}); mitigate the raw model")
+    plugins = fitting_methods(plugins, model_dir=model_dir, kind="text" if latent_of(raw) is not None else "pixel",
+                              every=str(method).strip() == "all")
+    names = list(plugins)
+    multi = len(names) > 1
+    if adaptive:
+        settings = replace(settings, attacks=adaptive_attacks(registry, settings, caps=capabilities_of(raw)))
     mem, hold = load_data(members, holdout, shape=image_shape_of(raw))
     ref = load_checked(reference, name="reference", channels=info.channels, size=info.resolution) if reference else None
     split_note = None
@@ -493,7 +532,8 @@ def _frontier_results(blocks: list[dict], *, method: str, targets: tuple, base_r
                 "recommendation": _rec_entry(rec), "misses": miss, "decision": text,
                 "shown_in_detail": primary["method"],
                 "note": ("each method's sweep ran with the same seeds, sample counts and audits; x: quality ratio "
-                         "(precision relative to the unprotected model), y: worst black-box membership AUC, two-sided "
+                         "(precision, and on text models prompt fidelity, relative to the unprotected model: the worse of "
+                         "the two), y: worst black-box membership AUC, two-sided "
                          "(adaptive attacks included), marker size: copy fraction")}
     out = {k: v for k, v in primary.items() if k != "_after"}
     out.update(method=",".join(b["method"] for b in blocks), methods=[b["method"] for b in blocks],
@@ -508,7 +548,8 @@ def _frontier_results(blocks: list[dict], *, method: str, targets: tuple, base_r
 
 
 def _worst_black_box(scan: dict) -> dict | None:
-    """The black-box attack with the highest two-sided AUC on the protected model: {"attack", "auc_two_sided"}."""
+    """The black-box attack with the highest two-sided AUC on the protected model: {"attack", "auc_two_sided",
+    "queries_per_image"} (its query cost, as the attack declares it)."""
     best = None
     for p in scan.get("plugins") or []:
         if p.get("status") != "ok" or p.get("kind") != "attack" or p.get("threat_model") != "black-box":
@@ -520,7 +561,8 @@ def _worst_black_box(scan: dict) -> dict | None:
                        if isinstance(x, (int, float))]
         two = max(max(c, 1 - c) for c in cands)
         if best is None or two > best["auc_two_sided"]:
-            best = {"attack": p["name"], "auc_two_sided": round(two, 4)}
+            best = {"attack": p["name"], "auc_two_sided": round(two, 4),
+                    "queries_per_image": p.get("queries_per_image")}
     return best
 
 

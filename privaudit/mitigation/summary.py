@@ -81,20 +81,45 @@ def _precision_counts(results: dict) -> tuple[int, int] | None:
     return None
 
 
+def _fidelity_counts(results: dict) -> tuple[int, int] | None:
+    """(generations showing the prompted class, generations) of the prompt-fidelity detector."""
+    for p in results["plugins"]:
+        v = _value((p.get("metrics") or {}).get("prompt_fidelity")) if p["status"] == "ok" else None
+        n = (p.get("details") or {}).get("n_fidelity")
+        if v is not None and isinstance(n, int) and n > 0:
+            return int(round(v * n)), n
+    return None
+
+
+QUALITY_NOTES = {
+    "precision": "precision of the served samples (fraction inside the real holdout images' k-NN manifold in the "
+                 "quality detector's feature space) over the unprotected model's; Katz 95% interval",
+    "prompt fidelity": "prompt fidelity of the served generations (a classifier's accuracy against the class each "
+                       "prompt names) over the unprotected model's; Katz 95% interval",
+}
+
+
 def quality_ratio(results: dict, base: dict) -> dict | None:
-    """Quality relative to the unprotected model: precision (the fraction of samples inside the real
-    images' k-NN manifold) of ``results`` over that of ``base``, the same detector and sample count,
-    with its Katz 95% interval. 1.0 = unchanged; None where precision was not measured on both."""
+    """Quality relative to the unprotected model, each measure over the unprotected model's on the same detector
+    and sample count with its Katz 95% interval: precision (the fraction of samples inside the real images' k-NN
+    manifold) and, for text models, prompt fidelity (``fidelity``: generations showing the prompted class). The
+    worse ratio is the quality (``measure`` names it; ``measures`` holds both). 1.0 = unchanged; None where
+    neither was measured on both."""
     from privaudit.stats.metrics import ratio_ci
 
-    a, b = _precision_counts(results), _precision_counts(base)
-    if a is None or b is None or b[0] == 0:
+    found: dict[str, dict] = {}
+    for measure, counts in (("precision", _precision_counts), ("prompt fidelity", _fidelity_counts)):
+        a, b = counts(results), counts(base)
+        if a is None or b is None or b[0] == 0:
+            continue
+        r, lo, hi = ratio_ci(a[0], a[1], b[0], b[1])
+        found[measure] = {"ratio": round(r, 4), "ci": [round(lo, 4), round(hi, 4)], "measure": measure,
+                          "before": round(b[0] / b[1], 4), "after": round(a[0] / a[1], 4), "n": [a[1], b[1]],
+                          "note": QUALITY_NOTES[measure]}
+    if not found:
         return None
-    r, lo, hi = ratio_ci(a[0], a[1], b[0], b[1])
-    return {"ratio": round(r, 4), "ci": [round(lo, 4), round(hi, 4)], "measure": "precision",
-            "before": round(b[0] / b[1], 4), "after": round(a[0] / a[1], 4), "n": [a[1], b[1]],
-            "note": "precision of the served samples (fraction inside the real holdout images' k-NN manifold in "
-                    "the quality detector's feature space) over the unprotected model's; Katz 95% interval"}
+    worst = min(found.values(), key=lambda q: float(q["ratio"]))
+    return {**worst, "measures": {k: {kk: v[kk] for kk in ("ratio", "ci", "before", "after")} for k, v in found.items()}}
 
 
 # summary keys per threat model: "black_box_auc", "gray_box_auc_two_sided" (the gate leak of a protected model), ...

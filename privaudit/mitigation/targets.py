@@ -11,7 +11,8 @@ A target is ``NAME OP BOUND`` (``<=`` or ``>=``); several are joined by commas, 
 - ``auc``: the two-sided membership AUC over every attack on the served model (gray box included);
 - ``quality``: the quality ratio, the quality detector's precision (the fraction of samples that
   land on the real-image manifold) relative to the unprotected model's on the same sample count
-  (1.0 = unchanged), its Katz interval beside it;
+  (1.0 = unchanged), its Katz interval beside it; on text models also the prompt fidelity (the
+  ``fidelity`` detector) relative to the unprotected model's, and the worse of the two counts;
 - ``cost``: sampling time relative to the unprotected model, measured in the same run;
 - ``at_risk``: of the members the unprotected model's audit listed at risk (``privaudit.audit.risk``),
   the distinct images the setting still reproduces beyond chance (``at_risk<=0``: none);
@@ -34,7 +35,8 @@ TARGET_NAMES = {
     "copies": ("copy_fraction", "copy fraction"),
     "blackbox_auc": ("black_box_auc_two_sided", "worst black-box membership AUC, two-sided"),
     "auc": ("membership_auc_two_sided", "membership AUC on the served model, two-sided"),
-    "quality": ("quality_ratio", "quality ratio (precision relative to the unprotected model)"),
+    "quality": ("quality_ratio", "quality ratio (the worse of precision and, on text models, prompt fidelity, "
+                                 "relative to the unprotected model)"),
     "cost": ("sampling_ratio", "sampling time relative to the unprotected model"),
     "at_risk": ("at_risk_reproduced", "members at risk before mitigation that are still reproduced (distinct images)"),
     "at_risk_auc": ("at_risk_black_box_auc_two_sided",

@@ -58,7 +58,7 @@ def caveats_of(row: dict, targets: tuple | None) -> tuple[list[str], list[dict]]
     qt = next((t for t in targets or () if t.key == "quality_ratio"), None)
     if isinstance(q, dict) and q.get("ratio") is not None:
         lo, hi = q["ci"]
-        words = (f"quality {q['ratio']:.2f}x the unprotected model's [{lo:.2f}, {hi:.2f}] (precision "
+        words = (f"quality {q['ratio']:.2f}x the unprotected model's [{lo:.2f}, {hi:.2f}] ({q.get('measure', 'precision')} "
                  f"{q['before']:.2f} -> {q['after']:.2f})")
         if hi < QUALITY_COLLAPSED:
             out.append(f"quality collapsed: {words}: the protected model no longer draws what the unprotected one "

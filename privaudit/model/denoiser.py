@@ -291,6 +291,23 @@ class Denoiser:
     def reset_counts(self) -> None:
         """Zero usage counters (a protected model counts guided rows); nothing by default."""
 
+    #: True when ``guide`` differs from plain classifier-free guidance, so ``denoise`` takes the guided
+    #: path (both branches) even at guidance scale 1
+    custom_guidance: bool = False
+
+    def served_conditioning(self, cond: Any, *, x: torch.Tensor, t: int) -> Any:
+        """The prompt rows a sampling run actually uses, given the run's initial noise ``x`` and first
+        timestep ``t``: what a sampling-time text mitigation does to a prompt (perturb its embedding,
+        optimise it away from a memorised image). The conditional rows only; the unconditional
+        branch is never changed. Identity by default."""
+        return cond
+
+    def guide(self, eu: torch.Tensor, ec: torch.Tensor, *, t: int, scale: float, cond: Any) -> torch.Tensor:
+        """Classifier-free guidance from the unconditional and conditional noise predictions at timestep
+        ``t``: eu + scale (ec - eu) by default; a mitigation may change it per row and step (``cond``: the
+        run's conditional rows, as ``served_conditioning`` returned them)."""
+        return eu + scale * (ec - eu)
+
     @property
     def fingerprint(self) -> str:
         """Identity for caches: by default a hash of the white-box weights and the schedule."""
@@ -396,21 +413,27 @@ def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: Any = None,
 
     With ``uncond`` and ``guidance_scale != 1``, classifier-free guidance
     eps = eps(uncond) + w (eps(cond) - eps(uncond)) on a doubled batch; ``on_eps(t, eu, ec)``
-    sees both branches (memorised-prompt detection reads their difference). Guidance inside
+    sees both branches (memorised-prompt detection reads their difference); the combination is
+    ``denoiser.guide`` and the prompt rows pass ``denoiser.served_conditioning`` once per run, the two
+    hooks a sampling-time text mitigation overrides. Guidance inside
     ``denoiser.eps`` (a protected model) applies to both branches and so survives classifier-free
     guidance exactly once. The prediction is converted to the network's own output type before
     the scheduler steps (``Denoiser.native``). ``timesteps``: a prefix of the scheduler's to stop early.
     """
     kw = step_kwargs or {}
-    for t in scheduler.timesteps if timesteps is None else timesteps:
-        if uncond is None or (guidance_scale == 1.0 and on_eps is None):
+    steps = scheduler.timesteps if timesteps is None else timesteps
+    if cond is not None and len(steps):  # a sampling-time text mitigation acts on the prompt rows here
+        cond = denoiser.served_conditioning(cond, x=x, t=int(steps[0]))
+    plain = not getattr(denoiser, "custom_guidance", False)
+    for t in steps:
+        if uncond is None or (guidance_scale == 1.0 and on_eps is None and plain):
             e = denoiser.eps(scheduler.scale_model_input(x, t), int(t), cond)
         else:
             inp = scheduler.scale_model_input(torch.cat([x, x]), t)
             eu, ec = denoiser.eps(inp, int(t), cond_cat([uncond, cond])).chunk(2)
             if on_eps is not None:
                 on_eps(t, eu, ec)
-            e = eu + guidance_scale * (ec - eu)
+            e = denoiser.guide(eu, ec, t=int(t), scale=guidance_scale, cond=cond)
         x = scheduler.step(denoiser.native(e, x, int(t)), t, x, **kw).prev_sample
         if on_step is not None:
             on_step(len(x))

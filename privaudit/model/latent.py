@@ -248,11 +248,12 @@ class ConditionedDenoiser(Denoiser):
     ``cond``: embeddings (B, L, D) tiled to each call's batch; or, for ``fit`` calls that see
     two image sets with one denoiser, ``by_rows`` maps a set's row count to its embeddings:
     a call with k * n rows gets the set of n rows' conditioning (an ambiguous count is an
-    error, never a guess). Everything else is the wrapped denoiser's.
+    error, never a guess). ``captions``: the bound rows' prompts as text (``attack_inputs`` sets them), for
+    attacks that rewrite the prompt. Everything else is the wrapped denoiser's.
     """
 
     def __init__(self, denoiser, *, cond: torch.Tensor | None = None, by_rows: dict[int, torch.Tensor] | None = None,
-                 prompt: str = "caption"):
+                 prompt: str = "caption", captions: Sequence[str] | None = None):
         lat = latent_of(denoiser)
         if lat is None:
             raise TypeError("ConditionedDenoiser needs a latent text-conditional denoiser")
@@ -260,6 +261,8 @@ class ConditionedDenoiser(Denoiser):
         self.cond = cond
         self.by_rows = by_rows or {}
         self.prompt = prompt
+        self.captions = None if captions is None else list(captions)  # the bound rows' prompts as text, when known
+        self.custom_guidance = bool(getattr(denoiser, "custom_guidance", False))
         self.device = denoiser.device
         self.alphas_cumprod = denoiser.alphas_cumprod
         self.sample_shape = denoiser.sample_shape
@@ -295,6 +298,14 @@ class ConditionedDenoiser(Denoiser):
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
         return self.denoiser.eps(x_t, t, self._bound(len(x_t)) if cond is None else cond)
 
+    # a sampling-time mitigation's hooks are the wrapped model's (the view only binds conditioning;
+    # ``custom_guidance`` is copied in __init__)
+    def served_conditioning(self, cond: Any, *, x: torch.Tensor, t: int) -> Any:
+        return self.denoiser.served_conditioning(cond, x=x, t=t)
+
+    def guide(self, eu: torch.Tensor, ec: torch.Tensor, *, t: int, scale: float, cond: Any) -> torch.Tensor:
+        return self.denoiser.guide(eu, ec, t=t, scale=scale, cond=cond)
+
 
 def batch_captions(images, index: Sequence[int] | np.ndarray, prompt: str) -> list[str]:
     """The prompts a batch is conditioned on: its captions, or "" (empty prompt / uncaptioned)."""
@@ -312,8 +323,8 @@ def attack_inputs(denoiser, images, index: Sequence[int] | np.ndarray, x: torch.
     lat = latent_of(denoiser)
     if lat is None:
         return denoiser, x
-    emb = lat.prompt_embeddings(batch_captions(images, index, prompt))
-    return ConditionedDenoiser(denoiser, cond=emb, prompt=prompt), lat.encode(x)
+    caps = batch_captions(images, index, prompt)
+    return ConditionedDenoiser(denoiser, cond=lat.prompt_embeddings(caps), prompt=prompt, captions=caps), lat.encode(x)
 
 
 def fit_inputs(denoiser, members, cal_m: Sequence[int] | np.ndarray, holdout, cal_h: Sequence[int] | np.ndarray, *, prompt: str = "caption"):

@@ -365,7 +365,7 @@ def frontier_view(f: dict) -> dict:
         if p.get("role") not in ("main", "placebo"):
             plot_pts.append({"x": num(p.get("quality_ratio")), "y": num(p.get("black_box_auc_two_sided")),
                              "label": str(p.get("name")), "series": None, "r": _copy_radius(num(p.get("copy_fraction")))})
-    chart = svg.tradeoff(plot_pts, xlabel="quality ratio (precision vs the unprotected model; 1 = unchanged)",
+    chart = svg.tradeoff(plot_pts, xlabel="quality ratio (vs the unprotected model, the worse of precision and prompt fidelity; 1 = unchanged)",
                          ylabel="worst black-box AUC, two-sided",
                          title="Every method on one frontier (marker size: copy fraction)")
     f2 = lambda v, kind="num": fmt_value(num(v), kind) if num(v) is not None else "n/a"
@@ -385,9 +385,11 @@ def frontier_view(f: dict) -> dict:
         w = m.get("worst_black_box_attack") if isinstance(m.get("worst_black_box_attack"), dict) else {}
         methods["rows"].append([
             str(m.get("method")), f"{f2(m.get('copies_before'), 'pct')} → {f2(m.get('copies_after'), 'pct')}",
-            f"{f2(m.get('black_box_auc_two_sided_after'))} ({w.get('attack', 'n/a')})",
+            f"{f2(m.get('black_box_auc_two_sided_after'))} ({w.get('attack', 'n/a')}"
+            + (f", {f2(w['queries_per_image'], 'count')} queries per image" if isinstance(w.get("queries_per_image"), (int, float))
+               else "") + ")",
             (f"{f2(q.get('ratio'))} [{f2((q.get('ci') or [None, None])[0])}, {f2((q.get('ci') or [None, None])[1])}]"
-             if q else "not measured"),
+             + (f" ({q['measure']})" if q.get("measure") else "") if q else "not measured"),
             f2(m.get("sampling_ratio"), "ratio"), f"{m.get('settings_meeting_targets', 0)} of {m.get('settings', 0)}",
             str(m.get("headline") or m.get("verdict") or ""),
             str(m.get("carries") or "nothing beyond the model")

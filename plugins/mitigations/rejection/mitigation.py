@@ -49,6 +49,7 @@ class Rejection(Mitigation):
     threat_model = "black-box"
     carries = "the members' pixels (the training set itself)"
     carries_training_data = True
+    models = ("pixel",)
     references = ("Carlini et al., Extracting Training Data from Diffusion Models, USENIX Security 2023 "
                   "(the nearest-neighbour copy criterion)",
                   "Somepalli et al., Diffusion Art or Digital Forgery? Investigating Data Replication in Diffusion "

@@ -66,6 +66,7 @@ class Repel(Mitigation):
     threat_model = "gray-box"
     carries = "the members' pixels (the training set itself)"
     carries_training_data = True
+    models = ("pixel",)
     references = ("Chen et al., Towards Memorization-Free Diffusion Models, CVPR 2024 (anti-memorisation "
                   "guidance; privaudit's closed form edits the predicted x0 instead of following a gradient)",)
 
