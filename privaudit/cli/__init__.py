@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "gray-box attack")
     p.add_argument("--base", type=Path, help="the base model a full fine-tune MODEL_DIR started from: each gray-box "
                    "attack also reports score(fine-tune) - score(base)")
+    p.add_argument("--model-card", type=Path, metavar="OUT.md", help="also write a Hugging Face model-card privacy "
+                   "section (YAML metadata + summary) to OUT.md")
     add_audit_args(p)
     p.set_defaults(func=cmd_scan)
 
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run folder (results.json, CSVs, before/ and after/) with images redacted")
     p.add_argument("--out", type=Path, help="write the HTML here instead of RUN_DIR/report.html; nothing in "
                    "RUN_DIR changes")
+    p.add_argument("--model-card", type=Path, metavar="OUT.md", help="write a Hugging Face model-card privacy section "
+                   "(YAML metadata + summary: verdict per threat model, attacks, copies, members at risk, mitigation, "
+                   "a link to the report) to OUT.md instead of re-rendering the report")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plugins", help="list installed plugins, their descriptions and parameters")

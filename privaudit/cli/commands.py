@@ -75,7 +75,19 @@ def cmd_scan(a: argparse.Namespace) -> int:
                    device=a.device, allow_pickle=a.allow_pickle, plugins_dir=a.plugins_dir, reference=a.reference,
                    argv=sys.argv, redact=a.redact, dtype=a.dtype, lora=a.lora, base=a.base)
     _summary(results, Path(out))
+    if a.model_card is not None:
+        print(_model_card(results, a.model_card, run=Path(out)))
     return _exit_for(results, a.fail_on)
+
+
+def _model_card(results: dict, card: Path, *, run: Path) -> Path:
+    """Write the model-card privacy section, linking the run's report by a path relative to the card."""
+    import os
+
+    from privaudit.reports.model_card import write_model_card
+
+    link = os.path.relpath(run / "report.html", start=card.resolve().parent if card.parent.exists() else card.parent)
+    return write_model_card(results, card, report=Path(link).as_posix())
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -97,6 +109,9 @@ def cmd_report(a: argparse.Namespace) -> int:
         return data
 
     results = read(a.run_dir)
+    if a.model_card is not None:
+        print(_model_card(results, a.model_card, run=a.run_dir.resolve()))
+        return EXIT_OK
     baseline = read(a.baseline) if a.baseline else None
     own = a.run_dir / "report.html"
     if a.out is not None and not _is_own_report(a.out, own):

@@ -3,8 +3,8 @@
 Ren et al. ("Unveiling and Mitigating Memorization in Text-to-image Diffusion Models through Cross
 Attention", ECCV 2024) observe that memorised prompts concentrate cross-attention on a few prompt
 tokens while the beginning (BOS) token's share collapses, and mitigate at inference by rescaling
-the attention logits so the beginning token regains weight (their public code's default factor
-1.25), which dilutes the trigger tokens. Here: in every cross-attention layer of the UNet, for the
+the attention logits so the beginning token regains weight (factor 1.25 by default in a public
+reimplementation of their attention processor), which dilutes the trigger tokens. Here: in every cross-attention layer of the UNet, for the
 mitigated rows, the beginning token's attention weight is multiplied by ``c`` before the softmax
 renormalises (``log c`` added to its logit, through diffusers' own ``encoder_attention_mask``
 bias, so every attention processor honours it); ``c = 1`` is the raw model. Ren et al. also mask

@@ -7,9 +7,9 @@ embedding ``e`` (the generation's own initial noise ``x_T``, the first timestep)
 falls below a target loss, then sample with the adjusted embedding. Here: ``steps`` Adam steps
 (learning rate ``lr``) on the mitigated rows, each row stopping once its magnitude is at or below
 ``target`` (set by the plugin to the gate's threshold: the unseen captions' ``1 - gate_fpr``
-quantile, i.e. "as unremarkable as a prompt never trained on"). Their public code uses Adam with
-learning rate 0.05 and a target loss tuned for SD 1.4; the target here is calibrated per model
-instead (``stop_at_target=False``: always ``steps`` steps). Because the stopping rule is itself a
+quantile, i.e. "as unremarkable as a prompt never trained on"). Their step size and target loss
+are tuned for SD 1.4 (a public reimplementation defaults to a learning rate of 0.1); here the
+learning rate defaults to 0.05 and the target is calibrated per model instead (``stop_at_target=False``: always ``steps`` steps). Because the stopping rule is itself a
 detector, the ungated variant changes few unseen prompts as well (a row already below the target
 takes no step). The sweep: 20 steps at learning rates 0.05 and 0.5 with the stop, and 0.5 without.
 

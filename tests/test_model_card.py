@@ -1,0 +1,68 @@
+"""The model-card privacy section (``privaudit report RUN --model-card``, ``scan --model-card``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from privaudit.cli import main
+from privaudit.reports.model_card import card_metadata, model_card
+
+
+def _jsonable(results: dict) -> dict:
+    return json.loads(json.dumps({k: v for k, v in results.items() if k not in ("scores", "tables")}, default=str))
+
+
+def test_card_parses_with_huggingface_hub_and_states_the_verdict(digits_scan):
+    from huggingface_hub import ModelCard
+
+    res = _jsonable(digits_scan)
+    card = ModelCard(str(model_card(res, report="run/report.html")))  # round trip through the Hub's own parser
+    meta = card.data.to_dict()
+    assert {"privaudit", "privacy-audit"} <= set(meta["tags"])
+    pa = meta["privaudit"]
+    assert pa["verdict"] == res["verdict"]["level"] and pa["kind"] == "scan" and pa["mitigation"] is None
+    loss = next(p for p in res["plugins"] if p["name"] == "loss")
+    row = next(a for a in pa["attacks"] if a["name"] == "loss")
+    assert row["auc"] == pytest.approx(loss["metrics"]["auc"]["value"], abs=1e-4) and row["threat_model"] == "gray-box"
+    assert pa["verdict_by_threat_model"]["gray-box"] == loss["severity"]
+    assert pa["copy_fraction"] is not None and pa["members"] == res["at_risk"]["n_members"]
+    assert f"Verdict: **{res['verdict']['level']}**" in card.text and "(run/report.html)" in card.text
+
+
+def test_broken_evidence_stays_inconclusive_on_the_card(digits_scan):
+    res = copy.deepcopy(_jsonable(digits_scan))
+    res["verdict"] = {"level": "inconclusive"}
+    for p in res["plugins"]:
+        p["status"] = "failed"
+    meta = card_metadata(res)
+    assert meta["verdict"] == "inconclusive" and meta["verdict_by_threat_model"] == {}
+    assert card_metadata({"plugins": []})["verdict"] == "inconclusive"  # no verdict at all is never "low"
+
+
+def test_report_writes_the_card_next_to_nothing_else(digits_scan, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(_jsonable(digits_scan)))
+    out = tmp_path / "release" / "README.md"
+    assert main(["report", str(run), "--model-card", str(out)]) == 0
+    assert out.exists() and sorted(p.name for p in run.iterdir()) == ["results.json"]
+    assert "../run/report.html" in out.read_text()
+    assert main(["report", str(tmp_path / "missing"), "--model-card", str(out)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_scan_writes_the_card_beside_its_run(digits_target, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out, card = tmp_path / "run", tmp_path / "card.md"
+    rc = main(["scan", str(digits_target / "model"), "--members", str(digits_target / "members"), "--holdout",
+               str(digits_target / "holdout"), "--attacks", "loss", "--detectors", "nn", "--param", "nn.n_samples=32",
+               "--param", "loss.timesteps=[100]", "--out", str(out), "--quiet", "--device", "cpu",
+               "--model-card", str(card)])
+    assert rc in (0, 1)
+    meta = ModelCard.load(card).data.to_dict()["privaudit"]
+    assert meta["verdict"] == json.loads((out / "results.json").read_text())["verdict"]["level"]
+    assert meta["report"] == "run/report.html"
