@@ -66,3 +66,29 @@ def test_scan_writes_the_card_beside_its_run(digits_target, tmp_path):
     meta = ModelCard.load(card).data.to_dict()["privaudit"]
     assert meta["verdict"] == json.loads((out / "results.json").read_text())["verdict"]["level"]
     assert meta["report"] == "run/report.html"
+
+
+@pytest.mark.parametrize("flag", [None, "--log-json"])
+def test_logs_fit_a_ci_log(flag, digits_target, tmp_path, capfd):
+    """stderr not a terminal: no carriage returns (no redrawn bars), one line per stage; --log-json: every
+    stderr line is a JSON object."""
+    argv = ["scan", str(digits_target / "model"), "--members", str(digits_target / "members"), "--holdout",
+            str(digits_target / "holdout"), "--attacks", "loss", "--detectors", "nn", "--param", "nn.n_samples=32",
+            "--param", "loss.timesteps=[100]", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(argv + ([flag] if flag else [])) in (0, 1)
+    from privaudit.io.progress import current_mode
+
+    assert current_mode() in ("lines", "bars")  # main restores the default for its caller
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[transformers]")]
+    if flag:
+        events = [json.loads(ln) for ln in lines]
+        stages = [e for e in events if e["event"] == "stage"]
+        assert stages and all({"stage", "count", "seconds"} <= set(e) for e in stages)
+        assert events[-1]["event"] == "verdict"
+    else:
+        import re
+
+        stage = re.compile(r"^\S.*: [\d.]+(/[\d.]+)? \S+ in [\d.]+ s")
+        assert sum(bool(stage.match(ln)) for ln in lines) >= 2, lines  # (an attack memoised in-process logs no stage)

@@ -45,6 +45,7 @@ from privaudit.data.sets import ImageSet, to_uint8
 from privaudit.io.errors import Inconclusive, InputError, PluginError, PrivauditError
 from privaudit.io.files import atomic_dir, write_json, write_text
 from privaudit.io.images import png_data_uri
+from privaudit.io.progress import announce, progress_bar
 from privaudit.io.results import Metric
 from privaudit.model.denoiser import Denoiser
 from privaudit.model.latent import latent_of
@@ -57,7 +58,7 @@ __all__ = [
     "FeatureExtractor", "ImageSet", "InputError", "MembershipAttack", "Metric", "MetricSpec", "Mitigation",
     "MitigationContext", "MitigationOutput", "Noise", "Plugin", "PluginError", "PrivauditError", "ReplicationDetector",
     "Variant", "InstanceOf", "Interval", "Options", "SequenceOf", "validate_params", "KnnStream", "choose_method", "default_nlist", "l2_normalize", "search", "train_ivf", "atomic_dir", "auc_interval", "capabilities_of", "default_cache_dir", "membership_metrics", "png_data_uri",
-    "proportion_ci", "sample_generators", "seed_of", "read_prompt_file", "store_params", "to_uint8", "write_json", "write_text",
+    "proportion_ci", "progress_bar", "announce", "sample_generators", "seed_of", "read_prompt_file", "store_params", "to_uint8", "write_json", "write_text",
 ]
 
 KINDS = ("attack", "detector", "mitigation", "feature")

@@ -214,7 +214,7 @@ class Session:
         A finished shard is reused only when it fits its work unit: one numeric row per item and each
         row of ``unit_shape`` (when not given: the shape the computed shards have); one that does not
         (written by another version, or tampered with) is computed again, like a damaged one."""
-        from tqdm.auto import tqdm
+        from privaudit.io.progress import progress_bar
 
         cost = self.costs.setdefault(label, StageCost())
         start = time.perf_counter()
@@ -226,8 +226,8 @@ class Session:
                 if got is not None and _fits(got[0], rows=int(sizes[i]), unit_shape=unit_shape):
                     outs[i], reused[i] = got
         todo = [i for i in range(len(sizes)) if i not in outs]
-        with tqdm(total=int(sum(sizes)), initial=int(sum(sizes[i] for i in outs)), desc=label, unit=work.unit,
-                  disable=not self.progress, leave=False) as bar:
+        with progress_bar(total=int(sum(sizes)), initial=int(sum(sizes[i] for i in outs)), desc=label,
+                          unit=work.unit, disable=not self.progress, leave=False) as bar:
             while True:
                 for i, out, queries in self.engine.map(work, ((i, (lambda i=i: make(i))) for i in todo)):
                     if store is not None:

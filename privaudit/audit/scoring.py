@@ -29,16 +29,15 @@ def score_set(attack, denoiser: Denoiser, images: ImageSet, *, batch_size: int, 
               prompt: str = "caption", progress: bool = False) -> np.ndarray:
     """Per-image scores of ``images``: in this process, or through the engine of the running audit
     (``privaudit.audit.engine``: sharded, resumable, possibly on Ray); the scores are the same either way."""
-    from tqdm.auto import tqdm
-
     from privaudit.api.stages import active_stages
     from privaudit.audit.work import score_batches
+    from privaudit.io.progress import progress_bar
 
     run = active_stages()
     if run is not None:
         return run.score(attack, denoiser, images, batch_size=batch_size, seed=seed, label=label, prompt=prompt)
-    with tqdm(total=len(images), desc=f"{attack.name}: scoring {label}", unit="img", disable=not progress,
-              leave=False) as bar:
+    with progress_bar(total=len(images), desc=f"{attack.name}: scoring {label}", unit="img", disable=not progress,
+                      leave=False) as bar:
         return score_batches(attack, denoiser, images, batch_size=batch_size, seed=seed, prompt=prompt,
                              on_batch=bar.update)
 

@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
 
         threads = torch.get_num_threads()
         torch.set_num_threads(a.threads)
+    from privaudit.io.progress import configure
+
+    # progress for this command: --quiet, --log-json, else bars on a terminal and lines elsewhere
+    configure("quiet" if getattr(a, "quiet", False) else "json" if getattr(a, "log_json", False) else "auto")
     try:
         with warnings.catch_warnings():
             # NaN-related numpy/torch RuntimeWarnings would print multi-line noise; results say what broke
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print("privaudit: interrupted", file=sys.stderr)
         return EXIT_RUNTIME
     finally:
+        configure("auto")  # a caller embedding main (a test session) gets the default back
         if threads is not None:  # a caller embedding main keeps its own setting
             import torch
 

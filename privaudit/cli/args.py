@@ -94,7 +94,9 @@ def add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = (
     p.add_argument("--redact", choices=("thumbnails", "blur", "omit"), default="thumbnails",
                    help="how the report and results.json show training images (default: thumbnails)")
     p.add_argument("--cache-dir", type=Path, help="sample cache (default: $PRIVAUDIT_CACHE or ~/.cache/privaudit)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no stage lines")
+    p.add_argument("--log-json", action="store_true", help="progress as one JSON object per stage on stderr (for "
+                   "pipelines); without it, bars on a terminal and one plain line per stage elsewhere (CI logs)")
     p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
                    help="text-conditional models: condition attacks on each image's caption or the empty prompt "
                         "(default: caption)")

@@ -41,7 +41,17 @@ def _fmt_metric(key: str, m: dict) -> str:
 
 
 def _summary(results: dict, out: Path) -> None:
+    from privaudit.io.progress import current_mode
+
     v = results["verdict"]
+    if current_mode() == "json":  # --log-json: the verdict is one more JSON object on stderr
+        print(json.dumps({"event": "verdict", "level": v["level"], "report": str(out / "report.html"),
+                          "plugins": [{"name": p["name"], "status": p["status"], "severity": p["severity"],
+                                       "metrics": {k: m["value"] for k, m in p["metrics"].items()}}
+                                      for p in results["plugins"]], "warnings": list(v["warnings"])}),
+              file=sys.stderr)
+        print(out / "report.html")
+        return
     print(f"verdict: {v['level']}  (metric=value [95% interval])", file=sys.stderr)
     for p in results["plugins"]:
         ms = ", ".join(_fmt_metric(k, m) for k, m in p["metrics"].items() if m["value"] is not None)

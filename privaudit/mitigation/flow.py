@@ -58,7 +58,6 @@ Writes ``DIR/before/`` and ``DIR/after/`` (results.json, scores.csv, report.html
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +92,7 @@ from privaudit.io.errors import InputError
 from privaudit.io.exports import write_exports
 from privaudit.io.files import write_json, write_text
 from privaudit.io.ownership import clear_owned, write_manifest
+from privaudit.io.progress import announce
 from privaudit.io.results import SCHEMA_VERSION
 from privaudit.mitigation.frontier import (
     DEFAULT,
@@ -295,7 +295,7 @@ def _mitigate(run, *, model_dir: str | Path, members: str | Path, holdout: str |
               params: dict | None, settings: AuditSettings, device: str, reference: str | Path | None, sweep: bool,
               allow_pickle: bool, plugins_dir: str | Path | None, argv: list[str] | None, redact: str,
               log: Callable[[str], None] | None, dtype: str, targets: tuple, adaptive: bool) -> dict:
-    say = log or (lambda msg: print(msg, file=sys.stderr) if settings.progress else None)
+    say = log or (lambda msg: announce(msg) if settings.progress else None)
     start = time.perf_counter()
     out = Path(out)
     registry = Registry.build(plugins_dir=plugins_dir)

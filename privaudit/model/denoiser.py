@@ -454,12 +454,12 @@ def sample(denoiser: Denoiser, *, n: int, steps: int = 50, sampler: str = "ddim"
     inside ``denoiser.eps`` (a protected model) may enable gradients itself. Latent models
     (``privaudit.model.latent``) are sampled in latent space with the empty prompt and decoded.
     """
-    from tqdm.auto import tqdm
+    from privaudit.io.progress import progress_bar
 
     sched = sampling_scheduler(denoiser, sampler, steps)
     lat = latent_of(denoiser)
     out = []
-    bar = tqdm(total=n * len(sched.timesteps), desc=f"sampling ({sampler}, {steps} steps)", disable=not progress,
+    bar = progress_bar(total=n * len(sched.timesteps), desc=f"sampling ({sampler}, {steps} steps)", disable=not progress,
                unit="img-step")
     for start in range(0, n, batch_size):
         gens = sample_generators(seed, first + start, min(batch_size, n - start))

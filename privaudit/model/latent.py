@@ -375,8 +375,7 @@ def generate(denoiser, prompts: Sequence[str], *, n_per_prompt: int = 1, steps: 
     additive guidance term is applied exactly once to the guided prediction. Seeded per
     (seed, prompt index, draw): a prompt's images do not depend on the other prompts.
     """
-    from tqdm.auto import tqdm
-
+    from privaudit.io.progress import progress_bar
     from privaudit.model.denoiser import sampling_scheduler
 
     lat = latent_of(denoiser)
@@ -385,7 +384,8 @@ def generate(denoiser, prompts: Sequence[str], *, n_per_prompt: int = 1, steps: 
     sched = sampling_scheduler(denoiser, "ddim", steps)
     rows = [(i, j) for i in range(len(prompts)) for j in range(n_per_prompt)]
     out = []
-    bar = tqdm(total=len(rows) * steps, desc=f"generating ({steps} steps)", disable=not progress, unit="img-step")
+    bar = progress_bar(total=len(rows) * steps, desc=f"generating ({steps} steps)", disable=not progress,
+                       unit="img-step")
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
         z = torch.stack([torch.randn(lat.sample_shape, generator=torch.Generator().manual_seed(

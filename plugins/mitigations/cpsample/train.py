@@ -201,7 +201,7 @@ def split_unseen(nonmembers: torch.Tensor, *, fraction: float, seed: int) -> tup
 
 def _train(guard, *, members, labels, alphas_cumprod, nonmembers, nonmember_weight, max_steps, batch_size, lr,
            target_accuracy, fit_t, alpha, max_unseen_gate, val_fraction, eval_every, seed, progress) -> TrainStats:
-    from tqdm.auto import tqdm
+    from privaudit.api import progress_bar
 
     device = next(guard.parameters()).device
     torch.manual_seed(seed)
@@ -222,7 +222,7 @@ def _train(guard, *, members, labels, alphas_cumprod, nonmembers, nonmember_weig
     losses: list[float] = []
     history: list[tuple[int, float]] = []
     acc, step = 0.0, 0
-    bar = tqdm(total=max_steps, desc="training CPSample guard", disable=not progress, unit="step")
+    bar = progress_bar(total=max_steps, desc="training CPSample guard", disable=not progress, unit="step")
     for step in range(1, max_steps + 1):
         idx = torch.randint(len(members), (batch_size,), generator=gen).to(device)
         t = torch.randint(T, (batch_size,), generator=gen).to(device)
