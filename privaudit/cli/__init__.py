@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: one line)")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    model_help = "a local diffusers pipeline folder (model_index.json, unet/, scheduler/)"
+    model_help = ("a local diffusers pipeline folder (model_index.json, unet/, scheduler/), or a Hub id (ORG/NAME) "
+                  "read from the local Hugging Face cache")
     p = sub.add_parser("scan", help="audit a diffusers pipeline folder")
     p.add_argument("model_dir", type=Path, help=model_help)
     p.add_argument("--members", type=Path, required=True, help="training images: folder or .npy/.npz")
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images of the same source the model certainly never saw (at least 8)")
     p.add_argument("--out", type=Path, help="run folder (default: ./privaudit-runs/query-<time>)")
     p.add_argument("--lora", type=Path, help="a LoRA adapter to load onto MODEL_DIR (as scan --lora)")
+    p.add_argument("--revision", help="with a Hub id as MODEL_DIR: the revision to read from the local cache")
     p.add_argument("--base", type=Path, help="the base model of a full fine-tune MODEL_DIR (as scan --base)")
     p.add_argument("--attacks", type=csv_list, default=("loss", "pia", "secmi"),
                    help="comma-separated attack plugins whose scores are combined (default: loss,pia,secmi)")
@@ -193,6 +195,16 @@ def _report_error(e: BaseException, *, debug: bool, text: str) -> None:
     print(f"privaudit: error: {lines[0]}{more}", file=sys.stderr)
 
 
+def _resolve_hub_ids(a: argparse.Namespace) -> None:
+    """MODEL_DIR, --base and --lora given as Hub ids (ORG/NAME) -> their snapshots in the local cache."""
+    from privaudit.model.hub import resolve_location
+
+    for attr, what, rev in (("model_dir", "model", getattr(a, "revision", None)), ("base", "base model", None),
+                            ("lora", "LoRA adapter", None)):
+        if getattr(a, attr, None) is not None:
+            setattr(a, attr, resolve_location(getattr(a, attr), revision=rev, what=what))
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console command (not a caller embedding main, e.g. a test session)
         raise_on_signals()
@@ -212,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     # progress for this command: --quiet, --log-json, else bars on a terminal and lines elsewhere
     configure("quiet" if getattr(a, "quiet", False) else "json" if getattr(a, "log_json", False) else "auto")
     try:
+        _resolve_hub_ids(a)
         with warnings.catch_warnings():
             # NaN-related numpy/torch RuntimeWarnings would print multi-line noise; results say what broke
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -73,6 +73,8 @@ def add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = (
     p.set_defaults(default_detectors=detectors)
     p.add_argument("--param", type=plugin_param, action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="a plugin parameter, e.g. nn.n_samples=512 (repeatable)")
+    p.add_argument("--revision", help="with a Hub id (ORG/NAME) as MODEL_DIR: the branch, tag or commit to read from "
+                   "the local Hugging Face cache (default: main; nothing is downloaded)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                    help="the networks' dtype (auto: float32 on the CPU, float16 for latent models on CUDA); "

@@ -1,4 +1,4 @@
-"""The model-card privacy section (``privaudit report RUN --model-card``, ``scan --model-card``)."""
+"""Where users meet privaudit: the model-card privacy section, logs that fit CI, Hub ids from the local cache.
 
 from __future__ import annotations
 
@@ -92,3 +92,33 @@ def test_logs_fit_a_ci_log(flag, digits_target, tmp_path, capfd):
 
         stage = re.compile(r"^\S.*: [\d.]+(/[\d.]+)? \S+ in [\d.]+ s")
         assert sum(bool(stage.match(ln)) for ln in lines) >= 2, lines  # (an attack memoised in-process logs no stage)
+
+
+def _hub_cache(tmp_path, model_dir, repo="acme/digits", sha="a" * 40):
+    import shutil
+
+    cache = tmp_path / "hf-home" / "hub"
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(sha)
+    shutil.copytree(model_dir, folder / "snapshots" / sha)
+    return tmp_path / "hf-home"
+
+
+def test_a_hub_id_scans_offline_from_the_local_cache(digits_target, tmp_path, monkeypatch, capsys):
+    home = _hub_cache(tmp_path, digits_target / "model")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may reach the network
+    base = ["--members", str(digits_target / "members"), "--holdout", str(digits_target / "holdout"),
+            "--attacks", "loss", "--detectors", "nn", "--param", "nn.n_samples=16", "--param", "loss.timesteps=[100]",
+            "--quiet", "--device", "cpu"]
+    assert main(["scan", "acme/digits", *base, "--out", str(tmp_path / "run")]) in (0, 1)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "models--acme--digits" in res["target"]["path"]
+    capsys.readouterr()
+    assert main(["scan", "acme/absent", *base, "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "not in the local Hugging Face cache" in err and "hf download acme/absent" in err
+    assert main(["scan", "acme/digits", *base, "--revision", "v9", "--out", str(tmp_path / "r3")]) == 2
+    assert "at revision v9" in capsys.readouterr().err and not (tmp_path / "r3").exists()
