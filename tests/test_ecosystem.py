@@ -1,4 +1,4 @@
-"""Where users meet privaudit: the model-card privacy section, logs that fit CI, Hub ids from the local cache.
+"""Where users meet privaudit: the model-card privacy section, logs that fit CI, Hub ids from the local cache."""
 
 from __future__ import annotations
 
