@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy.stats import binom
 
@@ -336,3 +337,32 @@ def test_broken_base_scoring_keeps_the_raw_result(digits_lora_target, tmp_path, 
     assert _plugin(r, "loss")["status"] == "ok"
     cal = _plugin(r, "loss (base-calibrated)")
     assert cal["status"] == "error" and "base model fell over" in cal["reason"]
+
+
+def test_a_kohya_single_file_lora_scores_as_its_peft_folder(digits_lora_target, tmp_path):
+    """The layout most shared LoRAs use (``lora_unet_...`` keys, written here with diffusers' own converter from
+    the fixture's adapter) loads through diffusers' ``load_lora_weights`` to the same model; a layer that fits
+    nothing is one line naming it."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    from privaudit.io.errors import InputError
+    from privaudit.model.target import load_lora_target
+
+    t = digits_lora_target
+    kohya = convert_state_dict_to_kohya(load_file(str(t / "lora" / "pytorch_lora_weights.safetensors")))
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    a, ia, _ = load_lora_target(t / "base", t / "lora", device="cpu")
+    b, ib, _ = load_lora_target(t / "base", tmp_path / "kohya.safetensors", device="cpu")
+    assert ia.lora_layers == ib.lora_layers and ib.lora_layers["unet"] > 0
+    x = torch.randn((3, *a.sample_shape), generator=torch.Generator().manual_seed(0))
+    emb = a.prompt_embeddings(["a handwritten digit one", "a handwritten digit two", ""])
+    assert torch.equal(a.eps(x, 400, emb), b.eps(x, 400, emb))
+    stem = next(k for k in kohya if k.endswith("proj_in.lora_down.weight")).removesuffix(".lora_down.weight")
+    moved = stem.replace("down_blocks_0", "down_blocks_7")
+    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha"):
+        kohya[moved + suffix] = kohya.pop(stem + suffix)
+    save_file(kohya, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(InputError, match=r"1 of \d+ unet LoRA layers did not load \(e\.g\. down_blocks_7_"):
+        load_lora_target(t / "base", tmp_path / "bad.safetensors", device="cpu")

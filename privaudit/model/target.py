@@ -31,6 +31,7 @@ class ModelInfo:
     dtype: str = ""  # the networks' dtype
     adapter: str = ""  # a LoRA adapter loaded onto the pipeline (``--lora``): its path
     base: str = ""  # the base model a fine-tune is calibrated against (``--lora`` / ``--base``): its path
+    lora_layers: dict[str, int] = field(default_factory=dict)  # ``--lora``: LoRA layers loaded, per component
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -421,8 +422,47 @@ def _one_naming(state: dict) -> dict:
     return {k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v for k, v in state.items()}
 
 
+LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
+                  "lora_te2_": "text_encoder_2"}
+
+
+def lora_layers(pipe) -> dict[str, int]:
+    """The LoRA layers a pipeline holds, per component (what ``--lora`` loaded, reported in the run's target)."""
+    out = {}
+    for c in LORA_COMPONENTS:
+        mod = getattr(pipe, c, None)
+        if isinstance(mod, torch.nn.Module):
+            n = len({name.split(".lora_A.")[0] for name, _ in mod.named_parameters() if ".lora_A." in name})
+            if n:
+                out[c] = n
+    return out
+
+
+def _kohya_modules(state: dict) -> dict[str, set[str]]:
+    """Kohya / A1111 single-file LoRA keys (``lora_unet_...``, ``lora_te_...``): module names per component."""
+    out: dict[str, set[str]] = {}
+    for k in state:
+        for prefix, comp in KOHYA_PREFIXES.items():
+            if k.startswith(prefix) and k.endswith(".lora_down.weight"):
+                out.setdefault(comp, set()).add(k[len(prefix):].removesuffix(".lora_down.weight"))
+    return out
+
+
 def _check_all_loaded(pipe, state: dict, file: Path) -> None:
-    """Every UNet layer the adapter names must have received its LoRA weights (diffusers only warns)."""
+    """Every layer the adapter names must have received its LoRA weights (diffusers only warns): UNet layers by
+    name for diffusers / peft keys; for kohya keys, the layers per component (UNet and text encoders) by count,
+    naming the first that found no module where the file uses diffusers' module names."""
+    loaded = lora_layers(pipe)
+    for comp, names in _kohya_modules(state).items():
+        mod = getattr(pipe, comp, None)
+        have = {n.split(".lora_A.")[0].replace(".", "_") for n, _ in mod.named_parameters() if ".lora_A." in n} \
+            if isinstance(mod, torch.nn.Module) else set()
+        if loaded.get(comp, 0) < len(names):
+            odd = sorted(names - have)
+            example = f" (e.g. {odd[0]})" if odd else ""
+            raise InputError(f"{file}: {len(names) - loaded.get(comp, 0)} of {len(names)} {comp} LoRA layers did not "
+                             f"load{example}; the adapter does not fit this model")
     unet = getattr(pipe, "unet", None)
     if unet is None:
         return
@@ -449,6 +489,6 @@ def load_lora_target(model_dir: str | Path, adapter: str | Path, *, device: str 
     pipe.to(dev)
     den = denoiser_from_pipeline(pipe, device=dev, model_dir=model_dir)
     info = _info(model_dir, pipe, den)
-    info = ModelInfo(**{**info.__dict__, "adapter": str(Path(adapter).resolve()),
+    info = ModelInfo(**{**info.__dict__, "adapter": str(Path(adapter).resolve()), "lora_layers": lora_layers(pipe),
                         "weights_sha256": {**info.weights_sha256, f"lora:{file.name}": sha256_file(file)}})
     return den, info, pipe
