@@ -435,7 +435,8 @@ def test_default_detectors_follow_the_target():
     from privaudit.cli.args import settings_of
 
     reg = Registry.build()
-    assert set(target_detectors(reg, {"sampling", "white_box", "text"}, chosen=("nn",))) == {"memprompt", "promptcopy"}
+    assert set(target_detectors(reg, {"sampling", "white_box", "text"}, chosen=("nn",))) == {"memprompt", "promptcopy",
+                                                                                            "fidelity"}
     assert target_detectors(reg, {"sampling", "white_box"}, chosen=("nn",)) == ()
     parse = lambda *extra: settings_of(build_parser().parse_args(["scan", "m", "--members", "a", "--holdout", "b", *extra]))
     default = parse()
