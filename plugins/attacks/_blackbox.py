@@ -123,3 +123,30 @@ def closest_prompted(denoiser, x0: torch.Tensor, noise, variants: list, *, k: in
         d = sq_distance(to_pixels(denoiser, out).cpu(), ref).view(k, b).min(0).values
         best = torch.minimum(best, d)
     return -best
+
+
+class PromptVariants:
+    """Mixin for prompt-copy attacks that try several conditionings of each image's caption (``_variants``:
+    a list of (b, ...) conditionings, the caption's own first) and keep the closest of ``k`` generations for
+    each: parameters ``k``, ``tries``, ``steps``, ``guidance_scale``; ``name`` tags the noise."""
+
+    name: str
+    k: int
+    tries: int
+    steps: int
+    guidance_scale: float
+
+    def queries_per_image(self) -> float:
+        return float((self.tries + 1) * self.k * self.steps * (2 if self.guidance_scale != 1.0 else 1))
+
+    def score(self, denoiser, x0, *, noise):
+        from privaudit.plugins.attacks._common import image_chunks
+
+        if latent_of(denoiser) is None:
+            raise ValueError(f"{self.name} needs a text-conditional model")
+        return torch.cat([closest_prompted(d, x, n, self._variants(d, x, n), k=self.k, steps=self.steps,
+                                           guidance_scale=self.guidance_scale, tag=self.name)
+                          for d, x, n in image_chunks(denoiser, x0, noise, size=64)])
+
+    def _variants(self, denoiser, x0: torch.Tensor, noise) -> list:
+        raise NotImplementedError

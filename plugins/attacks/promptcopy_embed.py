@@ -19,12 +19,10 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import Interval, MembershipAttack, store_params
-from privaudit.model.latent import latent_of
-from privaudit.plugins.attacks._blackbox import closest_prompted
-from privaudit.plugins.attacks._common import image_chunks
+from privaudit.plugins.attacks._blackbox import PromptVariants
 
 
-class PromptCopyEmbedAttack(MembershipAttack):
+class PromptCopyEmbedAttack(PromptVariants, MembershipAttack):
     """Black-box (embeddings in), adaptive, text models: prompt copy from perturbed caption embeddings."""
 
     name = "prompt-copy-embed"
@@ -42,23 +40,11 @@ class PromptCopyEmbedAttack(MembershipAttack):
     def __init__(self, *, k: int = 2, tries: int = 3, delta: float = 0.1, steps: int = 25, guidance_scale: float = 7.5):
         store_params(self, locals())
 
-    def queries_per_image(self) -> float:
-        return float((self.tries + 1) * self.k * self.steps * (2 if self.guidance_scale != 1.0 else 1))
-
-    def score(self, denoiser, x0, *, noise):
-        if latent_of(denoiser) is None:
-            raise ValueError("prompt-copy-embed needs a text-conditional model")
-        return torch.cat([self._chunk(d, x, n) for d, x, n in image_chunks(denoiser, x0, noise, size=64)])
-
-    def _chunk(self, denoiser, x0, noise) -> torch.Tensor:
+    def _variants(self, denoiser, x0, noise) -> list:
         e = denoiser.conditioning(len(x0))
         if not isinstance(e, torch.Tensor):
             raise ValueError("prompt-copy-embed perturbs prompt embeddings (B, L, D); this family's conditioning is "
                              f"{type(e).__name__}")
         scale = e.flatten(1).std(1).view(-1, *[1] * (e.ndim - 1))
-        variants = [e]
-        for r in range(self.tries):
-            n = noise.randn(tuple(e.shape), tag=f"prompt-copy-embed-{r}", device=e.device).to(e.dtype)
-            variants.append(e + self.delta * scale * n)
-        return closest_prompted(denoiser, x0, noise, variants, k=self.k, steps=self.steps,
-                                guidance_scale=self.guidance_scale, tag="prompt-copy-embed")
+        return [e] + [e + self.delta * scale * noise.randn(tuple(e.shape), tag=f"prompt-copy-embed-{r}",
+                                                            device=e.device).to(e.dtype) for r in range(self.tries)]

@@ -21,8 +21,7 @@ import torch
 
 from privaudit.api import Interval, MembershipAttack, store_params
 from privaudit.model.latent import latent_of
-from privaudit.plugins.attacks._blackbox import closest_prompted
-from privaudit.plugins.attacks._common import image_chunks
+from privaudit.plugins.attacks._blackbox import PromptVariants
 
 
 def paraphrase(caption: str, gen: torch.Generator, *, p_drop: float, p_swap: float) -> str:
@@ -39,7 +38,7 @@ def paraphrase(caption: str, gen: torch.Generator, *, p_drop: float, p_swap: flo
     return " ".join(keep)
 
 
-class PromptCopyParaphraseAttack(MembershipAttack):
+class PromptCopyParaphraseAttack(PromptVariants, MembershipAttack):
     """Black-box, adaptive, text models: prompt copy over the caption and paraphrases of it; closest generation."""
 
     name = "prompt-copy-paraphrase"
@@ -58,23 +57,12 @@ class PromptCopyParaphraseAttack(MembershipAttack):
                  guidance_scale: float = 7.5):
         store_params(self, locals())
 
-    def queries_per_image(self) -> float:
-        return float((self.tries + 1) * self.k * self.steps * (2 if self.guidance_scale != 1.0 else 1))
-
-    def score(self, denoiser, x0, *, noise):
-        lat = latent_of(denoiser)
-        if lat is None:
-            raise ValueError("prompt-copy-paraphrase needs a text-conditional model")
-        return torch.cat([self._chunk(d, x, n, lat) for d, x, n in image_chunks(denoiser, x0, noise, size=64)])
-
-    def _chunk(self, denoiser, x0, noise, lat) -> torch.Tensor:
+    def _variants(self, denoiser, x0, noise) -> list:
         caps = getattr(denoiser, "captions", None)
         if caps is None:
             raise ValueError("prompt-copy-paraphrase needs the images' captions (a view from attack_inputs)")
+        lat = latent_of(denoiser)
         gens = [noise.generator(i, tag="paraphrase") for i in range(len(x0))]
-        variants = [denoiser.conditioning(len(x0))]
-        for _ in range(self.tries):
-            variants.append(lat.prompt_embeddings([paraphrase(c, g, p_drop=self.p_drop, p_swap=self.p_swap)
-                                                   for c, g in zip(caps, gens)]))
-        return closest_prompted(denoiser, x0, noise, variants, k=self.k, steps=self.steps,
-                                guidance_scale=self.guidance_scale, tag="prompt-copy-paraphrase")
+        return [denoiser.conditioning(len(x0))] + [
+            lat.prompt_embeddings([paraphrase(c, g, p_drop=self.p_drop, p_swap=self.p_swap) for c, g in zip(caps, gens)])
+            for _ in range(self.tries)]

@@ -71,21 +71,12 @@ def summarize(results: dict) -> dict:
     return {k: round(v, 6) for k, v in out.items() if v is not None}
 
 
-def _precision_counts(results: dict) -> tuple[int, int] | None:
-    """(samples on the real-image manifold, samples) of the detector that reports ``precision``."""
+def _rate_counts(results: dict, metric: str, n_key: str) -> tuple[int, int] | None:
+    """(hits, trials) of the first ok plugin reporting rate ``metric`` over ``details[n_key]`` trials: the
+    quality detector's precision (``n_generated``), the fidelity detector's prompt fidelity (``n_fidelity``)."""
     for p in results["plugins"]:
-        v = _value((p.get("metrics") or {}).get("precision")) if p["status"] == "ok" else None
-        n = (p.get("details") or {}).get("n_generated")
-        if v is not None and isinstance(n, int) and n > 0:
-            return int(round(v * n)), n
-    return None
-
-
-def _fidelity_counts(results: dict) -> tuple[int, int] | None:
-    """(generations showing the prompted class, generations) of the prompt-fidelity detector."""
-    for p in results["plugins"]:
-        v = _value((p.get("metrics") or {}).get("prompt_fidelity")) if p["status"] == "ok" else None
-        n = (p.get("details") or {}).get("n_fidelity")
+        v = _value((p.get("metrics") or {}).get(metric)) if p["status"] == "ok" else None
+        n = (p.get("details") or {}).get(n_key)
         if v is not None and isinstance(n, int) and n > 0:
             return int(round(v * n)), n
     return None
@@ -108,8 +99,9 @@ def quality_ratio(results: dict, base: dict) -> dict | None:
     from privaudit.stats.metrics import ratio_ci
 
     found: dict[str, dict] = {}
-    for measure, counts in (("precision", _precision_counts), ("prompt fidelity", _fidelity_counts)):
-        a, b = counts(results), counts(base)
+    for measure, metric, n_key in (("precision", "precision", "n_generated"),
+                                   ("prompt fidelity", "prompt_fidelity", "n_fidelity")):
+        a, b = _rate_counts(results, metric, n_key), _rate_counts(base, metric, n_key)
         if a is None or b is None or b[0] == 0:
             continue
         r, lo, hi = ratio_ci(a[0], a[1], b[0], b[1])

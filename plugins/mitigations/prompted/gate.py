@@ -52,9 +52,10 @@ class PromptGate:
         keys = [_key(rows, i) for i in range(n)]
         todo = [i for i in range(n) if keys[i] not in self._cache]
         if todo:
-            t1 = int(sampling_scheduler(lat, "ddim", GATE_STEPS).timesteps[0])
-            z = torch.randn((self.n_seeds, *lat.sample_shape), generator=torch.Generator().manual_seed(self.seed))
-            z = z.to(lat.device)
+            if "probe" not in self._cache:  # the first timestep and the fixed noises, drawn once per gate
+                z = torch.randn((self.n_seeds, *lat.sample_shape), generator=torch.Generator().manual_seed(self.seed))
+                self._cache["probe"] = (int(sampling_scheduler(lat, "ddim", GATE_STEPS).timesteps[0]), z.to(lat.device))
+            t1, z = self._cache["probe"]
             empty = lat.prompt_embeddings([""])
             for s in range(0, len(todo), 64):
                 idx = todo[s:s + 64]
