@@ -32,7 +32,8 @@ def image_chunks(denoiser, x0: torch.Tensor, noise: Noise, size: int = FIT_CHUNK
         if cond is None:
             yield denoiser, x0[s:s + size], noise[s:s + size]
         else:
-            caps = denoiser.captions[s:s + size] if denoiser.captions is not None else None
+            caps = denoiser.batch_captions(len(x0))
+            caps = caps[s:s + size] if caps is not None else None
             yield (ConditionedDenoiser(denoiser.denoiser, cond=cond[s:s + size], prompt=denoiser.prompt, captions=caps),
                    x0[s:s + size], noise[s:s + size])
 

@@ -103,7 +103,11 @@ class ReDiffuseAttack(MembershipAttack):
         ref = to_pixels(denoiser, x0).cpu()
         img = to_pixels(denoiser, out).cpu().view(k, b, *ref.shape[1:])
         running = img.cumsum(0) / torch.arange(1, k + 1).view(-1, *[1] * (img.ndim - 1))
-        return torch.stack([sq_distance(running[j], ref) for j in range(k)])
+        return torch.stack([self.distance(running[j], ref) for j in range(k)])
+
+    def distance(self, reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Per image: how far the (averaged) reconstruction lies from the image; smaller = closer."""
+        return sq_distance(reconstruction, image)
 
     # ------------------------------------------------------------------ fit / score
     def fit(self, denoiser, *, members, holdout, seed):

@@ -95,6 +95,7 @@ class MemorisedPromptDetector(ReplicationDetector):
         "memorised_fraction", "memorised prompts", "membership", "low", "rate",
         "training captions scoring above the 1 - q quantile of unseen captions (q = the false-positive rate)"))
     references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
+    signal_words = "text-conditional noise magnitude"
 
     parameter_constraints = {
         "prompts": [None, InstanceOf(str), SequenceOf(InstanceOf(str))], "steps": [Interval(int, 1, 10_000)],
@@ -122,6 +123,12 @@ class MemorisedPromptDetector(ReplicationDetector):
         if not 0 < self.quantile < 1:
             raise InputError(f"memprompt: quantile must lie strictly between 0 and 1, got {self.quantile!r}")
 
+    def prompt_scores(self, denoiser, prompts: list[str], *, seed: int) -> np.ndarray:
+        """Per prompt, the memorisation score (higher = more likely memorised)."""
+        return text_guidance_magnitude(denoiser, prompts, steps=self.steps, n_steps=self.n_steps,
+                                       guidance_scale=self.guidance_scale, n_seeds=self.n_seeds, seed=seed,
+                                       batch_size=self.batch_size)
+
     def _prompts(self, ctx) -> tuple[list[str], np.ndarray | None, str]:
         if isinstance(self.prompts, (str, Path)):
             p, y = read_prompt_file(self.prompts)
@@ -145,9 +152,7 @@ class MemorisedPromptDetector(ReplicationDetector):
             return DetectorOutput(metrics={}, finding="No prompts to rank: the member and holdout folders carry no "
                                   "captions (metadata.jsonl / metadata.csv) and no prompt file was given "
                                   "(--param memprompt.prompts=FILE).", details={"source": source})
-        s = text_guidance_magnitude(ctx.denoiser, prompts, steps=self.steps, n_steps=self.n_steps,
-                                    guidance_scale=self.guidance_scale, n_seeds=self.n_seeds, seed=ctx.seed,
-                                    batch_size=self.batch_size)
+        s = self.prompt_scores(ctx.denoiser, prompts, seed=ctx.seed)
         metrics: dict[str, Metric] = {}
         details: dict = {"source": source, "n_prompts": len(prompts)}
         flagged = np.zeros(len(s), bool)
@@ -171,13 +176,13 @@ class MemorisedPromptDetector(ReplicationDetector):
                           for i in order[: self.n_top]]
         if labelled:
             auc = metrics["auc"]
-            finding = (f"Text-conditional noise magnitude separates {int((y == 1).sum())} training captions from "
+            finding = (f"{self.signal_words.capitalize()} separates {int((y == 1).sum())} training captions from "
                        f"{int((y == 0).sum())} unseen captions with AUC {auc.value:.3f} (95% CI {auc.ci[0]:.3f}-"
                        f"{auc.ci[1]:.3f}); {metrics['memorised_fraction'].value:.0%} of training captions score above "
                        f"{1 - self.quantile:.0%} of unseen ones: those prompts are likely memorised.")
         else:
             top = prompts[order[0]]
-            finding = (f"Ranked {len(prompts)} prompts by text-conditional noise magnitude; the highest is {top!r} "
+            finding = (f"Ranked {len(prompts)} prompts by {self.signal_words}; the highest is {top!r} "
                        f"({s[order[0]]:.3f}). No labels: pass a label column to measure separation"
                        + (f"; {int(flagged.sum())} above threshold {self.threshold}." if self.threshold is not None else "."))
         return DetectorOutput(metrics=metrics, finding=finding, details=details, table=table,

@@ -80,7 +80,7 @@ class LatentTextDenoiser(Denoiser):
 
     def _setup(self, *, net: Any, vae: Any, scheduler, device: torch.device | str,
                encoders: dict[str, torch.nn.Module | None], alphas_cumprod: torch.Tensor | None = None,
-               prediction_type: str | None = None) -> None:
+               prediction_type: str | None = None, latent_shape: tuple[int, int, int] | None = None) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval().requires_grad_(False)
         self.unet = self.net  # the name SD-class code and 0.1 callers use
@@ -104,8 +104,11 @@ class LatentTextDenoiser(Denoiser):
             self.alphas_cumprod = acp.detach().float().cpu()
             self.prediction_type = prediction_type or prediction_type_of(scheduler)
         cfg = net.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        self.sample_shape = (int(cfg.in_channels), int(size), int(size))
+        if latent_shape is None:  # the network's own sample size and channels
+            size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+            latent_shape = (int(cfg.in_channels), int(size), int(size))
+        self.sample_shape = (int(latent_shape[0]), int(latent_shape[1]), int(latent_shape[2]))
+        size = self.sample_shape[-1]
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_shape = (int(vae.config.in_channels), int(size) * self.vae_scale_factor,
                             int(size) * self.vae_scale_factor)
@@ -249,11 +252,13 @@ class ConditionedDenoiser(Denoiser):
     two image sets with one denoiser, ``by_rows`` maps a set's row count to its embeddings:
     a call with k * n rows gets the set of n rows' conditioning (an ambiguous count is an
     error, never a guess). ``captions``: the bound rows' prompts as text (``attack_inputs`` sets them), for
-    attacks that rewrite the prompt. Everything else is the wrapped denoiser's.
+    attacks that rewrite the prompt; ``captions_by_rows``: the same per set for a ``fit`` view
+    (``batch_captions`` reads either). Everything else is the wrapped denoiser's.
     """
 
     def __init__(self, denoiser, *, cond: torch.Tensor | None = None, by_rows: dict[int, torch.Tensor] | None = None,
-                 prompt: str = "caption", captions: Sequence[str] | None = None):
+                 prompt: str = "caption", captions: Sequence[str] | None = None,
+                 captions_by_rows: dict[int, Sequence[str]] | None = None):
         lat = latent_of(denoiser)
         if lat is None:
             raise TypeError("ConditionedDenoiser needs a latent text-conditional denoiser")
@@ -262,6 +267,7 @@ class ConditionedDenoiser(Denoiser):
         self.by_rows = by_rows or {}
         self.prompt = prompt
         self.captions = None if captions is None else list(captions)  # the bound rows' prompts as text, when known
+        self.captions_by_rows = {k: list(v) for k, v in (captions_by_rows or {}).items()}  # the same for a fit view
         self.custom_guidance = bool(getattr(denoiser, "custom_guidance", False))
         self.device = denoiser.device
         self.alphas_cumprod = denoiser.alphas_cumprod
@@ -289,6 +295,14 @@ class ConditionedDenoiser(Denoiser):
             raise ValueError(f"cannot tell which image set a batch of {n} rows belongs to "
                              f"(sets of {sorted(self.by_rows)} rows); condition the batch explicitly")
         return cond_tile(self.by_rows[fits[0]], n)
+
+    def batch_captions(self, n: int) -> list[str] | None:
+        """The prompts of a batch of ``n`` rows as text (tiled like the conditioning), or None when unknown."""
+        caps = self.captions
+        if caps is None:
+            fits = [m for m in self.captions_by_rows if n % m == 0]
+            caps = self.captions_by_rows[fits[0]] if len(fits) == 1 else None
+        return None if not caps or n % len(caps) else caps * (n // len(caps))
 
     def conditioning(self, n: int) -> torch.Tensor:
         """The bound prompt embeddings of a batch of ``n`` rows, (n, L, D): what ``white_box``
@@ -349,9 +363,9 @@ def fit_inputs(denoiser, members, cal_m: Sequence[int] | np.ndarray, holdout, ca
         raise InputError(f"calibration splits of {len(cal_m)} members and {len(cal_h)} holdout images are too small "
                          "to fit an attack on a text-conditional model")
     cal_h = cal_h[:n_h]
-    em = lat.prompt_embeddings(batch_captions(members, cal_m, prompt))
-    eh = lat.prompt_embeddings(batch_captions(holdout, cal_h, prompt))
-    view = ConditionedDenoiser(denoiser, by_rows={len(cal_m): em, len(cal_h): eh}, prompt=prompt)
+    cm, ch = batch_captions(members, cal_m, prompt), batch_captions(holdout, cal_h, prompt)
+    view = ConditionedDenoiser(denoiser, by_rows={len(cal_m): lat.prompt_embeddings(cm), len(cal_h): lat.prompt_embeddings(ch)},
+                               prompt=prompt, captions_by_rows={len(cal_m): cm, len(cal_h): ch})
     return view, lat.encode(members.tensor(cal_m)), lat.encode(holdout.tensor(cal_h)), cal_m, cal_h
 
 

@@ -24,6 +24,7 @@ import torch
 
 from privaudit.api import InputError, Interval, Options, SequenceOf, store_params
 from privaudit.model.denoiser import latent_of, run_in, signal_noise, to_eps
+from privaudit.plugins.detectors._prompt_signals import SIGNALS
 from privaudit.plugins.mitigations.prompted.mitigation import PromptMitigation
 from privaudit.plugins.mitigations.prompted.rule import PromptRule, check_embeddings, embedding_rows
 
@@ -55,14 +56,14 @@ class AttnRescale(PromptMitigation):
 
     name = "attn-rescale"
     id = "PA-MIT-007"
-    cost = "about 1.0x (the same network calls with an attention bias; the gate adds 2 x gate_seeds evaluations per prompt)"
+    cost = "about 1.0x (the same network calls with an attention bias; the gate adds 2 x gate_seeds evaluations per prompt with the default signal)"
     references = ("Ren et al., Unveiling and Mitigating Memorization in Text-to-image Diffusion Models through Cross "
                   "Attention, ECCV 2024",)
     parameter_constraints = {"c": [Interval(float, 0, None, closed="neither")], "gated": [Options(True, False)],
-                             "gate_fpr": [Interval(float, 0, 1, closed="neither")], "gate_seeds": [Interval(int, 1, 64)],
+                             "gate_fpr": [Interval(float, 0, 1, closed="neither")], "gate_seeds": [Interval(int, 1, 64)], "gate_signal": [Options(*SIGNALS)],
                              "sweep_factors": [SequenceOf(Interval(float, 0, None, closed="neither"))]}
 
-    def __init__(self, *, c: float = 1.25, gated: bool = True, gate_fpr: float = 0.05, gate_seeds: int = 4,
+    def __init__(self, *, c: float = 1.25, gated: bool = True, gate_fpr: float = 0.05, gate_seeds: int = 4, gate_signal: str = "magnitude",
                  sweep_factors: tuple[float, ...] = (1.25, 1e3, 1e5)):
         store_params(self, locals())
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import Interval, Options, SequenceOf, store_params
+from privaudit.plugins.detectors._prompt_signals import SIGNALS
 from privaudit.plugins.mitigations.prompted.mitigation import PromptMitigation
 from privaudit.plugins.mitigations.prompted.rule import PromptRule, check_embeddings, embedding_rows, row_generators
 
@@ -51,13 +52,13 @@ class CaptionNoise(PromptMitigation):
 
     name = "caption-noise"
     id = "PA-MIT-004"
-    cost = "about 1.0x (one embedding perturbation per image; the gate adds 2 x gate_seeds evaluations per prompt)"
+    cost = "about 1.0x (one embedding perturbation per image; the gate adds 2 x gate_seeds evaluations per prompt with the default signal)"
     references = ("Somepalli et al., Understanding and Mitigating Copying in Diffusion Models, NeurIPS 2023",)
     parameter_constraints = {"sigma": [Interval(float, 0, None)], "gated": [Options(True, False)],
                              "gate_fpr": [Interval(float, 0, 1, closed="neither")],
-                             "gate_seeds": [Interval(int, 1, 64)], "sweep_sigmas": [SequenceOf(Interval(float, 0, None))]}
+                             "gate_seeds": [Interval(int, 1, 64)], "gate_signal": [Options(*SIGNALS)], "sweep_sigmas": [SequenceOf(Interval(float, 0, None))]}
 
-    def __init__(self, *, sigma: float = 0.5, gated: bool = True, gate_fpr: float = 0.05, gate_seeds: int = 4,
+    def __init__(self, *, sigma: float = 0.5, gated: bool = True, gate_fpr: float = 0.05, gate_seeds: int = 4, gate_signal: str = "magnitude",
                  sweep_sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)):
         store_params(self, locals())
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from privaudit.api import Interval, Options, SequenceOf, store_params
+from privaudit.plugins.detectors._prompt_signals import SIGNALS
 from privaudit.plugins.mitigations.prompted.mitigation import PromptMitigation
 from privaudit.plugins.mitigations.prompted.rule import PromptRule
 
@@ -45,17 +46,17 @@ class CfgDelay(PromptMitigation):
 
     name = "cfg-delay"
     id = "PA-MIT-005"
-    cost = "about 1.0x (the same two guidance branches per step; the gate adds 2 x gate_seeds evaluations per prompt)"
+    cost = "about 1.0x (the same two guidance branches per step; the gate adds 2 x gate_seeds evaluations per prompt with the default signal)"
     references = ("Jain et al., Classifier-Free Guidance inside the Attraction Basin May Cause Memorization, "
                   "CVPR 2025",)
     parameter_constraints = {"early_scale": [Interval(float, None, None)],
                              "transition": [Interval(float, 0, 1, closed="both")], "gated": [Options(True, False)],
                              "gate_fpr": [Interval(float, 0, 1, closed="neither")],
-                             "gate_seeds": [Interval(int, 1, 64)],
+                             "gate_seeds": [Interval(int, 1, 64)], "gate_signal": [Options(*SIGNALS)],
                              "sweep_points": [SequenceOf(SequenceOf(Interval(float, None, None)))]}
 
     def __init__(self, *, early_scale: float = 0.0, transition: float = 0.5, gated: bool = True,
-                 gate_fpr: float = 0.05, gate_seeds: int = 4,
+                 gate_fpr: float = 0.05, gate_seeds: int = 4, gate_signal: str = "magnitude",
                  sweep_points: tuple[tuple[float, float], ...] = ((0.0, 0.5), (0.0, 0.2), (-2.0, 0.65), (-5.0, 0.5))):
         store_params(self, locals())
 

@@ -23,6 +23,7 @@ import torch
 
 from privaudit.api import Interval, Options, SequenceOf, store_params
 from privaudit.model.denoiser import cond_tile
+from privaudit.plugins.detectors._prompt_signals import SIGNALS
 from privaudit.plugins.mitigations.prompted.mitigation import PromptMitigation
 from privaudit.plugins.mitigations.prompted.rule import PromptRule, check_embeddings, embedding_rows
 
@@ -75,11 +76,11 @@ class EmbedMin(PromptMitigation):
     references = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024",)
     parameter_constraints = {"steps": [Interval(int, 0, 1000)], "lr": [Interval(float, 0, None, closed="neither")],
                              "gated": [Options(True, False)], "gate_fpr": [Interval(float, 0, 1, closed="neither")],
-                             "gate_seeds": [Interval(int, 1, 64)], "stop_at_target": [Options(True, False)],
+                             "gate_seeds": [Interval(int, 1, 64)], "gate_signal": [Options(*SIGNALS)], "stop_at_target": [Options(True, False)],
                              "sweep_points": [SequenceOf(SequenceOf(Interval(float, 0, None)))]}
 
     def __init__(self, *, steps: int = 10, lr: float = 0.05, stop_at_target: bool = True, gated: bool = True,
-                 gate_fpr: float = 0.05, gate_seeds: int = 4,
+                 gate_fpr: float = 0.05, gate_seeds: int = 4, gate_signal: str = "magnitude",
                  sweep_points: tuple[tuple[float, float, float], ...] = ((20, 0.05, 1), (20, 0.5, 1), (20, 0.5, 0))):
         store_params(self, locals())
 

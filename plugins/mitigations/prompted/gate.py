@@ -12,8 +12,14 @@ scores of never-trained-on captions (the reference images' captions, else the ho
 about ``fpr`` of unseen prompts are mitigated needlessly; the rate on member captions (the
 gate's recall on this model) is reported beside it.
 
+``signal`` picks the score (``plugins/detectors/_prompt_signals.py``): ``magnitude`` (the default,
+above), ``anisotropy`` (Asthana & Belagiannis, ICLR 2026: the magnitude plus the low-noise alignment of
+the guidance with the unconditional prediction) or ``curvature`` (ICML 2026: the difference of the
+conditional and unconditional Hessian-score products, by autograd), each calibrated the same way.
+
 ``threshold=None`` is the ungated rule: every conditional row (anything but the empty prompt).
-Cost: ``2 * n_seeds`` network evaluations per distinct prompt row (cached by the row's bytes).
+Cost per distinct prompt row (cached by the row's bytes), times ``n_seeds``: 2 network evaluations
+(magnitude), 4 (anisotropy), 2 forward and 2 backward passes (curvature).
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from privaudit.model.denoiser import cond_map, cond_rows, cond_tile, sampling_scheduler
+from privaudit.model.denoiser import cond_map, cond_rows, sampling_scheduler
+from privaudit.plugins.detectors._prompt_signals import prompt_signal
+
+SIGNAL_WORDS = {"magnitude": "text-conditional noise magnitude", "anisotropy": "score anisotropy",
+                "curvature": "curvature difference"}
 
 GATE_STEPS = 50  # the schedule whose first timestep the gate reads (the audits' default sampling)
 
@@ -34,6 +44,7 @@ class PromptGate:
     threshold: float | None = None
     n_seeds: int = 2
     seed: int = 0
+    signal: str = "magnitude"
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -42,29 +53,26 @@ class PromptGate:
 
     def describe(self) -> str:
         return ("ungated: every prompt" if self.threshold is None else
-                f"gated: prompts whose first-step text-conditional noise magnitude exceeds {self.threshold:.4g}")
+                f"gated: prompts whose first-step {SIGNAL_WORDS[self.signal]} exceeds {self.threshold:.4g}")
 
     @torch.no_grad()
     def scores(self, lat, rows) -> torch.Tensor:
-        """Per conditioning row, the mean first-step magnitude ||eps(z, t1, row) - eps(z, t1, "")|| over the
-        fixed noises (cached per row)."""
+        """Per conditioning row, the mean first-step ``signal`` over the fixed noises (cached per row)."""
         n = cond_rows(rows)
         keys = [_key(rows, i) for i in range(n)]
         todo = [i for i in range(n) if keys[i] not in self._cache]
         if todo:
-            if "probe" not in self._cache:  # the first timestep and the fixed noises, drawn once per gate
+            if "probe" not in self._cache:  # the schedule and the fixed noises, drawn once per gate
                 z = torch.randn((self.n_seeds, *lat.sample_shape), generator=torch.Generator().manual_seed(self.seed))
-                self._cache["probe"] = (int(sampling_scheduler(lat, "ddim", GATE_STEPS).timesteps[0]), z.to(lat.device))
-            t1, z = self._cache["probe"]
-            empty = lat.prompt_embeddings([""])
+                ts = [int(t) for t in sampling_scheduler(lat, "ddim", GATE_STEPS).timesteps]
+                self._cache["probe"] = (ts, z.to(lat.device))
+            ts, z = self._cache["probe"]
             for s in range(0, len(todo), 64):
                 idx = todo[s:s + 64]
                 sub = cond_map(lambda e, idx=idx: e[idx].to(lat.device), rows)
                 zz = z.repeat(len(idx), 1, 1, 1)  # row r, seed j at r * n_seeds + j
                 c = cond_map(lambda e: e.repeat_interleave(self.n_seeds, 0), sub)
-                ec = lat.eps(zz, t1, c)
-                eu = lat.eps(zz, t1, cond_tile(empty, len(zz)))
-                d = (ec - eu).flatten(1).norm(dim=1).view(len(idx), self.n_seeds).mean(1).cpu()
+                d = prompt_signal(self.signal, lat, c, zz, ts).view(len(idx), self.n_seeds).mean(1)
                 for i, v in zip(idx, d.tolist()):
                     self._cache[keys[i]] = v
         return torch.tensor([self._cache[k] for k in keys])
@@ -92,14 +100,15 @@ def _key(rows, i: int) -> int:
     return zlib.crc32(rows[i].detach().float().cpu().contiguous().numpy().tobytes())
 
 
-def calibrate(lat, *, unseen: list[str], members: list[str], fpr: float, n_seeds: int, seed: int) -> dict:
+def calibrate(lat, *, unseen: list[str], members: list[str], fpr: float, n_seeds: int, seed: int,
+              signal: str = "magnitude") -> dict:
     """The gate threshold: the ``1 - fpr`` quantile of unseen captions' scores; with the member captions'
     flag rate (recall) and the unseen rate actually reached."""
-    gate = PromptGate(threshold=None, n_seeds=n_seeds, seed=seed)
+    gate = PromptGate(threshold=None, n_seeds=n_seeds, seed=seed, signal=signal)
     su = gate.scores(lat, lat.prompt_embeddings(unseen)).numpy()
     sm = gate.scores(lat, lat.prompt_embeddings(members)).numpy() if members else np.zeros(0)
     thr = float(np.quantile(su, 1 - fpr))
     return {"threshold": thr, "fpr": fpr, "unseen_captions": len(su), "member_captions": len(sm),
             "unseen_flag_rate": round(float((su > thr).mean()), 4),
             "member_flag_rate": round(float((sm > thr).mean()), 4) if len(sm) else None,
-            "n_seeds": n_seeds, "seed": seed}
+            "n_seeds": n_seeds, "seed": seed, "signal": signal}

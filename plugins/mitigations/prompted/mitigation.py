@@ -45,6 +45,7 @@ class PromptMitigation(Mitigation):
     gated: bool
     gate_fpr: float
     gate_seeds: int
+    gate_signal: str
 
     def rule_params(self) -> dict[str, Any]:
         """The rule's parameters at the plugin's own setting."""
@@ -73,7 +74,8 @@ class PromptMitigation(Mitigation):
             raise InputError(f"{unseen_set.source}: {self.name} calibrates its prompt gate on captions; the member and "
                              "holdout folders need them (metadata.jsonl or metadata.csv with a text column)")
         self.calibration_ = calibrate(lat, unseen=list(unseen_set.captions), members=list(ctx.members.captions),
-                                      fpr=self.gate_fpr, n_seeds=self.gate_seeds, seed=ctx.seed)
+                                      fpr=self.gate_fpr, n_seeds=self.gate_seeds, seed=ctx.seed,
+                                      signal=self.gate_signal)
         self.calibration_["captions_from"] = ("reference" if unseen_set is ctx.reference else "holdout")
         rule = RULES[self.name](**self.rule_params())  # after calibration: a rule may use the threshold
         gate = self._gate(self.gated, ctx)
@@ -96,7 +98,7 @@ class PromptMitigation(Mitigation):
 
     def _gate(self, gated: bool, ctx) -> PromptGate:
         return PromptGate(threshold=self.calibration_["threshold"] if gated else None, n_seeds=self.gate_seeds,
-                          seed=ctx.seed)
+                          seed=ctx.seed, signal=self.gate_signal)
 
     def sweep(self, ctx, output) -> list:
         from privaudit.plugins.mitigations.prompted.denoiser import MitigatedTextDenoiser

@@ -3,7 +3,7 @@
 Components: the raw model's own, untouched (``vae``, ``scheduler``, ``unet`` or ``transformer``,
 ``text_encoder``, ``tokenizer``, ... as its family has them; the others None). ``model_index.json``
 stores the rule (``method``, ``params``) and the gate (``gate_threshold``: null for the ungated
-rule, ``gate_seeds``, ``gate_seed``). Everything is safetensors + JSON: no code, no pickles.
+rule, ``gate_seeds``, ``gate_seed``, ``gate_signal``). Everything is safetensors + JSON: no code, no pickles.
 
 Sampling (``__call__``) is Stable Diffusion's loop through ``privaudit.model.denoiser.denoise`` with
 ``as_denoiser()`` (a ``MitigatedTextDenoiser``), so the served images are exactly what the audits
@@ -46,21 +46,21 @@ class PromptMitigatedPipeline(DiffusionPipeline, ProvidesDenoiser):
     def __init__(self, vae, scheduler, unet=None, text_encoder=None, tokenizer=None, transformer=None,
                  text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None, method: str = "",
                  params: dict | None = None, gate_threshold: float | None = None, gate_seeds: int = 2,
-                 gate_seed: int = 0, labels: dict | None = None):
+                 gate_seed: int = 0, gate_signal: str = "magnitude", labels: dict | None = None):
         super().__init__()
         self.register_modules(vae=vae, scheduler=scheduler, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                               transformer=transformer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                               text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
         self.register_to_config(method=str(method), params=dict(params or {}),
                                 gate_threshold=None if gate_threshold is None else float(gate_threshold),
-                                gate_seeds=int(gate_seeds), gate_seed=int(gate_seed), labels=dict(labels or {}))
+                                gate_seeds=int(gate_seeds), gate_seed=int(gate_seed), gate_signal=str(gate_signal), labels=dict(labels or {}))
         self.labels = dict(labels or {})
 
     @classmethod
     def from_text_pipeline(cls, pipe, *, method: str, params: dict, gate: PromptGate) -> "PromptMitigatedPipeline":
         parts = {c: getattr(pipe, c, None) for c in COMPONENTS}
         return cls(vae=pipe.vae, scheduler=pipe.scheduler, method=method, params=params, gate_threshold=gate.threshold,
-                   gate_seeds=gate.n_seeds, gate_seed=gate.seed, labels=getattr(pipe, "labels", None), **parts)
+                   gate_seeds=gate.n_seeds, gate_seed=gate.seed, gate_signal=gate.signal, labels=getattr(pipe, "labels", None), **parts)
 
     def as_denoiser(self, *, device: torch.device | str | None = None) -> MitigatedTextDenoiser:
         """The served noise prediction and sampling rule as a privaudit ``Denoiser`` (what ``privaudit scan`` audits)."""
@@ -75,7 +75,7 @@ class PromptMitigatedPipeline(DiffusionPipeline, ProvidesDenoiser):
         net = self.unet if self.unet is not None else self.transformer
         base = ADAPTERS[type(net).__name__](self, net, self.scheduler, dev, "protected pipeline")
         gate = PromptGate(threshold=self.config.gate_threshold, n_seeds=self.config.gate_seeds,
-                          seed=self.config.gate_seed)
+                          seed=self.config.gate_seed, signal=self.config.get("gate_signal", "magnitude"))
         return MitigatedTextDenoiser(base=base, rule=RULES[method](**self.config.params), gate=gate)
 
     @torch.no_grad()
