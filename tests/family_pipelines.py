@@ -3,7 +3,8 @@
 Each reuses the digits-text fixture's trained VAE (8x8x1 pixels <-> 4x4x4 latents) and CLIP
 tokenizer, so the family's own parts are what differ: SDXL (two CLIP encoders, pooled
 embeddings, size ids), DiT (class labels, learned variance), PixArt (T5 with an attention mask,
-learned variance), SD3 (two CLIP encoders with projections, no T5, flow matching). Data: small
+learned variance), SD3 (two CLIP encoders with projections, no T5, flow matching), Flux (CLIP pooled
++ T5, packed latents, embedded guidance, flow matching). Data: small
 captioned subsets of the digits-text members and holdout; DiT's carry the digit class as ``label``.
 """
 
@@ -17,7 +18,7 @@ import torch
 
 from privaudit.fixtures.digits_text import NUMBER_WORDS
 
-FAMILIES = ("sdxl", "dit", "pixart", "sd3")
+FAMILIES = ("sdxl", "dit", "pixart", "sd3", "flux")
 
 
 def _clip(cls_name: str, tokenizer, *, seed: int, hidden: int = 32, projection: int = 32):
@@ -42,6 +43,17 @@ def _t5_tokenizer(words: list[str]):
     # a word-level fast tokenizer standing in for T5's sentencepiece one (same interface, saved as tokenizer.json)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=16)
+
+
+def _t5(text_target: Path):
+    """A one-layer T5 encoder and a word-level tokenizer over the fixture's caption words."""
+    from transformers import T5Config, T5EncoderModel
+
+    captions = [json.loads(line)["text"] for d in ("members", "holdout")
+                for line in (text_target / d / "metadata.jsonl").read_text().splitlines()]
+    tok = _t5_tokenizer([w for c in captions for w in c.replace(",", " ").split()])
+    return tok, T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0)).eval()
 
 
 def _subset(src: Path, dst: Path, n: int, *, labels: bool) -> None:
@@ -83,13 +95,7 @@ def build(family: str, text_target: Path, out: Path) -> Path:
         pipe = diffusers.DiTPipeline(transformer=net, vae=vae, scheduler=ddpm,
                                      id2label={i: w for i, w in enumerate(NUMBER_WORDS)})
     elif family == "pixart":
-        from transformers import T5Config, T5EncoderModel
-
-        captions = [json.loads(line)["text"] for d in ("members", "holdout")
-                    for line in (text_target / d / "metadata.jsonl").read_text().splitlines()]
-        t5_tok = _t5_tokenizer([w for c in captions for w in c.replace(",", " ").split()])
-        t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-                                     decoder_start_token_id=0)).eval()
+        t5_tok, t5 = _t5(text_target)
         net = diffusers.PixArtTransformer2DModel(sample_size=4, num_layers=1, patch_size=2, attention_head_dim=8,
                                                  num_attention_heads=2, in_channels=4, out_channels=8,
                                                  cross_attention_dim=16, caption_channels=32, norm_num_groups=8,
@@ -104,6 +110,14 @@ def build(family: str, text_target: Path, out: Path) -> Path:
             text_encoder=_clip("CLIPTextModelWithProjection", tokenizer, seed=1), tokenizer=tokenizer,
             text_encoder_2=_clip("CLIPTextModelWithProjection", tokenizer, seed=2), tokenizer_2=tokenizer,
             text_encoder_3=None, tokenizer_3=None)
+    elif family == "flux":
+        t5_tok, t5 = _t5(text_target)
+        net = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=4 * 4, num_layers=1, num_single_layers=1,
+                                               attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                               pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+        pipe = diffusers.FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                      text_encoder=_clip("CLIPTextModel", tokenizer, seed=1), tokenizer=tokenizer,
+                                      text_encoder_2=t5, tokenizer_2=t5_tok, transformer=net)
     else:
         raise ValueError(family)
     pipe.save_pretrained(out / "model", safe_serialization=True)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import plugin
 
-ADAPTER = {"sdxl": "SDXLDenoiser", "dit": "DiTDenoiser", "pixart": "PixArtDenoiser", "sd3": "SD3Denoiser"}
+ADAPTER = {"sdxl": "SDXLDenoiser", "dit": "DiTDenoiser", "pixart": "PixArtDenoiser", "sd3": "SD3Denoiser",
+           "flux": "FluxDenoiser"}
 ATTACKS = ("loss", "secmi", "pia", "pian", "sima", "gsa")
 SMALL = {"nn": {"n_samples": 8, "steps": 3}, "gsa": {"n_timesteps": 2}, "loss": {"timesteps": (100, 200), "k": 1}}
 
@@ -40,7 +41,7 @@ def test_family_scans_with_every_attack_mitigates_and_ships(family, tmp_path):
     name, folder = family
     den, info, _ = load_target(folder / "model", device="cpu")
     assert type(den).__name__ == ADAPTER[name]
-    assert info.prediction_type == ("flow" if name == "sd3" else "epsilon")
+    assert info.prediction_type == ("flow" if name in ("sd3", "flux") else "epsilon")
     settings = AuditSettings(attacks=ATTACKS, detectors=("nn",), progress=False, n_boot=10, plugin_params=SMALL)
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -18,9 +18,20 @@ conditioned views for attacks). Families, as diffusers builds them:
 - **SD3** (``SD3Transformer2DModel``, flow matching): CLIP-L and CLIP-G penultimate hidden states
   (concatenated, zero-padded to the T5 width) followed by T5's, and the two CLIP encoders'
   pooled outputs; without ``text_encoder_3`` (a supported way to run SD3) the T5 part is zeros.
+- **Flux** (``FluxTransformer2DModel``, flow matching): CLIP's pooled output and T5's last hidden
+  states (``max_sequence_length`` 512, or the tokenizer's limit); latents packed into 2x2 patches
+  with their position ids, as ``FluxPipeline`` does; the network is fed sigma (timestep / 1000).
+  A guidance-distilled model (``guidance_embeds``, FLUX.1-dev) gets the embedded guidance
+  ``guidance`` (FluxPipeline's default 3.5) in every call. The latent size is the VAE's
+  ``sample_size`` over its scale factor (the transformer has none); the VAE's ``shift_factor``
+  applies. privaudit's samplers add classifier-free guidance with the audit's ``guidance_scale``
+  (FluxPipeline's ``true_cfg_scale``; the distilled pipeline's default is none: pass
+  ``guidance_scale=1`` to a plugin to sample as it does).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -167,3 +178,54 @@ class SD3Denoiser(LatentTextDenoiser):
 
     def _forward(self, net, x_t, t, cond):
         return run_in(net, x_t, encoder_hidden_states=cond["emb"], pooled_projections=cond["pooled"], timestep=t)
+
+
+class FluxDenoiser(LatentTextDenoiser):
+    """Flux: CLIP pooled + T5 conditioning, packed latents with position ids, embedded guidance, flow matching."""
+
+    def __init__(self, *, pipe, device: torch.device | str, guidance: float = 3.5, t5_length: int = 512):
+        vae = pipe.vae
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        size = int(vae.config.sample_size if isinstance(vae.config.sample_size, int) else vae.config.sample_size[0])
+        latent = size // factor
+        if latent % 2:
+            raise InputError(f"Flux packs 2x2 latent patches: the VAE's sample_size {size} gives {latent} latent "
+                             "pixels per side, which is odd")
+        self._setup(net=pipe.transformer, vae=vae, scheduler=pipe.scheduler, device=device,
+                    encoders={"text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2},
+                    latent_shape=(int(vae.config.latent_channels), latent, latent))
+        self.tokenizer, self.tokenizer_2 = pipe.tokenizer, pipe.tokenizer_2
+        self.t5_length = int(min(t5_length, getattr(self.tokenizer_2, "model_max_length", t5_length) or t5_length))
+        self.guidance = float(guidance) if pipe.transformer.config.guidance_embeds else None
+        self.T = int(pipe.scheduler.config.num_train_timesteps)
+
+    @classmethod
+    def from_pipeline(cls, pipe, *, device: torch.device | str, model_dir: str = "") -> "FluxDenoiser":
+        _missing(pipe, ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                        "scheduler"), model_dir, "Flux")
+        return cls(pipe=pipe, device=device)
+
+    def _encode(self, prompts: list[str]):
+        clip: Any = self.encoders["text_encoder"]
+        t5: Any = self.encoders["text_encoder_2"]
+        length = int(min(self.tokenizer.model_max_length, clip.config.max_position_embeddings))
+        ids = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        ids2 = self.tokenizer_2(prompts, padding="max_length", max_length=self.t5_length, truncation=True,
+                                return_tensors="pt").input_ids.to(self.device)
+        return {"emb": t5(ids2)[0], "pooled": clip(ids).pooler_output}
+
+    def _forward(self, net, x_t, t, cond):
+        b, c, h, w = x_t.shape
+        packed = x_t.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+        img_ids = torch.zeros(h // 2, w // 2, 3, device=x_t.device)
+        img_ids[..., 1] += torch.arange(h // 2, device=x_t.device)[:, None]
+        img_ids[..., 2] += torch.arange(w // 2, device=x_t.device)[None, :]
+        dt = next(net.parameters()).dtype
+        kw = {"timestep": (t.float() / self.T).to(dt), "pooled_projections": cond["pooled"].to(dt),
+              "encoder_hidden_states": cond["emb"].to(dt), "img_ids": img_ids.view(-1, 3).to(dt),
+              "txt_ids": torch.zeros(cond["emb"].shape[1], 3, device=x_t.device, dtype=dt), "return_dict": False}
+        if self.guidance is not None:
+            kw["guidance"] = torch.full((b,), self.guidance, device=x_t.device, dtype=dt)
+        out = net(hidden_states=packed.to(dt), **kw)[0].to(x_t.dtype)
+        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)

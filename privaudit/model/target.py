@@ -248,6 +248,7 @@ ADAPTERS = {
     "DiTTransformer2DModel": _family("DiTDenoiser"),
     "PixArtTransformer2DModel": _family("PixArtDenoiser"),
     "SD3Transformer2DModel": _family("SD3Denoiser"),
+    "FluxTransformer2DModel": _family("FluxDenoiser"),
 }
 FAMILIES = {
     "UNet2DModel": "pixel DDPM/DDIM-family (epsilon, v_prediction, sample) or flow matching",
@@ -255,6 +256,7 @@ FAMILIES = {
     "DiTTransformer2DModel": "DiT: class labels, learned variance",
     "PixArtTransformer2DModel": "PixArt: T5 text encoder with attention mask, learned variance",
     "SD3Transformer2DModel": "Stable Diffusion 3: CLIP-L, CLIP-G and optional T5, flow matching",
+    "FluxTransformer2DModel": "Flux: CLIP pooled + T5, packed latents, embedded guidance, flow matching",
 }
 
 

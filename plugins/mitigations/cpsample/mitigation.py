@@ -96,6 +96,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -194,7 +195,9 @@ class CPSample(Mitigation):
             cached = True
         else:
             torch.manual_seed(seed)
-            guard = guard_for(_network(ctx.pipeline).config, block_out_channels=tuple(self.block_out_channels),
+            c, size = ctx.denoiser.sample_shape[0], ctx.denoiser.sample_shape[-1]  # what the model samples (latents)
+            shape = SimpleNamespace(in_channels=c, sample_size=size)  # not the network's config: Flux packs latents
+            guard = guard_for(shape, block_out_channels=tuple(self.block_out_channels),
                               layers_per_block=self.layers_per_block, num_train_timesteps=len(ctx.denoiser.alphas_cumprod),
                               lipschitz=self.lipschitz).to(ctx.device)
             # latent models (privaudit.model.latent): the guard learns the members' VAE latents
