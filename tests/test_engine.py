@@ -368,3 +368,65 @@ def test_ray_worker_killed_midway_is_retried(tmp_path, ray_local):
     assert sorted(got) == [0, 1, 2, 3]
     for i in got:
         np.testing.assert_array_equal(got[i], expected[i])
+
+
+# ---------------------------------------------------------------------------- query on the engines
+
+def _query_argv(target: Path, out: Path, *extra: str) -> list[str]:
+    return ["query", str(target / "model"), "--suspect", str(target / "members"), "--holdout",
+            str(target / "holdout"), "--out", str(out), "--attacks", "loss", "--param", "loss.k=1", "--detectors", "",
+            "--batch-size", "16", "--repeats", "2", "--quiet", "--device", "cpu", *extra]
+
+
+def _query_result(run: Path) -> tuple:
+    body = json.loads((run / "results.json").read_text())
+    return body["p_value"], body["verdict"], (run / "scores.csv").read_text()
+
+
+def test_query_takes_the_engine_flags(digits_target, tmp_path, capsys):
+    assert main(_query_argv(digits_target, tmp_path / "a", "--workers", "2")) == 2
+    assert "needs --engine ray" in capsys.readouterr().err
+    assert main(_query_argv(digits_target, tmp_path / "b", "--resume", str(tmp_path / "elsewhere"))) == 2
+    assert "resumes into its own folder" in capsys.readouterr().err
+    args = _query_argv(digits_target, tmp_path / "c")
+    assert main(args[:args.index("--out")] + args[args.index("--out") + 2:] + ["--resume", str(tmp_path / "d")]) == 2
+    assert "--resume needs the folder of an earlier run" in capsys.readouterr().err
+
+
+def test_query_interrupted_then_resumed(digits_target, tmp_path, monkeypatch):
+    """A query stopped after 3 scoring shards resumes with them and answers exactly as an uninterrupted one."""
+    from privaudit.audit.engine import ShardStore
+
+    out = tmp_path / "run"
+    save, saved = ShardStore.save, []
+
+    def save_then_stop(self, stage, *a, **k):
+        save(self, stage, *a, **k)
+        saved.append(stage)
+        if len(saved) == 3:
+            raise KeyboardInterrupt("stopped after 3 shards")
+
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
+    monkeypatch.setattr(ShardStore, "save", save_then_stop)
+    assert main(_query_argv(digits_target, out)) == 3
+    monkeypatch.setattr(ShardStore, "save", save)
+    assert len(list((out / ".partial" / "shards").glob("*/*/*.npz"))) == 3 and not (out / "results.json").exists()
+    args = _query_argv(digits_target, out)
+    assert main(args[:args.index("--out")] + args[args.index("--out") + 2:] + ["--resume", str(out)]) == 0
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
+    assert main(_query_argv(digits_target, tmp_path / "whole")) == 0
+    assert _query_result(out) == _query_result(tmp_path / "whole")
+    eng = _engine(out)
+    assert sum(s["shards_reused"] for s in eng["stages"].values()) == 3 and eng["queries"] < _engine(tmp_path / "whole")["queries"]
+    assert not (out / ".partial").exists()
+
+
+@pytest.mark.ray
+def test_query_on_ray_equals_local(digits_target, tmp_path, ray_local, monkeypatch):
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
+    assert main(_query_argv(digits_target, tmp_path / "local")) == 0
+    monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
+    assert main(_query_argv(digits_target, tmp_path / "ray", "--engine", "ray", "--workers", "2")) == 0
+    assert _query_result(tmp_path / "ray") == _query_result(tmp_path / "local")  # bit for bit
+    eng = _engine(tmp_path / "ray")
+    assert eng["name"] == "ray" and eng["workers"] == 2 and eng["queries"] == _engine(tmp_path / "local")["queries"]

@@ -38,7 +38,12 @@ def session(*, engine: str = "local", address: str | None = None, workers: int |
             store: ShardStore | None = None, sample_root: Path | None = None, progress: bool = False) -> Iterator[Session]:
     s = Session(engine=get_engine(engine, address=address, workers=workers), store=store, sample_root=sample_root,
                 progress=progress)
-    with activate(s):  # AuditContext.samples / .features and score_set hand their work to it
-        yield s
+    try:
+        with activate(s):  # AuditContext.samples / .features and score_set hand their work to it
+            yield s
+    finally:
+        close = getattr(s.engine, "close", None)
+        if close is not None:  # the run's workers (Ray actors) stop with it
+            close()
 
 

@@ -22,7 +22,8 @@ from privaudit.api.registry import Registry
 from privaudit.audit import dataset_inference as di
 from privaudit.audit.calibration import calibration_slope
 from privaudit.audit.risk import Risk, per_image_risk
-from privaudit.audit.runner import CALIBRATED, check_plan, data_fingerprints, load_scan_target, manifest, run_folder
+from privaudit.audit.runner import CALIBRATED, check_plan, load_scan_target
+from privaudit.audit.runs import bind_run, data_fingerprints, engine_session, manifest, run_folder
 from privaudit.audit.scoring import score_set
 from privaudit.data.checks import run_checks
 from privaudit.data.sets import ImageSet, load_checked
@@ -56,7 +57,7 @@ def query(*, model_dir: str | Path, suspect: str | Path, holdout: str | Path, ou
         raise InputError(f"--alpha {alpha}: must lie strictly between 0 and 1")
     if repeats < 1:
         raise InputError(f"--repeats {repeats}: must be at least 1")
-    with run_folder(out):
+    with run_folder(out, resume=settings.resume):
         start = time.perf_counter()
         registry = Registry.build(plugins_dir=plugins_dir)
         check_plan(registry, settings)
@@ -70,12 +71,16 @@ def query(*, model_dir: str | Path, suspect: str | Path, holdout: str | Path, ou
         hold = load_checked(holdout, name="holdout", channels=c, size=(h, w))  # file fails before any work
         if len(hold) < 8:
             raise InputError(f"{hold.source}: holdout holds {len(hold)} image(s); at least 8 are needed")
-        res = _query(den, base_den, sus, hold, registry=registry, settings=settings, alpha=alpha, repeats=repeats)
+        data = data_fingerprints(sus, hold, None)
+        with engine_session(Path(out), settings=settings) as run:  # sharded, resumable, local or on Ray
+            bind_run(run, Path(out), settings=settings, denoiser=den, data=data, registry=registry,
+                     extra={"kind": "query", "base": None if base_den is None else base_den.fingerprint})
+            res = _query(den, base_den, sus, hold, registry=registry, settings=settings, alpha=alpha, repeats=repeats)
         results = {"schema_version": SCHEMA_VERSION, "kind": "query",
                    "target": {**info.__dict__, "schedule": info.scheduler_class}, **res}
-        data = data_fingerprints(sus, hold, None)
         results["manifest"] = manifest(argv=argv, device=den.device, settings=settings, info=info, data=data,
                                        registry=registry, seconds=time.perf_counter() - start)
+        results["manifest"]["engine"] = run.describe()
         results["data"] = data
         write_query(out, results)
         return results

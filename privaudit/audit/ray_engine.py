@@ -1,16 +1,17 @@
-"""The Ray engine (``--engine ray``): shards as a Ray Data ``map_batches`` stage with a callable class.
+"""The Ray engine (``--engine ray``): one pool of Ray actors per run, every stage's shards on it.
 
-Imported only when chosen (``pip install privaudit[ray]``). Each actor receives the stage's work
-(``privaudit.audit.engine.Work``: the fitted attack and the in-memory denoiser, the sampler, or the
-fitted feature extractor) once,
-through the object store, moves the model to its device in ``__init__`` and then processes one
-shard per call. One actor per GPU (``num_gpus=1``) on a cluster with GPUs, one CPU actor per
-worker otherwise. Shard inputs (pixels, captions, sample indices) and outputs (scores, samples, features)
-travel as ``.npz`` bytes; the driver reads results as they stream in, writes each shard and
-updates one progress bar. A worker that dies midway is restarted by Ray and its shard retried
-(Ray Data's defaults for actor pools: dead actors are recreated and their tasks retried; an exception
-raised by the work itself is not retried and fails the run). Results are keyed by shard, so a retry
-changes nothing.
+Imported only when chosen (``pip install privaudit[ray]``). The actors start once, with the
+engine's first stage, and serve every later stage of the run (scores, samples, features): a
+stage's work (``privaudit.audit.engine.Work``: the fitted attack and the in-memory denoiser, the
+sampler, or the fitted feature extractor) is put in the object store once, and each actor fetches
+it and moves the model to its device the first time it gets one of that stage's shards (a stage
+that needs fewer actors than the pool leaves the others idle). One actor per GPU (``num_gpus=1``)
+on a cluster with GPUs, one CPU actor per worker otherwise. Shard inputs (pixels, captions,
+sample indices) and outputs (scores, samples, features) travel as ``.npz`` bytes; the driver reads
+results as they finish, writes each shard and updates one progress bar. A worker that dies midway
+is restarted by Ray and its shard retried (actors restart and their tasks are retried; an
+exception raised by the work itself is not retried and fails the run). Results are keyed by shard,
+so a retry changes nothing.
 
 ``address``: None starts a Ray instance on this machine (or joins the one this process already
 started); "auto" joins the cluster started with ``ray start --head``; ``ray://HOST:PORT`` or
@@ -29,30 +30,50 @@ from privaudit.audit.engine import Work
 from privaudit.audit.work import pack, unpack
 from privaudit.io.errors import InputError
 
+_POOL: dict[str, Any] = {}  # this process's live actor pool: {"key": (Ray job, workers, gpus, threads), "actors"}
+
+
+def close_pool() -> None:
+    """Stop this process's actors, if any (their CPUs or GPUs go back to the cluster)."""
+    actors = _POOL.pop("actors", [])
+    _POOL.pop("key", None)
+    if actors:
+        import ray
+
+        for a in actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - Ray already shut down or the actor already gone: nothing to free
+                pass
+
 
 class _Worker:
-    """The callable class of the ``map_batches`` stage: sets the work up once per actor."""
+    """An actor: holds the current stage's work, set up once per stage (``token``), and runs its shards."""
 
-    def __init__(self, work_box: list, threads: int):
+    def __init__(self, threads: int):
         import ray
 
         torch.set_num_threads(threads)
-        self.work: Work = ray.get(work_box[0])
-        device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else torch.device("cpu")
-        self.work.setup(device)
-        self.work.start_counting()
-        self.node = f"{ray.get_runtime_context().get_node_id()[:8]}:{device}"
+        self.token: int | None = None
+        self.work: Work | None = None
+        self.device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else torch.device("cpu")
+        self.node = f"{ray.get_runtime_context().get_node_id()[:8]}:{self.device}"
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        outs, queries = [], []
-        for payload in batch["payload"]:
-            before = self.work.queries()
-            out = self.work.run(unpack(bytes(payload)))
-            outs.append(pack({"out": out}))
-            queries.append(self.work.queries() - before)
-        return {"i": np.asarray(batch["i"], dtype=np.int64), "out": np.array(outs, dtype=object),
-                "queries": np.asarray(queries, dtype=np.int64),
-                "worker": np.array([self.node] * len(outs), dtype=object)}
+    def run(self, work_box: list, token: int, i: int, payload: bytes) -> tuple[int, bytes, int, str]:
+        import ray
+
+        if token != self.token:  # a new stage: drop the last one's model, set this one's up
+            if self.work is not None:
+                self.work.stop_counting()
+            self.work, self.token = None, None
+            work: Work = ray.get(work_box[0])
+            work.setup(self.device)
+            work.start_counting()
+            self.work, self.token = work, token
+        assert self.work is not None
+        before = self.work.queries()
+        out = self.work.run(unpack(payload))
+        return i, pack({"out": out}), self.work.queries() - before, self.node
 
 
 class RayEngine:
@@ -90,25 +111,52 @@ class RayEngine:
             raise InputError(f"--workers {self.workers}: the cluster has {self.gpus} GPU(s) (one actor per GPU)")
         self.threads = threads
         self.devices: set[str] = set()
+        self._token = 0
 
     def describe(self) -> dict:
         return {"name": "ray", "address": self.address or "local", "workers": self.workers,
                 "devices": sorted(self.devices) or [f"{self.gpus} GPU" if self.gpus else f"{self.cpus} CPU"]}
 
+    def _pool(self) -> list:
+        """The run's actors, started on first use (again if Ray was restarted since). One pool lives per
+        process: another engine's is stopped first, as its actors hold the CPUs or GPUs this one needs."""
+        import ray
+
+        key = (ray.get_runtime_context().get_job_id(), self.workers, self.gpus, self.threads)
+        if _POOL.get("key") != key:
+            close_pool()
+            resources: dict[str, Any] = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
+            actor = ray.remote(**resources, max_restarts=-1, max_task_retries=-1)(_Worker)
+            _POOL.update(key=key, actors=[actor.remote(self.threads) for _ in range(self.workers)])
+        return _POOL["actors"]
+
+    def close(self) -> None:
+        """Stop the actors (the end of a run: ``privaudit.audit.engines.session``)."""
+        close_pool()
+
     def map(self, work: Work, items: Iterable[tuple[int, Callable[[], dict]]]) -> Iterator[tuple[int, np.ndarray, int]]:
         import ray
 
-        rows = [{"i": i, "payload": pack(make())} for i, make in items]
+        rows = [(i, pack(make())) for i, make in items]
         if not rows:
             return
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        resources: dict[str, Any] = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
-        out = ds.map_batches(_Worker, fn_constructor_kwargs={"work_box": [ray.put(work)], "threads": self.threads},
-                             batch_size=1, batch_format="numpy", **resources,
-                             compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))))
-        for row in out.iter_rows():
-            self.devices.add(str(row["worker"]))
-            yield int(row["i"]), unpack(bytes(row["out"]))["out"], int(row["queries"])
+        actors = self._pool()[: len(rows)]
+        self._token += 1
+        box = [ray.put(work)]  # in a list: each actor fetches it itself, once per stage
+        todo = list(reversed(rows))
+        running: dict[Any, Any] = {}
+        for a in actors:  # one shard in flight per actor; the next goes to whichever finishes first
+            i, payload = todo.pop()
+            running[a.run.remote(box, self._token, i, payload)] = a
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1)
+            a = running.pop(done[0])
+            i, out, queries, node = ray.get(done[0])
+            if todo:
+                j, payload = todo.pop()
+                running[a.run.remote(box, self._token, j, payload)] = a
+            self.devices.add(str(node))
+            yield int(i), unpack(out)["out"], int(queries)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

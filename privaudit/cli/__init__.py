@@ -14,6 +14,7 @@ from pathlib import Path
 from privaudit import __version__
 from privaudit.cli.args import (
     add_audit_args,
+    add_engine_args,
     add_threads,
     csv_list,
     plugin_param,
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
                    help="text-conditional models: condition attacks on captions or the empty prompt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_args(p)
     add_threads(p)
     p.set_defaults(func=cmd_query)
     for sp in sub.choices.values():  # --debug also after the command; the top-level default stands

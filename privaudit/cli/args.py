@@ -62,6 +62,25 @@ def add_threads(p: argparse.ArgumentParser, *, default: int | None = None) -> No
                    help=f"torch CPU threads (default: {what}); 1 is often fastest for small models on a busy machine")
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine, --ray-address, --workers, --resume: the same for every command that scores (scan, mitigate, query)."""
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where scoring and sampling run: this process (default) or a Ray cluster (pip install "
+                        "'privaudit[ray]'); results are the same")
+    p.add_argument("--ray-address", metavar="auto|ADDR", help="--engine ray: join this cluster (auto: the one "
+                   "started with `ray start --head`; default: start Ray on this machine)")
+    p.add_argument("--workers", type=int, help="--engine ray: actors (default: one per GPU, else one per CPU)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR "
+                   "(same model, data and settings): finished shards are reused, only the rest is computed")
+
+
+def check_engine_args(a: argparse.Namespace) -> None:
+    if a.engine != "ray" and (a.ray_address or a.workers is not None):
+        raise InputError(f"--{'ray-address' if a.ray_address else 'workers'}: needs --engine ray")
+    if a.workers is not None and a.workers < 1:
+        raise InputError(f"--workers {a.workers}: must be at least 1")
+
+
 def add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = ("nn",),
                     attacks: tuple[str, ...] = ("loss",)) -> None:
     add_threads(p)
@@ -102,14 +121,7 @@ def add_audit_args(p: argparse.ArgumentParser, *, detectors: tuple[str, ...] = (
     p.add_argument("--prompt", choices=("caption", "empty"), default="caption",
                    help="text-conditional models: condition attacks on each image's caption or the empty prompt "
                         "(default: caption)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="where scoring and sampling run: this process (default) or a Ray cluster (pip install "
-                        "'privaudit[ray]'); results are the same")
-    p.add_argument("--ray-address", metavar="auto|ADDR", help="--engine ray: join this cluster (auto: the one "
-                   "started with `ray start --head`; default: start Ray on this machine)")
-    p.add_argument("--workers", type=int, help="--engine ray: actors (default: one per GPU, else one per CPU)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR "
-                   "(same model, data and settings): finished shards are reused, only the rest is computed")
+    add_engine_args(p)
     p.add_argument("--delta", type=float, default=1e-5,
                    help="delta of the empirical epsilon lower bound eps_hat (default: 1e-5)")
     p.add_argument("--randomized-membership", action="store_true",
@@ -123,10 +135,7 @@ def settings_of(a: argparse.Namespace):
     params: dict[str, dict] = {}
     for plugin, key, value in a.param:
         params.setdefault(plugin, {})[key] = value
-    if a.engine != "ray" and (a.ray_address or a.workers is not None):
-        raise InputError(f"--{'ray-address' if a.ray_address else 'workers'}: needs --engine ray")
-    if a.workers is not None and a.workers < 1:
-        raise InputError(f"--workers {a.workers}: must be at least 1")
+    check_engine_args(a)
     if not 0 < a.calibration_fraction < 1:
         raise InputError(f"--calibration-fraction {a.calibration_fraction}: must lie strictly between 0 and 1")
     if a.cache_dir is not None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from privaudit.cli.args import check_sets, default_out, settings_of
+from privaudit.cli.args import check_engine_args, check_sets, default_out, settings_of
 from privaudit.io.errors import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, InputError
 from privaudit.io.files import existing_ancestor
 
@@ -340,9 +340,11 @@ def cmd_query(a: argparse.Namespace) -> int:
     params: dict[str, dict] = {}
     for plugin, key, value in a.param:
         params.setdefault(plugin, {})[key] = value
+    check_engine_args(a)
     settings = AuditSettings(attacks=a.attacks, detectors=a.detectors, plugin_params=params, seed=a.seed,
-                             batch_size=a.batch_size, progress=not a.quiet, prompt=a.prompt)
-    out = a.out or default_out("query")
+                             batch_size=a.batch_size, progress=not a.quiet, prompt=a.prompt, engine=a.engine,
+                             ray_address=a.ray_address, workers=a.workers, resume=a.resume is not None)
+    out = _out(a, "query")
     r = query(model_dir=a.model_dir, suspect=a.suspect, holdout=a.holdout, out=out, settings=settings, lora=a.lora,
               base=a.base, device=a.device, allow_pickle=a.allow_pickle, dtype=a.dtype, alpha=a.alpha,
               repeats=a.repeats, plugins_dir=a.plugins_dir, argv=sys.argv)
