@@ -1,5 +1,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup demo test lint bench bench-quick clean
 
@@ -19,7 +20,7 @@ lint: setup
 
 test: setup lint
 	bash scripts/install-chromium.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile  # one worker per core; a file's tests share a worker (and its session fixtures)
 
 bench: setup
 	$(PY) benchmarks/attacks.py

@@ -23,7 +23,9 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     os.environ["PRIVAUDIT_CACHE"] = str(tmp_path_factory.mktemp("privaudit-cache"))
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # pytest-xdist runs one worker per core (`make test`): each worker gets its share of the cores
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     yield
 
 
@@ -127,3 +129,16 @@ def digits_text_denoiser(digits_text_target):
 
     den, _, _ = load_target(digits_text_target / "model", device="cpu")
     return den
+
+
+# Files that build fixtures or run whole flows take minutes each. `make test` runs one pytest-xdist worker
+# per core with a file's tests on one worker (--dist loadfile), handing out files in collection order:
+# the long ones go first (alternating the fixtures they build), so the workers finish together.
+HEAVY_FIRST = ("test_families.py", "test_text.py", "test_cpsample.py", "test_finetune.py", "test_packaging.py",
+               "test_digits_dup_text.py", "test_digits_dup.py", "test_text_mitigations.py", "test_engine.py",
+               "test_family_pipelines.py", "test_catalogue.py", "test_mitigate_resume.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order

@@ -108,7 +108,7 @@ def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
     flow = FlowDenoiser(net=_OracleVelocity(vp, sigmas), flow_scheduler=FlowMatchEulerDiscreteScheduler())
     assert torch.allclose(flow.alphas_cumprod, vp.alphas_cumprod)
     reg = Registry.build()
-    for name in ("loss", "secmi", "pia", "pian", "sima"):  # gray-box: all of them, through eps
+    for name in ("loss", "secmi", "pia", "pian", "sima", "pfami"):  # gray-box: all of them, through eps
         scores = []
         for den in (vp, flow):
             attack = reg.create(name, kind="attack")

@@ -142,7 +142,10 @@ class GSAAttack(MembershipAttack):
 
     @staticmethod
     def _log(f: np.ndarray) -> np.ndarray:
-        return np.log(f + 1e-12)  # norms span orders of magnitude across layers
+        # norms span orders of magnitude across layers; a tensor whose gradient is zero up to float32 rounding
+        # (below 1e-6 of the image's largest norm) is floored there: its rounding noise, which differs with
+        # the batch cut and thread count, must not become a feature the classifier weighs
+        return np.log(np.maximum(f, 1e-6 * f.max(axis=1, keepdims=True)) + 1e-12)
 
     def fit(self, denoiser, *, members, holdout, seed):
         self._check()
