@@ -6,10 +6,11 @@ into shards of ``--batch-size`` images, through ``privaudit.audit.engine`` exact
 as an audit does (shards written to a scratch store, so the cost of writing them is included).
 Measured side by side in one run, in this order: local engine (torch with ``--threads``), Ray
 with 1 worker, Ray with ``--workers`` workers (each actor one CPU and one torch thread, or one
-GPU), ``--repeats`` times each, best kept (load only ever slows a timing down). Every Ray stage
-includes starting its actors and shipping the model (what a real run pays once per stage);
-``startup`` is measured apart with a stage of the same work on a single image and printed, and the rates are
-also given with it subtracted (the steady state of a long stage).
+GPU), ``--repeats`` times each, best kept (load only ever slows a timing down). Each timing is one
+run (one engine session) that scores the images in ``--stages`` stages, as an audit scores members
+and holdout for each attack: Ray's actors start once per run and each stage ships its model to
+them once. ``startup`` is measured apart with a run of the same work on a single image and
+printed, and the rates are also given with it subtracted (the steady state of a long run).
 
 Ray's overhead per shard: stages whose shards do nothing, (time of ``--overhead-shards`` shards -
 time of 1 shard) / (shards - 1), best of 3 each, on 1 worker.
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2, help="Ray workers of the parallel run (--gpu: all GPUs)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the local engine (an actor uses 1)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--stages", type=int, default=4, help="scoring stages per run, the images split among them "
+                    "(an audit scores members and holdout per attack: 4 = two attacks); actors start once per run")
     ap.add_argument("--overhead-shards", type=int, default=32)
     ap.add_argument("--ray-address", default=None, help="auto or HOST:PORT (default: a local Ray instance)")
     ap.add_argument("--gpu", action="store_true", help="full-size 256 px UNet on GPUs, one actor per GPU")
@@ -135,10 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     workers = gpus if a.gpu and gpus else a.workers
     scratch = Path(tempfile.mkdtemp(prefix="privaudit-scale-"))
 
-    def score(engine: str, n_workers: int | None, subset: ImageSet = images):
+    def score(engine: str, n_workers: int | None, subset: ImageSet = images, stages: int = 1):
+        """One run (one engine session) scoring ``subset`` in ``stages`` stages, as an audit scores members,
+        holdout and each attack in turn: Ray's actors start once per run."""
         root = scratch / f"{engine}-{n_workers}-{time.perf_counter_ns()}"  # fresh store: nothing is reused
+        parts = np.array_split(np.arange(len(subset)), stages)
         with session(engine=engine, workers=n_workers, store=ShardStore(root, run_key="bench")) as run:
-            return run.score(attack, den, subset, batch_size=a.batch_size, seed=0, label="bench", prompt="caption")
+            return np.concatenate([run.score(attack, den, subset.subset(p), batch_size=a.batch_size, seed=0,
+                                             label=f"bench{k}", prompt="caption") for k, p in enumerate(parts)])
 
     def startup(n_workers: int) -> float:
         """A stage of the same work on one image: actors started, model and attack shipped and set up."""
@@ -147,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         return time.perf_counter() - t0
 
     try:
-        t_local, s_local = timed(lambda: score("local", None), a.repeats)
-        t_ray1, s_ray1 = timed(lambda: score("ray", 1), a.repeats)
-        t_rayn, s_rayn = (t_ray1, s_ray1) if workers == 1 else timed(lambda: score("ray", workers), a.repeats)
+        t_local, s_local = timed(lambda: score("local", None, stages=a.stages), a.repeats)
+        t_ray1, s_ray1 = timed(lambda: score("ray", 1, stages=a.stages), a.repeats)
+        t_rayn, s_rayn = (t_ray1, s_ray1) if workers == 1 else \
+            timed(lambda: score("ray", workers, stages=a.stages), a.repeats)
         up1 = upn = per_shard = None
         if not a.quick:
             up1 = min(startup(1) for _ in range(a.repeats))
@@ -177,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         ratios.update({f"ray{workers}/ray1 (steady)": (t_ray1 - up1) / max(t_rayn - upn, 1e-9),
                        "ray1/local (steady)": t_local / max(t_ray1 - up1, 1e-9)})
     report = {
-        "work": {"attack": a.attack, "images": n, "batch_size": a.batch_size, "device": device,
+        "work": {"attack": a.attack, "images": n, "stages_per_run": a.stages, "batch_size": a.batch_size,
+                 "device": device,
                  "model": ("ddpm-celebahq-256 architecture" + (" (small, --quick)" if a.quick else "")) if a.gpu
                  else "digits " + ("tiny target (--quick)" if a.quick else "fixture"),
                  "local_threads": a.threads, "workers": workers},
