@@ -58,10 +58,10 @@ def test_unsupported_transformer_denoiser(digits_target, tmp_path, capsys):
     model = _copy_model(digits_target, tmp_path)
     (model / "unet").rename(model / "transformer")
     (model / "model_index.json").write_text(json.dumps({
-        "_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"]}))
+        "_class_name": "AuraFlowPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "AuraFlowTransformer2DModel"]}))
     _one_line(_scan(digits_target, tmp_path / "out", model=model), capsys, model / "model_index.json",
-              "FluxTransformer2DModel")
+              "AuraFlowTransformer2DModel")
     assert not (tmp_path / "out").exists()
 
 

@@ -422,6 +422,15 @@ def test_query_interrupted_then_resumed(digits_target, tmp_path, monkeypatch):
 
 
 @pytest.mark.ray
+def test_more_cpu_workers_than_the_cluster_has_is_a_clear_error(ray_local):
+    from privaudit.audit.engines import get_engine
+    from privaudit.io.errors import InputError
+
+    with pytest.raises(InputError, match=r"--workers 64: the cluster has 2 CPU"):
+        get_engine("ray", workers=64)
+
+
+@pytest.mark.ray
 def test_query_on_ray_equals_local(digits_target, tmp_path, ray_local, monkeypatch):
     monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})
     assert main(_query_argv(digits_target, tmp_path / "local")) == 0

@@ -438,6 +438,7 @@ def test_default_detectors_follow_the_target():
     assert set(target_detectors(reg, {"sampling", "white_box", "text"}, chosen=("nn",))) == {"memprompt", "promptcopy",
                                                                                             "fidelity"}
     assert target_detectors(reg, {"sampling", "white_box"}, chosen=("nn",)) == ()
+    assert not reg.get("memprompt-curvature").cls.follows_target  # alternatives to memprompt run on request
     parse = lambda *extra: settings_of(build_parser().parse_args(["scan", "m", "--members", "a", "--holdout", "b", *extra]))
     default = parse()
     assert default.detectors == ("nn",) and default.follow_target

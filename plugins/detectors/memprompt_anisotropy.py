@@ -35,6 +35,7 @@ class AnisotropyPromptDetector(MemorisedPromptDetector):
     name = "memprompt-anisotropy"
     id = "PA-TXT-003"
     references = ("Asthana & Belagiannis, Detecting Memorization in Diffusion Models via Score Anisotropy, ICLR 2026",)
+    follows_target = False  # an alternative to memprompt: run on request (--detectors)
     signal_words = "score anisotropy (first-step guidance norm + low-noise alignment)"
 
     parameter_constraints = {

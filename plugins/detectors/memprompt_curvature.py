@@ -37,6 +37,7 @@ class CurvaturePromptDetector(MemorisedPromptDetector):
     id = "PA-TXT-004"
     threat_model = "white-box"
     references = ("Early Detection of Memorization in Diffusion Models (curvature difference), ICML 2026",)
+    follows_target = False  # an alternative to memprompt: run on request (--detectors)
     signal_words = "curvature difference (conditional minus unconditional Hessian-score product)"
 
     parameter_constraints = {

@@ -14,7 +14,9 @@ What a plugin declares (class attributes; checked by ``privaudit.testing.check_p
   work starts (``validate``);
 - ``metric_specs``: how each metric it reports reads (label, section, better direction, unit),
   so reports never guess from a name;
-- detectors: ``severity_rules``, the rule set that judges their metrics.
+- detectors: ``severity_rules``, the rule set that judges their metrics; ``follows_target``:
+  whether a scan that names no ``--detectors`` adds it for a target with the capabilities it
+  requires (e.g. the prompt detectors for a text model; False for alternatives run on request).
 
 What it receives: an attack gets a ``Denoiser`` and image tensors (``fit`` / ``score``); a
 detector gets an ``AuditContext``; a mitigation a ``MitigationContext``. What it returns: scores,
@@ -233,6 +235,7 @@ class ReplicationDetector(Plugin):
     requires: ClassVar[tuple[str, ...]] = ("sampling",)
     threat_model: ClassVar[str] = "black-box"
     severity_rules: ClassVar[str] = "replication"
+    follows_target: ClassVar[bool] = True
 
     def detect(self, ctx: "AuditContext") -> DetectorOutput:
         raise NotImplementedError

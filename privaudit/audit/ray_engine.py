@@ -109,6 +109,8 @@ class RayEngine:
         self.workers = workers or (self.gpus or max(1, self.cpus))
         if self.gpus and self.workers > self.gpus:
             raise InputError(f"--workers {self.workers}: the cluster has {self.gpus} GPU(s) (one actor per GPU)")
+        if not self.gpus and self.workers > self.cpus:  # an actor that never gets its CPU would hold its shards
+            raise InputError(f"--workers {self.workers}: the cluster has {self.cpus} CPU(s) (one actor per CPU)")
         self.threads = threads
         self.devices: set[str] = set()
         self._token = 0

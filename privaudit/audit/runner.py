@@ -50,8 +50,10 @@ _GENERIC_CAPS = {"sampling", "white_box"}
 
 
 def target_detectors(registry: Registry, caps: set[str], *, chosen: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Detectors that need a capability beyond sampling/white-box (e.g. "text") which this target has."""
+    """Detectors that need a capability beyond sampling/white-box (e.g. "text") which this target has
+    (those that declare ``follows_target``)."""
     return tuple(r.name for r in registry if r.kind == "detector" and r.name not in chosen
+                 and getattr(r.cls, "follows_target", True)
                  and set(r.cls.requires) - _GENERIC_CAPS and set(r.cls.requires) <= caps)
 
 
