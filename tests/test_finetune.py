@@ -366,3 +366,31 @@ def test_a_kohya_single_file_lora_scores_as_its_peft_folder(digits_lora_target, 
     save_file(kohya, str(tmp_path / "bad.safetensors"))
     with pytest.raises(InputError, match=r"1 of \d+ unet LoRA layers did not load \(e\.g\. down_blocks_7_"):
         load_lora_target(t / "base", tmp_path / "bad.safetensors", device="cpu")
+
+
+def test_lora_base_is_the_same_networks_with_the_adapter_off(digits_lora_target):
+    """--lora's base (for base-calibrated scores) is a view of the adapted model's own networks with the adapter
+    layers off: the base's exact answers, its own prompt embeddings, no second copy of the weights."""
+    from privaudit.model.target import adapter_free_view, load_lora_target, load_target
+
+    t = digits_lora_target
+    den, _, _ = load_lora_target(t / "base", t / "lora", device="cpu")
+    view = adapter_free_view(den)
+    base, _, _ = load_target(t / "base", device="cpu")
+    z = torch.randn(4, *den.sample_shape, generator=torch.Generator().manual_seed(0))
+    caps = [json.loads(line)["text"] for line in (t / "members" / "metadata.jsonl").read_text().splitlines()[:4]]
+    adapted = den.eps(z, 300, caps)
+    for step in (50, 300, 900):
+        torch.testing.assert_close(view.eps(z, step, caps), base.eps(z, step, caps), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(den.eps(z, 300, caps), adapted, rtol=0, atol=0)  # the adapter is back on for den
+    assert not torch.allclose(adapted, base.eps(z, 300, caps), atol=1e-4)
+    torch.testing.assert_close(view.prompt_embeddings(caps), base.prompt_embeddings(caps))
+    assert view.fingerprint not in (den.fingerprint, "") and view.white_box is None
+    ptrs = lambda d: {p.data_ptr() for m in (d.net, *d.encoders.values()) for p in m.parameters()}  # noqa: E731
+    assert ptrs(view) == ptrs(den)  # one copy of the weights
+    assert not any(p.requires_grad for p in den.net.parameters())  # switching the adapter back froze it again
+    import pickle
+
+    shipped = pickle.loads(pickle.dumps(view))  # as a Ray actor receives it: the adapted model, adapters off
+    torch.testing.assert_close(shipped.eps(z, 300, caps), base.eps(z, 300, caps), rtol=1e-5, atol=1e-6)
+    assert shipped.fingerprint == view.fingerprint

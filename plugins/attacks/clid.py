@@ -23,6 +23,9 @@ ships with privaudit) and removed rather than replaced; the scaler and alpha are
 audit's calibration split of the target itself (no shadow model: the audit's hygiene, a split
 never scored).
 
+With ``--prompt empty`` (an attacker who does not know the captions) every condition is the empty
+prompt, the discrepancy is zero and clid reduces to the denoising loss.
+
 Threat model: gray box (noise predictions under chosen prompts; the captions must be known).
 Queries per image: ``len(timesteps) * (1 + len(clip_fractions) + null)``.
 """

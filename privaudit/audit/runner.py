@@ -241,16 +241,17 @@ def scan(*, model_dir: str | Path, members: str | Path, holdout: str | Path, out
 def load_scan_target(model_dir: str | Path, *, lora: str | Path | None, base: str | Path | None, device: str,
                      allow_pickle: bool, dtype: str) -> tuple[Denoiser, ModelInfo, Denoiser | None]:
     """(audited denoiser, its info, the base denoiser or None): a plain model, a LoRA adapter on
-    ``model_dir``, or a full fine-tune ``model_dir`` with its ``base``. The base is loaded separately
-    (a second copy of the networks), so its answers never pass through the adapter."""
-    from privaudit.model.target import load_lora_target
+    ``model_dir``, or a full fine-tune ``model_dir`` with its ``base``. A full fine-tune's base is loaded
+    separately; a LoRA's base is a view of the same networks with the adapter layers switched off
+    (``adapter_free_view``), so its answers never pass through the adapter and no second copy is held."""
+    from privaudit.model.target import adapter_free_view, load_lora_target
 
     if lora is not None and base is not None:
         raise InputError(f"{base}: --base is for a full fine-tune; with --lora the base is MODEL_DIR ({model_dir})")
     if lora is not None:
         den, info, _ = load_lora_target(model_dir, lora, device=device, allow_pickle=allow_pickle, dtype=dtype)
-        base_den, _, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
-        return den, dataclasses.replace(info, base=info.path), base_den
+        # the base is the same networks with the adapter switched off: its weights are not loaded twice
+        return den, dataclasses.replace(info, base=info.path), adapter_free_view(den)
     den, info, _ = load_target(model_dir, device=device, allow_pickle=allow_pickle, dtype=dtype)
     if base is None:
         return den, info, None

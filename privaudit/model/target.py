@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -494,3 +496,66 @@ def load_lora_target(model_dir: str | Path, adapter: str | Path, *, device: str 
     info = ModelInfo(**{**info.__dict__, "adapter": str(Path(adapter).resolve()), "lora_layers": lora_layers(pipe),
                         "weights_sha256": {**info.weights_sha256, f"lora:{file.name}": sha256_file(file)}})
     return den, info, pipe
+
+
+class _AdaptersOff:
+    """Mixin of ``adapter_free_view``: each noise prediction and prompt encoding runs with the adapter
+    layers switched off (then back on: the adapted model shares the networks). Calls nest (``eps``
+    encodes string prompts), so only the outermost switches."""
+
+    _adapter_layers: list = []
+    _off_depth: int = 0
+    _adapted: Any = None
+
+    @contextmanager
+    def _adapters_off(self):
+        self._off_depth += 1
+        if self._off_depth == 1:
+            for layer in self._adapter_layers:
+                layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            self._off_depth -= 1
+            if self._off_depth == 0:
+                for layer in self._adapter_layers:
+                    layer.enable_adapters(True)
+                    for p in layer.parameters():  # peft marks enabled adapter weights trainable; keep them frozen
+                        p.requires_grad_(False)
+
+    def __reduce__(self):  # pickled (e.g. shipped to a Ray actor) as "this adapted model, adapters off"
+        return adapter_free_view, (self._adapted,)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: object = None) -> torch.Tensor:
+        with self._adapters_off():
+            return super().eps(x_t, t, cond)  # type: ignore[misc]
+
+    def _encode(self, prompts: list[str]):
+        with self._adapters_off():
+            return super()._encode(prompts)  # type: ignore[misc]
+
+
+def adapter_free_view(den: Denoiser) -> Denoiser:
+    """``den`` (a model with a LoRA adapter loaded) as its base model, without a second copy of the base
+    weights: the same networks with every adapter layer switched off for each call (PEFT layers return
+    their base layer's output exactly), a prompt-embedding cache of its own (text-encoder LoRA layers
+    change the embeddings), its own fingerprint, and no white box (gradient attacks would differentiate
+    the adapted network). Used for the base-calibrated scores of ``--lora`` audits."""
+    import copy
+    import hashlib
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    modules = [m for m in vars(den).values() if isinstance(m, torch.nn.Module)]
+    modules += [m for m in (getattr(den, "encoders", None) or {}).values() if isinstance(m, torch.nn.Module)]
+    layers = list({id(layer): layer for m in modules for layer in m.modules() if isinstance(layer, BaseTunerLayer)}.values())
+    view: Any = copy.copy(den)
+    cls = type(den)
+    view.__class__ = type(f"{cls.__name__}WithoutAdapter", (_AdaptersOff, cls), {"__module__": __name__})
+    view._adapter_layers = layers
+    view._off_depth = 0
+    view._adapted = den
+    view._prompt_cache = {}
+    view.white_box = None
+    view._fingerprint = hashlib.sha256(f"{den.fingerprint}:adapters-off".encode()).hexdigest()
+    return view
