@@ -368,6 +368,42 @@ def test_a_kohya_single_file_lora_scores_as_its_peft_folder(digits_lora_target, 
         load_lora_target(t / "base", tmp_path / "bad.safetensors", device="cpu")
 
 
+def test_a_kohya_lora_with_text_encoder_layers_applies_them(digits_lora_target, tmp_path):
+    """A kohya file with UNet and text-encoder layers (written by diffusers' converter from PEFT adapters on the
+    modules kohya's trainer adapts: attention projections and MLP) loads both: the run's target counts the
+    text-encoder layers, the prompt embeddings are the adapted encoder's, and the base view (for base-calibrated
+    scores) embeds prompts without them. (diffusers 0.42 infers the text-encoder keys' type from an attention
+    output layer: a file without out_proj fails to load, reported as one line.)"""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig, inject_adapter_in_model
+    from safetensors.torch import load_file, save_file
+
+    from privaudit.model.target import adapter_free_view, load_lora_target, load_target
+
+    t = digits_lora_target
+    base, _, _ = load_target(t / "base", device="cpu")
+    _, _, pipe = load_target(t / "base", device="cpu")  # another copy: its text encoder gets a PEFT adapter
+    torch.manual_seed(0)
+    te = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+                                            init_lora_weights=False), pipe.text_encoder)
+    te_state = {f"text_encoder.{k.replace('.default', '')}": v for k, v in te.state_dict().items() if "lora_" in k}
+    ids = pipe.tokenizer(["a handwritten digit one", ""], padding="max_length", return_tensors="pt",
+                         max_length=pipe.tokenizer.model_max_length).input_ids
+    with torch.no_grad():
+        adapted = te(ids)[0]
+    kohya = {**convert_state_dict_to_kohya(load_file(str(t / "lora" / "pytorch_lora_weights.safetensors"))),
+             **convert_state_dict_to_kohya(te_state)}
+    assert any(k.startswith("lora_te") for k in kohya) and any(k.startswith("lora_unet_") for k in kohya)
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(tmp_path / "kohya-te.safetensors"))
+    den, info, _ = load_lora_target(t / "base", tmp_path / "kohya-te.safetensors", device="cpu")
+    _, unet_only, _ = load_lora_target(t / "base", t / "lora", device="cpu")
+    assert info.lora_layers == {**unet_only.lora_layers, "text_encoder": len(te_state) // 2}
+    torch.testing.assert_close(den.prompt_embeddings(["a handwritten digit one", ""]), adapted, rtol=0, atol=0)
+    off = adapter_free_view(den).prompt_embeddings(["a handwritten digit one", ""])
+    torch.testing.assert_close(off, base.prompt_embeddings(["a handwritten digit one", ""]), rtol=0, atol=0)
+    assert not torch.allclose(off, adapted)
+
+
 def test_lora_base_is_the_same_networks_with_the_adapter_off(digits_lora_target):
     """--lora's base (for base-calibrated scores) is a view of the adapted model's own networks with the adapter
     layers off: the base's exact answers, its own prompt embeddings, no second copy of the weights."""

@@ -467,13 +467,13 @@ def _check_all_loaded(pipe, state: dict, file: Path) -> None:
             example = f" (e.g. {odd[0]})" if odd else ""
             raise InputError(f"{file}: {len(names) - loaded.get(comp, 0)} of {len(names)} {comp} LoRA layers did not "
                              f"load{example}; the adapter does not fit this model")
+    if not loaded:  # in no component (an adapter of text-encoder layers only is fine)
+        raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
     unet = getattr(pipe, "unet", None)
     if unet is None:
         return
     wanted = {k.removeprefix("unet.").split(".lora_A.")[0] for k in state if k.startswith("unet.") and ".lora_A." in k}
     got = {n.split(".lora_A.")[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
-    if not got:
-        raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
     missing = sorted(wanted - got)
     if missing:
         raise InputError(f"{file}: {len(missing)} of {len(wanted)} LoRA layers did not load (e.g. {missing[0]}); "
