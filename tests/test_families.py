@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import REPO, plugin, run_scan
 
+from privaudit.model.denoiser import denoise, sample
 from privaudit.model.noise import Noise
 
 FLAGGING = ("loss", "secmi", "pia", "sima")
@@ -90,7 +91,7 @@ def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
 
     from privaudit.api.registry import Registry
     from privaudit.data.sets import load_images
-    from privaudit.model.denoiser import sample
+    from privaudit.model.denoiser import sampling_scheduler
     from privaudit.model.flow import FlowDenoiser, flow_grid, sigmas_of, vp_scheduler
     from privaudit.testing.oracles import GaussianOracle
 
@@ -116,7 +117,14 @@ def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
             both = torch.cat([members, holdout])
             scores.append(attack.score(den, both, noise=Noise.for_images(both, seed=5)))
         assert torch.allclose(scores[0].double(), scores[1].double(), rtol=1e-4, atol=1e-6), name
-    a, b = sample(vp, n=4, steps=10, seed=3), sample(flow, n=4, steps=10, seed=3)
+    # sampling: the flow model's own grid (``sampling_timesteps``), stepped the same way in both views
+    sched = sampling_scheduler(flow, "ddim", 10)
+    z = torch.randn(4, *flow.sample_shape, generator=torch.Generator().manual_seed(3))
+
+    def draw(den):
+        return denoise(den, z.clone(), scheduler=sched).clamp(-1, 1)
+
+    a, b = draw(vp), draw(flow)
     assert torch.allclose(a, b, atol=1e-3)
     # CPSample's guidance is added in eps: the same guard steers both views to the same samples
     from privaudit.plugins.mitigations.cpsample.guard import guard_for
@@ -126,8 +134,58 @@ def test_a_flow_model_scores_as_its_vp_oracle(digits_target):
     guard = guard_for(SimpleNamespace(sample_size=8, in_channels=1), block_out_channels=(8, 8))
     pa = ProtectedDenoiser(base=vp, guard=guard, alpha=0.5, scale=30.0)
     pb = ProtectedDenoiser(base=flow, guard=guard, alpha=0.5, scale=30.0)
-    ga, gb = sample(pa, n=4, steps=10, seed=3), sample(pb, n=4, steps=10, seed=3)
+    ga, gb = draw(pa), draw(pb)
     assert not torch.allclose(ga, a, atol=1e-2) and torch.allclose(ga, gb, atol=1e-3)
+    assert sampling_scheduler(pb, "ddim", 10).timesteps.tolist() == sched.timesteps.tolist()  # wrappers: the model's grid
+
+
+class _ToyVelocity(torch.nn.Module):
+    """A smooth velocity field that depends on the noise level, so the grid a sampler visits shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(sample_size=4, in_channels=2)
+
+    def forward(self, x, t):
+        s = (t.float() / 1000).view(-1, 1, 1, 1)
+        return torch.tanh(3 * x) * (1 + 4 * s) - 0.5 * x * torch.cos(6 * s)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_models_sample_as_their_own_euler_sampler_with_its_shift(shift):
+    """A flow model is sampled at the sigmas its own ``FlowMatchEulerDiscreteScheduler`` visits
+    (the config's ``shift`` applied), and DDIM in the VP view on that grid is diffusers' Euler
+    loop on the same sigmas."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from privaudit.model.denoiser import sampling_scheduler
+    from privaudit.model.flow import FlowDenoiser
+    from privaudit.model.noise import sample_generators
+
+    steps, T = 12, 1000
+    den = FlowDenoiser(net=_ToyVelocity(), flow_scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+    ts = sampling_scheduler(den, "ddim", steps).timesteps
+    own = FlowMatchEulerDiscreteScheduler(shift=shift)
+    own.set_timesteps(steps)
+    assert len(ts) == steps
+    assert torch.allclose(den.sigmas[ts].double(), own.sigmas[:-1].double(), atol=1 / (T + 1))
+    assert sampling_scheduler(den, "ddpm", steps).timesteps.tolist() == ts.tolist()
+    ours = sample(den, n=3, steps=steps, seed=4)
+
+    # diffusers' own Euler loop at the sigmas visited, from the same initial noise (x_flow = c x_vp)
+    euler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    euler.set_timesteps(sigmas=den.sigmas[ts].numpy())
+    z = torch.stack([torch.randn(den.sample_shape, generator=g) for g in sample_generators(4, 0, 3)])
+    s0 = float(den.sigmas[ts[0]])
+    x = z * ((1 - s0) ** 2 + s0 ** 2) ** 0.5
+    for t in euler.timesteps:
+        x = euler.step(den.net(x, t.expand(len(x))), t, x).prev_sample
+    assert torch.allclose(ours, x.clamp(-1, 1), atol=1e-4)
+    # and the grid matters: DDIM's fixed stride (the unshifted, leading grid) draws other images
+    stride = sampling_scheduler(SimpleNamespace(scheduler=den.scheduler, sampling_timesteps=lambda n: None,
+                                                inner=lambda: None), "ddim", steps)
+    other = denoise(den, z.clone(), scheduler=stride).clamp(-1, 1)
+    assert (other - ours).abs().max() > 1e-3  # ten times the tolerance above
 
 
 def _as_prediction(src: Path, dst: Path, kind: str) -> Path:

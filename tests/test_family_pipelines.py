@@ -92,3 +92,91 @@ def test_unsupported_denoisers_are_refused_naming_the_families(tmp_path):
     msg = err.read_text()
     assert code == 2, msg
     assert "UNet1DModel is not supported" in msg and "SD3Transformer2DModel" in msg and "DiTTransformer2DModel" in msg
+
+
+SHIFTS = {"sd3": ({"shift": 3.0}, {"use_dynamic_shifting": True}),
+          "flux": ({"use_dynamic_shifting": True, "max_shift": 3.0}, {"shift": 1.0})}
+
+
+def test_flow_families_sample_where_their_own_pipeline_does(family):
+    """SD3 and Flux are sampled at the noise levels their diffusers pipeline visits: the scheduler's
+    ``shift``, or the dynamic shift for the image's token count (with Flux's explicit sigmas),
+    read from what the pipeline itself set on its scheduler."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from privaudit.model.denoiser import sampling_scheduler
+    from privaudit.model.target import load_pipeline, load_target
+
+    name, folder = family
+    if name not in SHIFTS:
+        pytest.skip("not a flow-matching family")
+    for extra in SHIFTS[name]:
+        pipe = load_pipeline(folder / "model", device=torch.device("cpu"))
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        den, _, _ = load_target(folder / "model", device="cpu")
+        den.flow_scheduler = pipe.scheduler
+        size = den.image_shape[-1]
+        steps = 6
+        pipe("a handwritten digit three", num_inference_steps=steps, height=size, width=size, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+        visited = pipe.scheduler.sigmas[:-1].double()
+        ts = sampling_scheduler(den, "ddim", steps).timesteps
+        assert len(ts) == steps, extra
+        assert torch.allclose(den.sigmas[ts].double(), visited, atol=1 / 1001), (extra, den.sigmas[ts], visited)
+        uniform = torch.from_numpy(np.linspace(1.0, 1 / steps, steps)) if name == "flux" else None
+        if "shift" not in extra or extra["shift"] != 1.0:  # the config took effect: not the unshifted grid
+            plain = FlowMatchEulerDiscreteScheduler()
+            plain.set_timesteps(steps)
+            base = uniform if uniform is not None else plain.sigmas[:-1].double()
+            assert (visited - base.double()).abs().max() > 0.02, extra
+
+
+def test_transformer_loras_load_as_peft_folders_and_diffusers_files(family, tmp_path):
+    """LoRA on the transformer families: an adapter on SD3's or Flux's transformer, saved as a peft folder
+    and as diffusers' LoRA file, loads through ``--lora`` to the same adapted model (which is not the base);
+    PixArt, whose pipeline diffusers gives no LoRA loader, is refused in one line."""
+    import json
+
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from privaudit.io.errors import InputError
+    from privaudit.model.target import load_lora_target, load_pipeline, load_target
+
+    name, folder = family
+    if name == "pixart":
+        save_file({"transformer.x.lora_A.weight": torch.zeros(2, 2)}, str(tmp_path / "a.safetensors"))
+        with pytest.raises(InputError, match="diffusers loads no LoRA adapter into PixArtAlphaPipeline"):
+            load_lora_target(folder / "model", tmp_path / "a.safetensors", device="cpu")
+        return
+    if name not in ("sd3", "flux"):
+        pytest.skip("a UNet family: LoRA tested in test_finetune.py")
+    pipe = load_pipeline(folder / "model", device=torch.device("cpu"))
+    net = pipe.transformer
+    net.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    torch.manual_seed(0)
+    for n, p in net.named_parameters():
+        if ".lora_B." in n:
+            torch.nn.init.normal_(p, std=0.5)  # peft starts B at zero (no change): make the adapter act
+    layers = get_peft_model_state_dict(net)
+    (tmp_path / "peft").mkdir()
+    save_file({"base_model.model." + k: v.contiguous() for k, v in layers.items()},
+              str(tmp_path / "peft" / "adapter_model.safetensors"))
+    (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA"}))
+    # diffusers' file format loads with alpha = rank: fold peft's lora_alpha / r = 2 into B
+    type(pipe).save_lora_weights(tmp_path / "diffusers", transformer_lora_layers={
+        k: (2 * v if ".lora_B." in k else v) for k, v in layers.items()}, safe_serialization=True)
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    outs, counts = [], []
+    for adapter in (tmp_path / "peft", tmp_path / "diffusers"):
+        den, info, _ = load_lora_target(folder / "model", adapter, device="cpu")
+        counts.append(info.lora_layers)
+        outs.append(den.eps(x, 500, den.prompt_embeddings(["a handwritten digit one", ""])))
+    base, _, _ = load_target(folder / "model", device="cpu")
+    plain = base.eps(x, 500, base.prompt_embeddings(["a handwritten digit one", ""]))
+    assert counts[0] == counts[1] and counts[0]["transformer"] == sum(".lora_A." in k for k in layers)
+    torch.testing.assert_close(outs[0], outs[1])
+    assert not torch.allclose(plain, outs[0], atol=1e-3)

@@ -402,6 +402,15 @@ def test_a_kohya_lora_with_text_encoder_layers_applies_them(digits_lora_target, 
     off = adapter_free_view(den).prompt_embeddings(["a handwritten digit one", ""])
     torch.testing.assert_close(off, base.prompt_embeddings(["a handwritten digit one", ""]), rtol=0, atol=0)
     assert not torch.allclose(off, adapted)
+    # A1111's SD 1.x layout: lora_te_text_model_encoder_... (transformers 4's CLIP module names; diffusers'
+    # converter writes lora_te1_ and, under transformers 5, no text_model_)
+    a1111 = {(k if k.startswith("lora_unet_") else "lora_te_text_model_" + k.removeprefix("lora_te1_")
+              .removeprefix("text_model_")): v for k, v in kohya.items()}
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in a1111)
+    save_file({k: v.contiguous() for k, v in a1111.items()}, str(tmp_path / "a1111.safetensors"))
+    den2, info2, _ = load_lora_target(t / "base", tmp_path / "a1111.safetensors", device="cpu")
+    assert info2.lora_layers == info.lora_layers
+    torch.testing.assert_close(den2.prompt_embeddings(["a handwritten digit one", ""]), adapted, rtol=0, atol=0)
 
 
 def test_lora_base_is_the_same_networks_with_the_adapter_off(digits_lora_target):

@@ -15,7 +15,8 @@ the detectors and the protected pipelines all step through.
 
 Hooks are declared on ``Denoiser`` with defaults (subclasses override what they have):
 ``draw_samples`` (a denoiser may bring its own sampler, e.g. rejection sampling),
-``reset_counts`` (zero usage counters), ``conditioning(n)`` (per-row conditioning a gradient
+``reset_counts`` (zero usage counters), ``sampling_timesteps(steps)`` (the grid a model's own
+sampler visits, where it is not the DDIM/DDPM stride: flow models' shifted schedules), ``conditioning(n)`` (per-row conditioning a gradient
 attack passes to ``white_box``), ``inner()`` (the denoiser a wrapper wraps), ``fingerprint``
 (identity for caches), ``white_box`` (the raw network as ``f(x_t, t[, cond]) -> eps`` where
 weights are visible; None otherwise). Pipelines that know their own Denoiser (protected
@@ -270,6 +271,13 @@ class Denoiser:
         a, s = signal_noise(self.alphas_cumprod, t, x_t)
         return from_eps(eps, x_t, a, s, self.prediction_type)
 
+    def sampling_timesteps(self, steps: int) -> list[int] | None:
+        """The strictly decreasing timesteps a ``steps``-step sampler of this model visits, when its
+        own scheduler visits other noise levels than DDIM's fixed stride (a flow model's shifted
+        grid, ``privaudit.model.flow``); None (the default) keeps the stride. Wrappers need not
+        override it: ``sampling_scheduler`` asks the models they wrap."""
+        return None
+
     def inner(self) -> "Denoiser | None":
         """The denoiser this one wraps (a protected model's raw model), None for a model itself."""
         return None
@@ -394,15 +402,41 @@ SAMPLERS = ("ddim", "ddpm")
 
 
 def sampling_scheduler(denoiser: Denoiser, sampler: str, steps: int):
-    """A fresh diffusers scheduler of the sampler's class, configured like the model's (same schedule)."""
+    """A fresh diffusers scheduler of the sampler's class, configured like the model's (same schedule).
+
+    Where the model (or the model a wrapper wraps) names its own grid (``Denoiser.sampling_timesteps``),
+    the sampler steps on that grid: DDPM through diffusers' custom timesteps, DDIM through
+    ``GridDDIMScheduler``; otherwise on diffusers' default spacing for ``steps``."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}.get(sampler)
-    if cls is None:
+    from privaudit.model.grid_ddim import GridDDIMScheduler
+
+    if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose {' or '.join(SAMPLERS)}")
-    sched = cls.from_config(denoiser.scheduler.config)
-    sched.set_timesteps(steps)
+    grid = _own_grid(denoiser, steps)
+    if grid is None:
+        sched = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(denoiser.scheduler.config)
+        sched.set_timesteps(steps)
+    elif sampler == "ddim":
+        sched = GridDDIMScheduler.from_config(denoiser.scheduler.config)
+        sched.set_grid(grid)
+    else:
+        sched = DDPMScheduler.from_config(denoiser.scheduler.config)
+        sched.set_timesteps(timesteps=grid)
     return sched
+
+
+def _own_grid(denoiser: Denoiser, steps: int, depth: int = 8) -> list[int] | None:
+    den: Denoiser | None = denoiser
+    for _ in range(depth):  # a wrapper (protected, conditioned, adapter-free) samples on its model's grid
+        if den is None:
+            return None
+        own = getattr(den, "sampling_timesteps", None)  # duck-typed denoisers (third-party plugins) may lack it
+        grid = own(steps) if own is not None else None
+        if grid is not None:
+            return grid
+        den = den.inner() if hasattr(den, "inner") else None
+    return None
 
 
 def denoise(denoiser: Denoiser, x: torch.Tensor, *, scheduler, cond: Any = None, uncond: Any = None,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -204,6 +205,18 @@ class FluxDenoiser(LatentTextDenoiser):
         _missing(pipe, ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                         "scheduler"), model_dir, "Flux")
         return cls(pipe=pipe, device=device)
+
+    def flow_timestep_args(self, steps: int) -> dict[str, Any]:
+        """As ``FluxPipeline``: sigmas linspace(1, 1/steps) unless the config asks for its own
+        (``use_flow_sigmas``), and the dynamic shift for the packed token count."""
+        from privaudit.model.flow import shift_mu
+
+        cfg = self.flow_scheduler.config
+        h, w = self.sample_shape[1:]
+        kw: dict[str, Any] = {"mu": shift_mu(cfg, (h // 2) * (w // 2))}
+        if not cfg.get("use_flow_sigmas"):
+            kw["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+        return kw
 
     def _encode(self, prompts: list[str]):
         clip: Any = self.encoders["text_encoder"]

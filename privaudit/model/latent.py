@@ -117,6 +117,28 @@ class LatentTextDenoiser(Denoiser):
         self.white_box = self.net  # raw: ConditionedDenoiser wraps it as f(x_t, t, cond) -> eps
         self._prompt_cache: dict[str, object] = {}
 
+    def sampling_timesteps(self, steps: int) -> list[int] | None:
+        """A flow model samples on the noise levels its own pipeline visits (``privaudit.model.flow``)."""
+        if not self.flow:
+            return None
+        from privaudit.model.flow import flow_sampling_timesteps
+
+        return flow_sampling_timesteps(self.flow_scheduler, steps, grid_sigmas=self.sigmas,
+                                       **self.flow_timestep_args(steps))
+
+    def flow_timestep_args(self, steps: int) -> dict[str, Any]:
+        """``set_timesteps`` arguments the family's pipeline passes its flow scheduler (``mu`` for a
+        dynamic shift, explicit ``sigmas``): SD3's by default, the dynamic shift from the image's
+        patch-token count. Families whose pipelines differ (Flux) override it."""
+        cfg = self.flow_scheduler.config
+        if not cfg.get("use_dynamic_shifting"):
+            return {}
+        from privaudit.model.flow import shift_mu
+
+        p = int(getattr(self.net.config, "patch_size", 1) or 1)
+        h, w = self.sample_shape[1:]
+        return {"mu": shift_mu(cfg, (h // p) * (w // p), default_max_shift=1.16)}
+
     @classmethod
     def from_pipeline(cls, pipe, *, device: torch.device | str, model_dir: str = "") -> "LatentTextDenoiser":
         missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]

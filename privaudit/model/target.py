@@ -330,9 +330,10 @@ def lora_weight_file(adapter: str | Path, *, allow_pickle: bool = False) -> Path
     return path
 
 
-def _peft_to_diffusers(state: dict, *, config: Path) -> dict:
-    """A peft ``save_pretrained`` state dict of a UNet (``base_model.model.<module>.lora_A.weight``) as diffusers'
-    LoRA format (``unet.<module>.lora_A.weight``), scaled so that lora_alpha / r is kept."""
+def _peft_to_diffusers(state: dict, *, config: Path, component: str = "unet") -> dict:
+    """A peft ``save_pretrained`` state dict of the denoising network (``base_model.model.<module>.lora_A.weight``)
+    as diffusers' LoRA format (``<component>.<module>.lora_A.weight``, component ``unet`` or ``transformer``),
+    scaled so that lora_alpha / r is kept."""
     cfg = _read_json(config) if config.is_file() else {}
     r, alpha = (cfg.get("r"), cfg.get("lora_alpha")) if isinstance(cfg, dict) else (None, None)
     out = {}
@@ -340,7 +341,7 @@ def _peft_to_diffusers(state: dict, *, config: Path) -> dict:
         name = k.removeprefix("base_model.model.")
         if isinstance(r, int) and isinstance(alpha, (int, float)) and r > 0 and name.endswith(".lora_B.weight"):
             v = v * (float(alpha) / r)  # diffusers loads with alpha = rank (scale 1): fold the scale into B
-        out["unet." + name] = v
+        out[f"{component}.{name}"] = v
     return out
 
 
@@ -358,7 +359,10 @@ def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
     file = lora_weight_file(adapter, allow_pickle=allow_pickle)
     check_peft(adapter)
     if not hasattr(pipe, "load_lora_weights"):
-        raise InputError(f"{adapter}: pipeline {type(pipe).__name__} does not take LoRA adapters")
+        raise InputError(f"{adapter}: diffusers loads no LoRA adapter into {type(pipe).__name__} (it does for "
+                         "Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux pipelines); merge the adapter into the "
+                         "weights and audit the full fine-tune instead")
+    component = _network_component(pipe)
     try:
         if file.suffix in SAFE_SUFFIXES:
             from safetensors.torch import load_file
@@ -369,7 +373,7 @@ def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
         if not state:
             raise InputError(f"{file}: the LoRA file holds no tensors")
         if any(k.startswith("base_model.model.") for k in state):  # a peft adapter folder
-            state = _peft_to_diffusers(state, config=file.parent / "adapter_config.json")
+            state = _peft_to_diffusers(state, config=file.parent / "adapter_config.json", component=component)
         for k, t in state.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise InputError(f"{file}: LoRA weights contain NaN or infinite values (tensor {k})")
@@ -379,8 +383,13 @@ def load_lora(pipe, adapter: str | Path, *, allow_pickle: bool = False) -> Path:
         raise
     except Exception as e:  # diffusers / peft / safetensors raise many types for a wrong or corrupt file
         raise InputError(f"{file}: could not load the LoRA adapter: {_lora_problem(str(e), e)}") from e
-    _check_all_loaded(pipe, state, file)
+    _check_all_loaded(pipe, state, file, component=component)
     return file
+
+
+def _network_component(pipe) -> str:
+    """The pipeline's denoising network: ``unet`` (Stable Diffusion class) or ``transformer`` (SD3, Flux, ...)."""
+    return "unet" if isinstance(getattr(pipe, "unet", None), torch.nn.Module) else "transformer"
 
 
 def _quietly(fn, *args):
@@ -453,10 +462,11 @@ def _kohya_modules(state: dict) -> dict[str, set[str]]:
     return out
 
 
-def _check_all_loaded(pipe, state: dict, file: Path) -> None:
-    """Every layer the adapter names must have received its LoRA weights (diffusers only warns): UNet layers by
-    name for diffusers / peft keys; for kohya keys, the layers per component (UNet and text encoders) by count,
-    naming the first that found no module where the file uses diffusers' module names."""
+def _check_all_loaded(pipe, state: dict, file: Path, *, component: str = "unet") -> None:
+    """Every layer the adapter names must have received its LoRA weights (diffusers only warns): the denoising
+    network's layers (``component``: unet or transformer) by name for diffusers / peft keys; for kohya keys,
+    the layers per component (UNet and text encoders) by count, naming the first that found no module where
+    the file uses diffusers' module names."""
     loaded = lora_layers(pipe)
     for comp, names in _kohya_modules(state).items():
         mod = getattr(pipe, comp, None)
@@ -469,11 +479,12 @@ def _check_all_loaded(pipe, state: dict, file: Path) -> None:
                              f"load{example}; the adapter does not fit this model")
     if not loaded:  # in no component (an adapter of text-encoder layers only is fine)
         raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
-    unet = getattr(pipe, "unet", None)
-    if unet is None:
+    net = getattr(pipe, component, None)
+    if not isinstance(net, torch.nn.Module):
         return
-    wanted = {k.removeprefix("unet.").split(".lora_A.")[0] for k in state if k.startswith("unet.") and ".lora_A." in k}
-    got = {n.split(".lora_A.")[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
+    prefix = component + "."
+    wanted = {k.removeprefix(prefix).split(".lora_A.")[0] for k in state if k.startswith(prefix) and ".lora_A." in k}
+    got = {n.split(".lora_A.")[0] for n, _ in net.named_parameters() if ".lora_A." in n}
     missing = sorted(wanted - got)
     if missing:
         raise InputError(f"{file}: {len(missing)} of {len(wanted)} LoRA layers did not load (e.g. {missing[0]}); "
