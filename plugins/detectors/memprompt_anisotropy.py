@@ -22,29 +22,23 @@ Usable as the text mitigations' gate: ``--param METHOD.gate_signal=anisotropy``.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from privaudit.api import InputError, InstanceOf, Interval, SequenceOf, store_params
-from privaudit.plugins.detectors._prompt_signals import ANISOTROPY_GAMMAS, first_step_scores
-from privaudit.plugins.detectors.memprompt import MemorisedPromptDetector
+from privaudit.api import Interval, store_params
+from privaudit.plugins.detectors._first_step import CONSTRAINTS, FirstStepPromptDetector
+from privaudit.plugins.detectors._prompt_signals import ANISOTROPY_GAMMAS
 
 
-class AnisotropyPromptDetector(MemorisedPromptDetector):
+class AnisotropyPromptDetector(FirstStepPromptDetector):
     """Memorised prompts: first-step guidance norm plus low-noise guidance alignment (Asthana & Belagiannis 2026)."""
 
     name = "memprompt-anisotropy"
     id = "PA-TXT-003"
     references = ("Asthana & Belagiannis, Detecting Memorization in Diffusion Models via Score Anisotropy, ICLR 2026",)
-    follows_target = False  # an alternative to memprompt: run on request (--detectors)
+    signal = "anisotropy"
     signal_words = "score anisotropy (first-step guidance norm + low-noise alignment)"
-
-    parameter_constraints = {
-        "prompts": [None, InstanceOf(str), SequenceOf(InstanceOf(str))], "steps": [Interval(int, 3, 10_000)],
-        "n_seeds": [Interval(int, 1, 1024)], "gamma_norm": [Interval(float, 0, None)],
-        "gamma_cos": [Interval(float, 0, None)], "max_prompts": [Interval(int, 1, None)],
-        "quantile": [Interval(float, 0, 1, closed="neither")], "threshold": [None, Interval(float, None, None)],
-        "n_top": [Interval(int, 0, 10_000)], "batch_size": [Interval(int, 1, None)],
-    }
+    parameter_constraints = {**CONSTRAINTS, "steps": [Interval(int, 3, 10_000)],  # t_low: the third-to-last step
+                             "gamma_norm": [Interval(float, 0, None)], "gamma_cos": [Interval(float, 0, None)]}
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_seeds: int = 4,
                  gamma_norm: float = ANISOTROPY_GAMMAS[0], gamma_cos: float = ANISOTROPY_GAMMAS[1],
@@ -52,13 +46,5 @@ class AnisotropyPromptDetector(MemorisedPromptDetector):
                  batch_size: int = 64):
         store_params(self, locals())
 
-    def queries_per_image(self) -> float:
-        return float(4 * self.n_seeds)  # per prompt
-
-    def _check(self) -> None:
-        if not 0 < self.quantile < 1:
-            raise InputError(f"{self.name}: quantile must lie strictly between 0 and 1, got {self.quantile!r}")
-
-    def prompt_scores(self, denoiser, prompts: list[str], *, seed: int) -> np.ndarray:
-        return first_step_scores(denoiser, prompts, signal="anisotropy", steps=self.steps, n_seeds=self.n_seeds,
-                                 seed=seed, batch_size=self.batch_size, gammas=(self.gamma_norm, self.gamma_cos))
+    def signal_args(self) -> dict[str, Any]:
+        return {"gammas": (self.gamma_norm, self.gamma_cos)}

@@ -23,42 +23,22 @@ Usable as the text mitigations' gate: ``--param METHOD.gate_signal=curvature``.
 
 from __future__ import annotations
 
-import numpy as np
-
-from privaudit.api import InputError, InstanceOf, Interval, SequenceOf, store_params
-from privaudit.plugins.detectors._prompt_signals import first_step_scores
-from privaudit.plugins.detectors.memprompt import MemorisedPromptDetector
+from privaudit.api import Interval, store_params
+from privaudit.plugins.detectors._first_step import CONSTRAINTS, FirstStepPromptDetector
 
 
-class CurvaturePromptDetector(MemorisedPromptDetector):
+class CurvaturePromptDetector(FirstStepPromptDetector):
     """Memorised prompts: conditional minus unconditional Hessian-score product at the first step (ICML 2026)."""
 
     name = "memprompt-curvature"
     id = "PA-TXT-004"
     threat_model = "white-box"
     references = ("Early Detection of Memorization in Diffusion Models (curvature difference), ICML 2026",)
-    follows_target = False  # an alternative to memprompt: run on request (--detectors)
+    signal = "curvature"
     signal_words = "curvature difference (conditional minus unconditional Hessian-score product)"
-
-    parameter_constraints = {
-        "prompts": [None, InstanceOf(str), SequenceOf(InstanceOf(str))], "steps": [Interval(int, 1, 10_000)],
-        "n_seeds": [Interval(int, 1, 1024)], "max_prompts": [Interval(int, 1, None)],
-        "quantile": [Interval(float, 0, 1, closed="neither")], "threshold": [None, Interval(float, None, None)],
-        "n_top": [Interval(int, 0, 10_000)], "batch_size": [Interval(int, 1, None)],
-    }
+    parameter_constraints = {**CONSTRAINTS, "steps": [Interval(int, 1, 10_000)]}
 
     def __init__(self, *, prompts: str | tuple[str, ...] | None = None, steps: int = 50, n_seeds: int = 4,
                  max_prompts: int = 256, quantile: float = 0.01, threshold: float | None = None, n_top: int = 10,
                  batch_size: int = 32):
         store_params(self, locals())
-
-    def queries_per_image(self) -> float:
-        return float(4 * self.n_seeds)  # per prompt: 2 forward + 2 backward passes per noise
-
-    def _check(self) -> None:
-        if not 0 < self.quantile < 1:
-            raise InputError(f"{self.name}: quantile must lie strictly between 0 and 1, got {self.quantile!r}")
-
-    def prompt_scores(self, denoiser, prompts: list[str], *, seed: int) -> np.ndarray:
-        return first_step_scores(denoiser, prompts, signal="curvature", steps=self.steps, n_seeds=self.n_seeds,
-                                 seed=seed, batch_size=self.batch_size)
