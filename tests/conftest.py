@@ -131,6 +131,68 @@ def digits_text_denoiser(digits_text_target):
     return den
 
 
+# ---------------------------------------------------------------- small in-memory data and helpers
+
+
+@pytest.fixture(scope="module")
+def digits_u8():
+    """scikit-learn's digits as uint8 (N, 1, 8, 8) in [0, 255], in one fixed shuffled order."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    images = np.clip(np.round(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)[:, None]
+    return images[np.random.default_rng(0).permutation(len(images))]
+
+
+def to_tensor(u8) -> torch.Tensor:
+    """uint8 images as floats in [-1, 1]."""
+    return torch.from_numpy(u8).float().div(127.5).sub(1)
+
+
+def audit_arrays(denoiser, members, holdout, *, attacks, params=None, registry=None, n_boot: int = 200) -> dict:
+    """``audit`` of in-memory uint8 member and holdout arrays with ``attacks`` and no detectors."""
+    from privaudit.api.registry import Registry
+    from privaudit.audit.runner import AuditSettings, audit
+    from privaudit.data.sets import ImageSet
+
+    settings = AuditSettings(attacks=tuple(attacks), detectors=(), progress=False, n_boot=n_boot,
+                             plugin_params=params or {})
+    return audit(denoiser=denoiser, members=ImageSet.from_array(members, name="members"),
+                 holdout=ImageSet.from_array(holdout, name="holdout"), registry=registry or Registry.build(),
+                 settings=settings)
+
+
+def kill_after_shards(argv: list[str], shards: Path, pattern: str, count: int, *, timeout: float = 300) -> int:
+    """Run ``python -m privaudit ARGV`` (one torch thread), SIGKILL it once ``count`` files match ``pattern``
+    under ``shards`` (or at ``timeout``), check that it died of the signal, and return how many shards
+    were written by then."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "privaudit", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and len(list(shards.glob(pattern))) < count:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    return len(list(shards.glob(pattern)))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine a second thread
+    made sampling up to 10x slower (oversubscription): a module that asks for this runs on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # Files that build fixtures or run whole flows take minutes each. `make test` runs one pytest-xdist worker
 # per core with a file's tests on one worker (--dist loadfile), handing out files in collection order:
 # the long ones go first (alternating the fixtures they build), so the workers finish together.

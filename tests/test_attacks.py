@@ -8,12 +8,10 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_ATTACKS, plugin
+from conftest import ALL_ATTACKS, audit_arrays, plugin, to_tensor
 
 from privaudit.api.registry import ENTRY_POINT_GROUP, Registration, Registry
 from privaudit.audit.ensemble import ensemble_view
-from privaudit.audit.runner import AuditSettings, audit
-from privaudit.data.sets import ImageSet
 from privaudit.io.errors import InputError
 from privaudit.model.denoiser import Denoiser
 from privaudit.model.noise import Noise
@@ -219,35 +217,21 @@ def test_every_attack_is_registered_with_its_metadata():
 # ---------------------------------------------------------------- oracles
 
 
-@pytest.fixture(scope="module")
-def digits_u8() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    images = np.clip(np.round(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)[:, None]
-    return images[np.random.default_rng(0).permutation(len(images))]
-
-
 def _audit(denoiser, members: np.ndarray, holdout: np.ndarray) -> dict:
     registry = Registry([Registration(n, "attack", CLASSES[n], "test") for n in ALL_ATTACKS])
-    settings = AuditSettings(attacks=ALL_ATTACKS, detectors=(), progress=False, n_boot=200)
-    return audit(denoiser=denoiser, members=ImageSet.from_array(members, name="members"),
-                 holdout=ImageSet.from_array(holdout, name="holdout"), registry=registry, settings=settings)
-
-
-def _tensor(u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u8).float().div(127.5).sub(1)
+    return audit_arrays(denoiser, members, holdout, attacks=ALL_ATTACKS, registry=registry)
 
 
 @pytest.fixture(scope="module")
 def memorising_oracle_audit(digits_u8) -> dict:
     members, holdout = digits_u8[:64], digits_u8[64:128]
-    return _audit(EmpiricalOracle(_tensor(members)), members, holdout)
+    return _audit(EmpiricalOracle(to_tensor(members)), members, holdout)
 
 
 @pytest.fixture(scope="module")
 def gaussian_oracle_audit(digits_u8) -> dict:
     # The Gaussian is fitted to digits disjoint from both members and holdout.
-    return _audit(GaussianOracle(_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
+    return _audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
 
 
 @pytest.mark.parametrize("name", GRAY_BOX)

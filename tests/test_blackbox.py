@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import plugin, run_scan
+from conftest import audit_arrays, plugin, run_scan, to_tensor
 
 from privaudit.api.registry import Registry
-from privaudit.audit.runner import AuditSettings, audit
-from privaudit.data.sets import ImageSet
+from privaudit.audit.runner import AuditSettings
 from privaudit.io.errors import PluginError
 from privaudit.model.noise import Noise
 from privaudit.plugins.attacks.gennn import GeneratedNearestNeighbourAttack
@@ -26,32 +25,18 @@ from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 BLACK_BOX = ("rediffuse", "gen-nn")
 
 
-@pytest.fixture(scope="module")
-def digits_u8() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    images = np.clip(np.round(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)[:, None]
-    return images[np.random.default_rng(0).permutation(len(images))]
-
-
-def _tensor(u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u8).float().div(127.5).sub(1)
-
-
 def _audit(denoiser, members: np.ndarray, holdout: np.ndarray, attacks=BLACK_BOX, params=None) -> dict:
-    settings = AuditSettings(attacks=attacks, detectors=(), progress=False, n_boot=200, plugin_params=params or {})
-    return audit(denoiser=denoiser, members=ImageSet.from_array(members, name="members"),
-                 holdout=ImageSet.from_array(holdout, name="holdout"), registry=Registry.build(), settings=settings)
+    return audit_arrays(denoiser, members, holdout, attacks=attacks, params=params)
 
 
 @pytest.fixture(scope="module")
 def memorising_audit(digits_u8) -> dict:
-    return _audit(EmpiricalOracle(_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128])
+    return _audit(EmpiricalOracle(to_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128])
 
 
 @pytest.fixture(scope="module")
 def gaussian_audit(digits_u8) -> dict:
-    return _audit(GaussianOracle(_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
+    return _audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
 
 
 @pytest.mark.parametrize("cls", [ReDiffuseAttack, GeneratedNearestNeighbourAttack, PromptCopyAttack])
@@ -86,8 +71,8 @@ def test_rediffuse_choices_come_from_the_calibration_grid(memorising_audit):
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_rediffuse_scores_do_not_depend_on_the_batch(digits_u8, sampler):
-    den = EmpiricalOracle(_tensor(digits_u8[:32]))
-    x = _tensor(digits_u8[:8])
+    den = EmpiricalOracle(to_tensor(digits_u8[:32]))
+    x = to_tensor(digits_u8[:8])
     attack = ReDiffuseAttack(timesteps=(200,), draws=(2,), sampler=sampler).fit(den, members=x, holdout=x, seed=0)
     whole = attack.score(den, x, noise=Noise.for_images(x, seed=3, stream="rediffuse"))
     parts = torch.cat([attack.score(den, x[i:i + 3], noise=Noise.for_images(x[i:i + 3], seed=3, stream="rediffuse"))
@@ -97,9 +82,9 @@ def test_rediffuse_scores_do_not_depend_on_the_batch(digits_u8, sampler):
 
 
 def test_gen_nn_scores_by_distance_to_the_nearest_sample(digits_u8):
-    den = EmpiricalOracle(_tensor(digits_u8[:16]))
+    den = EmpiricalOracle(to_tensor(digits_u8[:16]))
     attack = GeneratedNearestNeighbourAttack(n_samples=32, steps=10).fit(den, members=None, holdout=None, seed=0)
-    x = _tensor(digits_u8[:4])
+    x = to_tensor(digits_u8[:4])
     pool = attack._samples
     expect = -torch.cdist(x.flatten(1), pool.flatten(1)).pow(2).min(1).values / x[0].numel()
     torch.testing.assert_close(attack.score(den, x, noise=Noise.for_images(x, seed=0)), expect, rtol=1e-4, atol=1e-6)
@@ -114,7 +99,7 @@ def test_bad_parameters_are_clear_errors():
 
 
 def test_prompt_copy_is_skipped_on_pixel_models(memorising_audit, digits_u8):
-    res = _audit(EmpiricalOracle(_tensor(digits_u8[:16])), digits_u8[:16], digits_u8[16:32], attacks=("prompt-copy",))
+    res = _audit(EmpiricalOracle(to_tensor(digits_u8[:16])), digits_u8[:16], digits_u8[16:32], attacks=("prompt-copy",))
     assert plugin(res, "prompt-copy")["status"] == "skipped"
 
 
@@ -197,7 +182,7 @@ def test_a_model_that_returns_nan_is_inconclusive_never_low(digits_u8):
         def eps(self, x_t, t, cond=None):
             return torch.full_like(x_t, float("nan"))
 
-    res = _audit(Broken(_tensor(digits_u8[:20])), digits_u8[:20], digits_u8[20:40])
+    res = _audit(Broken(to_tensor(digits_u8[:20])), digits_u8[:20], digits_u8[20:40])
     for name in BLACK_BOX:
         p = plugin(res, name)
         assert p["status"] == "ok" and p["severity"] == "info" and "could not judge" in p["finding"], p
@@ -224,7 +209,7 @@ def test_score_time_text_views_are_rebound_per_chunk(digits_text_denoiser):
 def test_direction_is_chosen_on_calibration_when_members_come_back_farther(digits_u8):
     # a model that reproduces the *holdout* images: members are the ones that come back far (as under a guard that
     # pushes members away); the two-sided attacks read the distance the other way round, one-sided ones cannot
-    den = EmpiricalOracle(_tensor(digits_u8[64:128]))
+    den = EmpiricalOracle(to_tensor(digits_u8[64:128]))
     res = _audit(den, digits_u8[:64], digits_u8[64:128],
                  params={"rediffuse": {"timesteps": (100,), "draws": (1,)}})
     for name in BLACK_BOX:

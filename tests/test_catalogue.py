@@ -10,12 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import plugin, run_scan
+from conftest import audit_arrays, plugin, run_scan, to_tensor
 from sklearn.metrics import roc_auc_score
 
 from privaudit.api.registry import Registry
-from privaudit.audit.runner import AuditSettings, audit
-from privaudit.data.sets import ImageSet
 from privaudit.plugins.attacks._ssim import ssim
 from privaudit.plugins.attacks.clid import CLiDAttack, clip_words
 from privaudit.plugins.attacks.pfami import PFAMIAttack, crop_resize
@@ -25,34 +23,14 @@ from privaudit.plugins.detectors.memprompt_curvature import CurvaturePromptDetec
 from privaudit.testing import check_plugin
 from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
+
 PIXEL = ("pfami", "ssim-rediffuse")
 FAST_PFAMI = {"timesteps": (100, 200, 300), "strengths": (0.9, 0.8, 0.7)}  # the suite's budget; defaults in the note
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits_u8() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    images = np.clip(np.round(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)[:, None]
-    return images[np.random.default_rng(0).permutation(len(images))]
-
-
-def _tensor(u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u8).float().div(127.5).sub(1)
-
-
 def _audit(denoiser, members: np.ndarray, holdout: np.ndarray, attacks=PIXEL) -> dict:
-    settings = AuditSettings(attacks=attacks, detectors=(), progress=False, n_boot=200)
-    return audit(denoiser=denoiser, members=ImageSet.from_array(members, name="members"),
-                 holdout=ImageSet.from_array(holdout, name="holdout"), registry=Registry.build(), settings=settings)
+    return audit_arrays(denoiser, members, holdout, attacks=attacks)
 
 
 # ---------------------------------------------------------------- contract
@@ -123,12 +101,12 @@ def test_crop_resize_and_clipped_captions():
 
 @pytest.fixture(scope="module")
 def memorising_audit(digits_u8) -> dict:
-    return _audit(EmpiricalOracle(_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128])
+    return _audit(EmpiricalOracle(to_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128])
 
 
 @pytest.fixture(scope="module")
 def gaussian_audit(digits_u8) -> dict:
-    return _audit(GaussianOracle(_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
+    return _audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
 
 
 @pytest.mark.parametrize("name", PIXEL)
@@ -146,7 +124,7 @@ def test_the_gaussian_oracle_is_at_chance(gaussian_audit, name):
 
 
 def test_clid_is_skipped_on_pixel_models(digits_u8):
-    res = _audit(EmpiricalOracle(_tensor(digits_u8[:16])), digits_u8[:16], digits_u8[16:32], attacks=("clid",))
+    res = _audit(EmpiricalOracle(to_tensor(digits_u8[:16])), digits_u8[:16], digits_u8[16:32], attacks=("clid",))
     assert plugin(res, "clid")["status"] == "skipped"
 
 

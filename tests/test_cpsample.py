@@ -13,6 +13,8 @@ from privaudit.data.sets import load_images
 from privaudit.io.errors import InputError
 from privaudit.model.denoiser import sample
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
+
 # Small but real settings: one guard of the default recipe, few samples, few bootstrap rounds.
 AUDIT = dict(attacks=("loss", "rediffuse", "gen-nn"), detectors=("nn",), n_boot=100, progress=False,
              plugin_params={"nn": {"n_samples": 128}, "gen-nn": {"n_samples": 128},
@@ -24,16 +26,6 @@ def _settings(**kw):
     from privaudit.audit.runner import AuditSettings
 
     return AuditSettings(**{**AUDIT, **kw})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """8x8 images gain nothing from intra-op threads, and on a loaded 2-core machine 2 threads
-    made sampling 10x slower than 1 (oversubscription): run this module single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

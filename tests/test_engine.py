@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_after_shards
 
 from privaudit.api.registry import Registry
 from privaudit.audit import scoring
@@ -128,18 +126,8 @@ def test_sigkill_midway_then_resume(digits_target, tmp_path, monkeypatch):
     monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})  # each run below must really score
     out = tmp_path / "killed"
     args = _argv(digits_target, out, "--attacks", "loss,secmi", "--batch-size", "4")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen([sys.executable, "-m", "privaudit", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    shards = out / ".partial" / "shards" / "scores"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and len(list(shards.glob("*/*.npz"))) < 40:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    done = kill_after_shards(args, out / ".partial" / "shards" / "scores", "*/*.npz", 40, timeout=240)
     assert not (out / "results.json").exists()
-    done = len(list(shards.glob("*/*.npz")))
     assert done >= 40
 
     assert main(args[:args.index("--out")] + args[args.index("--out") + 2:] + ["--resume", str(out)]) in (0, 1)

@@ -8,11 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import plugin
+from conftest import audit_arrays, plugin, to_tensor
 
 from privaudit.api.registry import Registry
-from privaudit.audit.runner import AuditSettings, audit
-from privaudit.data.sets import ImageSet
 from privaudit.io.errors import InputError, PluginError
 from privaudit.model.noise import Noise
 from privaudit.plugins.attacks._common import calibration_auc
@@ -23,22 +21,8 @@ from privaudit.testing import check_plugin
 from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
 
-@pytest.fixture(scope="module")
-def digits_u8() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    images = np.clip(np.round(load_digits().images * (255 / 16)), 0, 255).astype(np.uint8)[:, None]
-    return images[np.random.default_rng(0).permutation(len(images))]
-
-
-def _tensor(u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u8).float().div(127.5).sub(1)
-
-
 def _audit(denoiser, members: np.ndarray, holdout: np.ndarray, attacks=("gen-radius",)) -> dict:
-    settings = AuditSettings(attacks=attacks, detectors=(), progress=False, n_boot=200)
-    return audit(denoiser=denoiser, members=ImageSet.from_array(members, name="members"),
-                 holdout=ImageSet.from_array(holdout, name="holdout"), registry=Registry.build(), settings=settings)
+    return audit_arrays(denoiser, members, holdout, attacks=attacks)
 
 
 def test_contract_and_adaptive_flags():
@@ -56,7 +40,7 @@ def test_contract_and_adaptive_flags():
 
 
 def test_separates_the_memorising_oracle(digits_u8):
-    res = plugin(_audit(EmpiricalOracle(_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128]), "gen-radius")
+    res = plugin(_audit(EmpiricalOracle(to_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128]), "gen-radius")
     assert res["status"] == "ok", res.get("reason")
     # 0.94 here: the inverted band fits one member no sample reproduced (module docstring); gen-nn reaches 1.00
     assert res["metrics"]["auc"]["value"] >= 0.9 and res["queries_per_image"] > 0
@@ -64,17 +48,17 @@ def test_separates_the_memorising_oracle(digits_u8):
 
 
 def test_without_the_inverted_band_it_is_gen_nn_on_the_memorising_oracle(digits_u8):
-    den = EmpiricalOracle(_tensor(digits_u8[:64]))
-    members, holdout = _tensor(digits_u8[:32]), _tensor(digits_u8[64:96])
+    den = EmpiricalOracle(to_tensor(digits_u8[:64]))
+    members, holdout = to_tensor(digits_u8[:32]), to_tensor(digits_u8[64:96])
     attack = GeneratedRadiusAttack(two_sided=False).fit(den, members=members, holdout=holdout, seed=0)
     # members are the close ones, so the band sits at the smallest distance: gen-nn's score
     assert (attack.radius_quantile_, attack.direction_, attack.calibration_auc_) == (0.0, 1.0, 1.0)
-    x = _tensor(digits_u8[32:64])
+    x = to_tensor(digits_u8[32:64])
     torch.testing.assert_close(attack.score(den, x, noise=None), -attack._rms_distance(den, x) + attack.radius_)
 
 
 def test_is_at_chance_on_the_gaussian_oracle(digits_u8):
-    res = plugin(_audit(GaussianOracle(_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600]), "gen-radius")
+    res = plugin(_audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600]), "gen-radius")
     assert res["status"] == "ok", res.get("reason")
     assert abs(res["metrics"]["auc"]["value"] - 0.5) <= 0.1
 
@@ -128,8 +112,8 @@ def test_finds_members_at_the_radius_where_a_monotone_distance_cannot():
 
 
 def test_radius_is_a_quantile_of_the_calibration_distances_only(digits_u8):
-    den = EmpiricalOracle(_tensor(digits_u8[:32]))
-    members, holdout = _tensor(digits_u8[:16]), _tensor(digits_u8[32:48])
+    den = EmpiricalOracle(to_tensor(digits_u8[:32]))
+    members, holdout = to_tensor(digits_u8[:16]), to_tensor(digits_u8[32:48])
     attack = GeneratedRadiusAttack(n_samples=32, steps=10, n_radii=5).fit(den, members=members, holdout=holdout, seed=0)
     cal = torch.cat([attack._rms_distance(den, members), attack._rms_distance(den, holdout)]).double()
     assert attack.radius_quantile_ in (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -140,7 +124,7 @@ def test_radius_is_a_quantile_of_the_calibration_distances_only(digits_u8):
 
 
 def test_needs_calibration_images(digits_u8):
-    den = EmpiricalOracle(_tensor(digits_u8[:16]))
+    den = EmpiricalOracle(to_tensor(digits_u8[:16]))
     with pytest.raises(InputError, match="gen-radius.*calibration"):
         GeneratedRadiusAttack(n_samples=8, steps=5).fit(den, members=None, holdout=None, seed=0)
 
@@ -150,8 +134,8 @@ def test_nan_samples_are_a_clear_error(digits_u8):
         def eps(self, x_t, t, cond=None):
             return torch.full_like(x_t, float("nan"))
 
-    den = Broken(_tensor(digits_u8[:20]))
-    x = _tensor(digits_u8[:8])
+    den = Broken(to_tensor(digits_u8[:20]))
+    x = to_tensor(digits_u8[:8])
     with pytest.raises(ValueError, match="NaN or infinite pixels"):
         GeneratedRadiusAttack(n_samples=8, steps=5).fit(den, members=x[:4], holdout=x[4:], seed=0)
     res = _audit(den, digits_u8[:20], digits_u8[20:40])  # in an audit: inconclusive, never a low risk

@@ -4,17 +4,12 @@ results of an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from conftest import kill_after_shards
 
 from privaudit.audit import scoring
 from privaudit.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _argv(target: Path, out: Path) -> list[str]:
@@ -35,17 +30,7 @@ def _numbers(run: Path) -> dict:
 def test_mitigate_killed_then_resumed(digits_target, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     args = _argv(digits_target, out)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen([sys.executable, "-m", "privaudit", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    shards = out / ".partial" / "shards"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and len(list(shards.glob("*/*/*.npz"))) < 12:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-    done = len(list(shards.glob("*/*/*.npz")))
+    done = kill_after_shards(args, out / ".partial" / "shards", "*/*/*.npz", 12)
     assert done >= 12 and not (out / "results.json").exists()
 
     monkeypatch.setattr(scoring, "_ATTACK_MEMO", {})

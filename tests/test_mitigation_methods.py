@@ -24,13 +24,7 @@ from privaudit.plugins.mitigations.repel.schedule import level_distances
 from privaudit.testing import check_plugin
 from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

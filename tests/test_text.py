@@ -15,17 +15,9 @@ from privaudit.data.sets import ImageSet, load_images
 from privaudit.io.errors import InputError
 from privaudit.model.noise import Noise
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
+
 pytest.importorskip("transformers")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The fixture's tensors are tiny: a second intra-op thread only adds synchronisation, and on a
-    shared, loaded machine it makes these tests several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def text_scan(target: Path, out: Path, *, members: str = "members", attacks=("loss",), detectors=(),

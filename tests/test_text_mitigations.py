@@ -14,6 +14,8 @@ import torch
 from privaudit.data.sets import load_images
 from privaudit.io.errors import InputError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
+
 pytest.importorskip("transformers")
 
 METHODS = {  # a setting strong enough to see on the tiny fixture (the sweep covers the range)
@@ -22,14 +24,6 @@ METHODS = {  # a setting strong enough to see on the tiny fixture (the sweep cov
     "embed-min": {"steps": 10, "lr": 0.5, "target": None},
     "attn-rescale": {"c": 1e5},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
