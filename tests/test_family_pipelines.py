@@ -180,3 +180,46 @@ def test_transformer_loras_load_as_peft_folders_and_diffusers_files(family, tmp_
     assert counts[0] == counts[1] and counts[0]["transformer"] == sum(".lora_A." in k for k in layers)
     torch.testing.assert_close(outs[0], outs[1])
     assert not torch.allclose(plain, outs[0], atol=1e-3)
+
+
+def test_a_kohya_flux_lora_loads_into_the_transformer(family, tmp_path):
+    """Most shared Flux LoRAs are kohya files in Black Forest Labs' block names (``lora_unet_double_blocks_0_
+    img_attn_qkv``, ...): diffusers converts them onto the transformer; the result is the adapter written by
+    hand in diffusers' names (fused qkv split into to_q / to_k / to_v, alpha / rank folded in)."""
+    from safetensors.torch import save_file
+
+    from privaudit.model.target import load_lora_target
+
+    name, folder = family
+    if name != "flux":
+        pytest.skip("Flux's kohya layout")
+    g = torch.Generator().manual_seed(0)
+    r, d = 4, 16  # rank; the tiny transformer's inner dimension (2 heads x 8)
+    w = {k: torch.randn(shape, generator=g) * 0.3 for k, shape in
+         {"qkv_down": (r, d), "qkv_up": (3 * d, r), "proj_down": (r, d), "proj_up": (d, r),
+          "lin2_down": (r, d + 4 * d), "lin2_up": (d, r)}.items()}
+    alpha = torch.tensor(2.0 * r)  # scale alpha / rank = 2
+    kohya = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": w["qkv_down"],
+             "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": w["qkv_up"],
+             "lora_unet_double_blocks_0_img_attn_qkv.alpha": alpha,
+             "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": w["proj_down"],
+             "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": w["proj_up"],
+             "lora_unet_double_blocks_0_img_attn_proj.alpha": alpha,
+             "lora_unet_single_blocks_0_linear2.lora_down.weight": w["lin2_down"],
+             "lora_unet_single_blocks_0_linear2.lora_up.weight": w["lin2_up"],
+             "lora_unet_single_blocks_0_linear2.alpha": alpha}
+    save_file({k: v.clone() for k, v in kohya.items()}, str(tmp_path / "kohya.safetensors"))
+    block, single = "transformer.transformer_blocks.0.attn.", "transformer.single_transformer_blocks.0."
+    mine = {f"{block}to_out.0.lora_A.weight": 2 * w["proj_down"], f"{block}to_out.0.lora_B.weight": w["proj_up"],
+            f"{single}proj_out.lora_A.weight": 2 * w["lin2_down"], f"{single}proj_out.lora_B.weight": w["lin2_up"]}
+    for i, part in enumerate(("to_q", "to_k", "to_v")):
+        mine[f"{block}{part}.lora_A.weight"] = 2 * w["qkv_down"]
+        mine[f"{block}{part}.lora_B.weight"] = w["qkv_up"][i * d:(i + 1) * d]
+    save_file({k: v.contiguous() for k, v in mine.items()}, str(tmp_path / "mine.safetensors"))
+    x = torch.randn(2, 4, 4, 4, generator=g)
+    outs = []
+    for f in ("kohya.safetensors", "mine.safetensors"):
+        den, info, _ = load_lora_target(folder / "model", tmp_path / f, device="cpu")
+        assert info.lora_layers == {"transformer": 5}, info.lora_layers
+        outs.append(den.eps(x, 500, den.prompt_embeddings(["a handwritten digit one", ""])))
+    torch.testing.assert_close(outs[0], outs[1])

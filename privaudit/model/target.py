@@ -469,6 +469,7 @@ def _check_all_loaded(pipe, state: dict, file: Path, *, component: str = "unet")
     the file uses diffusers' module names."""
     loaded = lora_layers(pipe)
     for comp, names in _kohya_modules(state).items():
+        comp = component if comp == "unet" else comp  # lora_unet_ names the denoising network, a transformer in Flux
         mod = getattr(pipe, comp, None)
         have = {n.split(".lora_A.")[0].replace(".", "_") for n, _ in mod.named_parameters() if ".lora_A." in n} \
             if isinstance(mod, torch.nn.Module) else set()
