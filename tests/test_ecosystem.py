@@ -122,3 +122,30 @@ def test_a_hub_id_scans_offline_from_the_local_cache(digits_target, tmp_path, mo
     assert "not in the local Hugging Face cache" in err and "hf download acme/absent" in err
     assert main(["scan", "acme/digits", *base, "--revision", "v9", "--out", str(tmp_path / "r3")]) == 2
     assert "at revision v9" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
+def test_base_and_lora_hub_ids_resolve_from_the_cache(digits_lora_target, tmp_path, monkeypatch):
+    """``--base`` and ``--lora`` given as Hub ids resolve to their cached snapshots like MODEL_DIR does, and
+    the adapter found there loads onto the base found there."""
+    import argparse
+
+    import torch
+
+    from privaudit.cli import _resolve_hub_ids
+    from privaudit.model.target import load_lora_target
+
+    home = _hub_cache(tmp_path, digits_lora_target / "base", repo="acme/base")
+    _hub_cache(tmp_path, digits_lora_target / "lora", repo="acme/lora", sha="b" * 40)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a = argparse.Namespace(model_dir="acme/base", base="acme/base", lora="acme/lora", revision=None)
+    _resolve_hub_ids(a)
+    assert str(a.model_dir).endswith("models--acme--base/snapshots/" + "a" * 40) and a.base == a.model_dir
+    assert str(a.lora).endswith("models--acme--lora/snapshots/" + "b" * 40)
+    den, info, _ = load_lora_target(a.model_dir, a.lora, device="cpu")
+    ref, rinfo, _ = load_lora_target(digits_lora_target / "base", digits_lora_target / "lora", device="cpu")
+    x = torch.randn((2, *den.sample_shape), generator=torch.Generator().manual_seed(0))
+    emb = den.prompt_embeddings(["a handwritten digit one", ""])
+    assert info.lora_layers == rinfo.lora_layers and info.lora_layers["unet"] > 0
+    assert torch.equal(den.eps(x, 300, emb), ref.eps(x, 300, emb))
