@@ -98,6 +98,7 @@ SHIFTS = {"sd3": ({"shift": 3.0}, {"use_dynamic_shifting": True}),
           "flux": ({"use_dynamic_shifting": True, "max_shift": 3.0}, {"shift": 1.0})}
 
 
+@pytest.mark.parametrize("family", list(SHIFTS), indirect=True)
 def test_flow_families_sample_where_their_own_pipeline_does(family):
     """SD3 and Flux are sampled at the noise levels their diffusers pipeline visits: the scheduler's
     ``shift``, or the dynamic shift for the image's token count (with Flux's explicit sigmas),
@@ -109,8 +110,6 @@ def test_flow_families_sample_where_their_own_pipeline_does(family):
     from privaudit.model.target import load_pipeline, load_target
 
     name, folder = family
-    if name not in SHIFTS:
-        pytest.skip("not a flow-matching family")
     for extra in SHIFTS[name]:
         pipe = load_pipeline(folder / "model", device=torch.device("cpu"))
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **extra)
@@ -133,6 +132,7 @@ def test_flow_families_sample_where_their_own_pipeline_does(family):
             assert (visited - base.double()).abs().max() > 0.02, extra
 
 
+@pytest.mark.parametrize("family", ["sd3", "flux", "pixart"], indirect=True)
 def test_transformer_loras_load_as_peft_folders_and_diffusers_files(family, tmp_path):
     """LoRA on the transformer families: an adapter on SD3's or Flux's transformer, saved as a peft folder
     and as diffusers' LoRA file, loads through ``--lora`` to the same adapted model (which is not the base);
@@ -152,8 +152,6 @@ def test_transformer_loras_load_as_peft_folders_and_diffusers_files(family, tmp_
         with pytest.raises(InputError, match="diffusers loads no LoRA adapter into PixArtAlphaPipeline"):
             load_lora_target(folder / "model", tmp_path / "a.safetensors", device="cpu")
         return
-    if name not in ("sd3", "flux"):
-        pytest.skip("a UNet family: LoRA tested in test_finetune.py")
     pipe = load_pipeline(folder / "model", device=torch.device("cpu"))
     net = pipe.transformer
     net.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
@@ -182,6 +180,7 @@ def test_transformer_loras_load_as_peft_folders_and_diffusers_files(family, tmp_
     assert not torch.allclose(plain, outs[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("family", ["flux"], indirect=True)
 def test_a_kohya_flux_lora_loads_into_the_transformer(family, tmp_path):
     """Most shared Flux LoRAs are kohya files in Black Forest Labs' block names (``lora_unet_double_blocks_0_
     img_attn_qkv``, ...): diffusers converts them onto the transformer; the result is the adapter written by
@@ -190,9 +189,7 @@ def test_a_kohya_flux_lora_loads_into_the_transformer(family, tmp_path):
 
     from privaudit.model.target import load_lora_target
 
-    name, folder = family
-    if name != "flux":
-        pytest.skip("Flux's kohya layout")
+    _, folder = family
     g = torch.Generator().manual_seed(0)
     r, d = 4, 16  # rank; the tiny transformer's inner dimension (2 heads x 8)
     w = {k: torch.randn(shape, generator=g) * 0.3 for k, shape in
