@@ -1,7 +1,8 @@
 """The Ray engine (``--engine ray``): one pool of Ray actors per run, every stage's shards on it.
 
-Imported only when chosen (``pip install privaudit[ray]``). The actors start once, with the
-engine's first stage, and serve every later stage of the run (scores, samples, features): a
+Imported only when chosen (``pip install privaudit[ray]``). The actors start once, when the run's
+engine session opens (``start``: they spawn and import while the driver loads data and fits its
+attacks), and serve every stage of the run (scores, samples, features): a
 stage's work (``privaudit.audit.engine.Work``: the fitted attack and the in-memory denoiser, the
 sampler, or the fitted feature extractor) is put in the object store once, and each actor fetches
 it and moves the model to its device the first time it gets one of that stage's shards (a stage
@@ -54,6 +55,7 @@ class _Worker:
         import ray
 
         torch.set_num_threads(threads)
+        import diffusers.models.modeling_utils  # noqa: F401 - every model's base: imported now, before the first stage
         self.token: int | None = None
         self.work: Work | None = None
         self.device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else torch.device("cpu")
@@ -131,6 +133,11 @@ class RayEngine:
             actor = ray.remote(**resources, max_restarts=-1, max_task_retries=-1)(_Worker)
             _POOL.update(key=key, actors=[actor.remote(self.threads) for _ in range(self.workers)])
         return _POOL["actors"]
+
+    def start(self) -> None:
+        """Start the run's actors without waiting for them (``privaudit.audit.engines.session`` calls it as a
+        run begins): their process start and imports overlap the driver's own work before its first stage."""
+        self._pool()
 
     def close(self) -> None:
         """Stop the actors (the end of a run: ``privaudit.audit.engines.session``)."""
