@@ -220,3 +220,36 @@ def test_a_kohya_flux_lora_loads_into_the_transformer(family, tmp_path):
         assert info.lora_layers == {"transformer": 5}, info.lora_layers
         outs.append(den.eps(x, 500, den.prompt_embeddings(["a handwritten digit one", ""])))
     torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("family", ["sdxl"], indirect=True)
+def test_an_sdxl_kohya_lora_applies_both_text_encoders(family, tmp_path):
+    """An SDXL kohya file with layers in both text encoders (``lora_te1_``, ``lora_te2_``, written by diffusers'
+    converter from peft adapters on kohya's default modules) loads both: the run's target counts each
+    encoder's layers and the prompt embeddings are the adapted encoders'."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    from privaudit.model.target import load_lora_target, load_pipeline, load_target
+
+    _, folder = family
+    pipe = load_pipeline(folder / "model", device=torch.device("cpu"))
+    torch.manual_seed(0)
+    state, counts = {}, {}
+    for comp in ("text_encoder", "text_encoder_2"):
+        te = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=[
+            "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]), getattr(pipe, comp))
+        layers = {f"{comp}.{k.replace('.default', '')}": v for k, v in te.state_dict().items() if "lora_" in k}
+        counts[comp] = len(layers) // 2
+        state.update(convert_state_dict_to_kohya(layers))
+    assert any(k.startswith("lora_te1_") for k in state) and any(k.startswith("lora_te2_") for k in state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "sdxl-te.safetensors"))
+    got, info, _ = load_lora_target(folder / "model", tmp_path / "sdxl-te.safetensors", device="cpu")
+    assert info.lora_layers == counts
+    adapted = type(got).from_pipeline(pipe, device="cpu").prompt_embeddings(["a handwritten digit one"])  # peft's own
+    base, _, _ = load_target(folder / "model", device="cpu")
+    mine, plain = got.prompt_embeddings(["a handwritten digit one"]), base.prompt_embeddings(["a handwritten digit one"])
+    for key in ("emb", "pooled"):
+        torch.testing.assert_close(mine[key], adapted[key], rtol=0, atol=0)
+        assert not torch.allclose(mine[key], plain[key])
