@@ -178,6 +178,12 @@ def test_transformer_loras_load_as_peft_folders_and_diffusers_files(family, tmp_
     assert counts[0] == counts[1] and counts[0]["transformer"] == sum(".lora_A." in k for k in layers)
     torch.testing.assert_close(outs[0], outs[1])
     assert not torch.allclose(plain, outs[0], atol=1e-3)
+    if name == "sd3":  # diffusers 0.42 converts no kohya layout for SD3: one line that says so
+        stem = "lora_unet_joint_blocks_0_x_block_attn_proj"
+        save_file({f"{stem}.lora_down.weight": torch.randn(4, 16), f"{stem}.lora_up.weight": torch.randn(16, 4),
+                   f"{stem}.alpha": torch.tensor(4.0)}, str(tmp_path / "kohya-sd3.safetensors"))
+        with pytest.raises(InputError, match="no converter from this kohya layout for StableDiffusion3Pipeline"):
+            load_lora_target(folder / "model", tmp_path / "kohya-sd3.safetensors", device="cpu")
 
 
 @pytest.mark.parametrize("family", ["flux"], indirect=True)

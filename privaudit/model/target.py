@@ -476,8 +476,12 @@ def _check_all_loaded(pipe, state: dict, file: Path, *, component: str = "unet")
         if loaded.get(comp, 0) < len(names):
             odd = sorted(names - have)
             example = f" (e.g. {odd[0]})" if odd else ""
+            why = "the adapter does not fit this model"
+            if comp == "transformer" and not loaded.get(comp):  # nothing at all: often a layout diffusers cannot read
+                why += (f", or diffusers has no converter from this kohya layout for {type(pipe).__name__} "
+                        "(convert the file to diffusers' or peft's LoRA format)")
             raise InputError(f"{file}: {len(names) - loaded.get(comp, 0)} of {len(names)} {comp} LoRA layers did not "
-                             f"load{example}; the adapter does not fit this model")
+                             f"load{example}; {why}")
     if not loaded:  # in no component (an adapter of text-encoder layers only is fine)
         raise InputError(f"{file}: no LoRA layer of this adapter matches the model's network")
     net = getattr(pipe, component, None)
