@@ -38,10 +38,10 @@ def session(*, engine: str = "local", address: str | None = None, workers: int |
             store: ShardStore | None = None, sample_root: Path | None = None, progress: bool = False) -> Iterator[Session]:
     s = Session(engine=get_engine(engine, address=address, workers=workers), store=store, sample_root=sample_root,
                 progress=progress)
-    start = getattr(s.engine, "start", None)
-    if start is not None:  # workers start now, while the driver loads and fits, not at the first stage
-        start()
     try:
+        start = getattr(s.engine, "start", None)
+        if start is not None:  # workers start now, while the driver loads and fits, not at the first stage
+            start()
         with activate(s):  # AuditContext.samples / .features and score_set hand their work to it
             yield s
     finally:
