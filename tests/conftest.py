@@ -183,6 +183,24 @@ def kill_after_shards(argv: list[str], shards: Path, pattern: str, count: int, *
     return len(list(shards.glob(pattern)))
 
 
+def memorising_oracle_audit(digits_u8, *, attacks, **kw) -> dict:
+    """``audit_arrays`` of the memorising oracle (an ``EmpiricalOracle`` of the members, digits 0-63) against
+    holdout digits 64-127: every working attack separates them."""
+    from privaudit.testing.oracles import EmpiricalOracle
+
+    members, holdout = digits_u8[:64], digits_u8[64:128]
+    return audit_arrays(EmpiricalOracle(to_tensor(members)), members, holdout, attacks=attacks, **kw)
+
+
+def gaussian_oracle_audit(digits_u8, *, attacks, **kw) -> dict:
+    """``audit_arrays`` of a Gaussian oracle fitted to digits 700 on, disjoint from members (0-299) and holdout
+    (300-599): nothing is memorised, so every attack is at chance."""
+    from privaudit.testing.oracles import GaussianOracle
+
+    return audit_arrays(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600],
+                        attacks=attacks, **kw)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine a second thread

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_ATTACKS, audit_arrays, plugin, to_tensor
+from conftest import ALL_ATTACKS, gaussian_oracle_audit, memorising_oracle_audit, plugin
 
 from privaudit.api.registry import ENTRY_POINT_GROUP, Registration, Registry
 from privaudit.audit.ensemble import ensemble_view
@@ -21,7 +21,6 @@ from privaudit.plugins.attacks.pia import PIAAttack
 from privaudit.plugins.attacks.pian import PIANAttack
 from privaudit.plugins.attacks.secmi import SecMIAttack
 from privaudit.plugins.attacks.sima import SimAAttack
-from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
 
 CLASSES = {c.name: c for c in (LossAttack, SecMIAttack, PIAAttack, PIANAttack, SimAAttack, GSAAttack)}
 GRAY_BOX = tuple(n for n in ALL_ATTACKS if n != "gsa")
@@ -217,39 +216,35 @@ def test_every_attack_is_registered_with_its_metadata():
 # ---------------------------------------------------------------- oracles
 
 
-def _audit(denoiser, members: np.ndarray, holdout: np.ndarray) -> dict:
-    registry = Registry([Registration(n, "attack", CLASSES[n], "test") for n in ALL_ATTACKS])
-    return audit_arrays(denoiser, members, holdout, attacks=ALL_ATTACKS, registry=registry)
+REGISTRY = Registry([Registration(n, "attack", CLASSES[n], "test") for n in ALL_ATTACKS])
 
 
 @pytest.fixture(scope="module")
-def memorising_oracle_audit(digits_u8) -> dict:
-    members, holdout = digits_u8[:64], digits_u8[64:128]
-    return _audit(EmpiricalOracle(to_tensor(members)), members, holdout)
+def memorising_audit(digits_u8) -> dict:
+    return memorising_oracle_audit(digits_u8, attacks=ALL_ATTACKS, registry=REGISTRY)
 
 
 @pytest.fixture(scope="module")
-def gaussian_oracle_audit(digits_u8) -> dict:
-    # The Gaussian is fitted to digits disjoint from both members and holdout.
-    return _audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
+def gaussian_audit(digits_u8) -> dict:
+    return gaussian_oracle_audit(digits_u8, attacks=ALL_ATTACKS, registry=REGISTRY)
 
 
 @pytest.mark.parametrize("name", GRAY_BOX)
-def test_every_attack_separates_the_memorising_oracle(memorising_oracle_audit, name):
-    res = plugin(memorising_oracle_audit, name)
+def test_every_attack_separates_the_memorising_oracle(memorising_audit, name):
+    res = plugin(memorising_audit, name)
     assert res["status"] == "ok", res["reason"]
     assert res["metrics"]["auc"]["value"] >= 0.95
 
 
 @pytest.mark.parametrize("name", GRAY_BOX)
-def test_every_attack_is_at_chance_on_the_gaussian_oracle(gaussian_oracle_audit, name):
-    res = plugin(gaussian_oracle_audit, name)
+def test_every_attack_is_at_chance_on_the_gaussian_oracle(gaussian_audit, name):
+    res = plugin(gaussian_audit, name)
     assert res["status"] == "ok", res["reason"]
     assert abs(res["metrics"]["auc"]["value"] - 0.5) <= 0.1
 
 
-def test_gsa_is_skipped_without_white_box(memorising_oracle_audit, gaussian_oracle_audit):
-    for results in (memorising_oracle_audit, gaussian_oracle_audit):
+def test_gsa_is_skipped_without_white_box(memorising_audit, gaussian_audit):
+    for results in (memorising_audit, gaussian_audit):
         res = plugin(results, "gsa")
         assert res["status"] == "skipped" and "white_box" in res["reason"]
         assert "gsa" not in results["ensemble"]["attacks"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import audit_arrays, plugin, run_scan, to_tensor
+from conftest import audit_arrays, gaussian_oracle_audit, memorising_oracle_audit, plugin, run_scan, to_tensor
 
 from privaudit.api.registry import Registry
 from privaudit.audit.runner import AuditSettings
@@ -20,7 +20,7 @@ from privaudit.plugins.attacks.gennn import GeneratedNearestNeighbourAttack
 from privaudit.plugins.attacks.promptcopy import PromptCopyAttack
 from privaudit.plugins.attacks.rediffuse import ReDiffuseAttack
 from privaudit.testing import check_plugin
-from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
+from privaudit.testing.oracles import EmpiricalOracle
 
 BLACK_BOX = ("rediffuse", "gen-nn")
 
@@ -31,12 +31,12 @@ def _audit(denoiser, members: np.ndarray, holdout: np.ndarray, attacks=BLACK_BOX
 
 @pytest.fixture(scope="module")
 def memorising_audit(digits_u8) -> dict:
-    return _audit(EmpiricalOracle(to_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128])
+    return memorising_oracle_audit(digits_u8, attacks=BLACK_BOX)
 
 
 @pytest.fixture(scope="module")
 def gaussian_audit(digits_u8) -> dict:
-    return _audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
+    return gaussian_oracle_audit(digits_u8, attacks=BLACK_BOX)
 
 
 @pytest.mark.parametrize("cls", [ReDiffuseAttack, GeneratedNearestNeighbourAttack, PromptCopyAttack])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import audit_arrays, plugin, run_scan, to_tensor
+from conftest import audit_arrays, gaussian_oracle_audit, memorising_oracle_audit, plugin, run_scan, to_tensor
 from sklearn.metrics import roc_auc_score
 
 from privaudit.api.registry import Registry
@@ -21,16 +21,12 @@ from privaudit.plugins.attacks.ssim_rediffuse import SSIMReDiffuseAttack
 from privaudit.plugins.detectors.memprompt_anisotropy import AnisotropyPromptDetector
 from privaudit.plugins.detectors.memprompt_curvature import CurvaturePromptDetector
 from privaudit.testing import check_plugin
-from privaudit.testing.oracles import EmpiricalOracle, GaussianOracle
+from privaudit.testing.oracles import EmpiricalOracle
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, one torch thread
 
 PIXEL = ("pfami", "ssim-rediffuse")
 FAST_PFAMI = {"timesteps": (100, 200, 300), "strengths": (0.9, 0.8, 0.7)}  # the suite's budget; defaults in the note
-
-
-def _audit(denoiser, members: np.ndarray, holdout: np.ndarray, attacks=PIXEL) -> dict:
-    return audit_arrays(denoiser, members, holdout, attacks=attacks)
 
 
 # ---------------------------------------------------------------- contract
@@ -101,12 +97,12 @@ def test_crop_resize_and_clipped_captions():
 
 @pytest.fixture(scope="module")
 def memorising_audit(digits_u8) -> dict:
-    return _audit(EmpiricalOracle(to_tensor(digits_u8[:64])), digits_u8[:64], digits_u8[64:128])
+    return memorising_oracle_audit(digits_u8, attacks=PIXEL)
 
 
 @pytest.fixture(scope="module")
 def gaussian_audit(digits_u8) -> dict:
-    return _audit(GaussianOracle(to_tensor(digits_u8[700:])), digits_u8[:300], digits_u8[300:600])
+    return gaussian_oracle_audit(digits_u8, attacks=PIXEL)
 
 
 @pytest.mark.parametrize("name", PIXEL)
@@ -124,7 +120,7 @@ def test_the_gaussian_oracle_is_at_chance(gaussian_audit, name):
 
 
 def test_clid_is_skipped_on_pixel_models(digits_u8):
-    res = _audit(EmpiricalOracle(to_tensor(digits_u8[:16])), digits_u8[:16], digits_u8[16:32], attacks=("clid",))
+    res = audit_arrays(EmpiricalOracle(to_tensor(digits_u8[:16])), digits_u8[:16], digits_u8[16:32], attacks=("clid",))
     assert plugin(res, "clid")["status"] == "skipped"
 
 

@@ -123,7 +123,8 @@ def test_flow_families_sample_where_their_own_pipeline_does(family):
         visited = pipe.scheduler.sigmas[:-1].double()
         ts = sampling_scheduler(den, "ddim", steps).timesteps
         assert len(ts) == steps, extra
-        assert torch.allclose(den.sigmas[ts].double(), visited, atol=1 / 1001), (extra, den.sigmas[ts], visited)
+        spacing = 1 / (den.num_train_timesteps + 1)  # the audit's grid: the nearest point lies within it
+        assert torch.allclose(den.sigmas[ts].double(), visited, atol=spacing), (extra, den.sigmas[ts], visited)
         uniform = torch.from_numpy(np.linspace(1.0, 1 / steps, steps)) if name == "flux" else None
         if "shift" not in extra or extra["shift"] != 1.0:  # the config took effect: not the unshifted grid
             plain = FlowMatchEulerDiscreteScheduler()
@@ -223,7 +224,7 @@ def test_a_kohya_flux_lora_loads_into_the_transformer(family, tmp_path):
     outs = []
     for f in ("kohya.safetensors", "mine.safetensors"):
         den, info, _ = load_lora_target(folder / "model", tmp_path / f, device="cpu")
-        assert info.lora_layers == {"transformer": 5}, info.lora_layers
+        assert info.lora_layers == {"transformer": len({k.split(".lora_")[0] for k in mine})}, info.lora_layers
         outs.append(den.eps(x, 500, den.prompt_embeddings(["a handwritten digit one", ""])))
     torch.testing.assert_close(outs[0], outs[1])
 
